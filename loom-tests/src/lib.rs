@@ -1,0 +1,3 @@
+//! Loom models of the evtchn core. The models live in `tests/`; this crate
+//! holds the shared harness. Build and run them with
+//! `RUSTFLAGS="--cfg loom" cargo test -p loom-tests --release`.

@@ -1,0 +1,556 @@
+//! The control plane: the port table, bind/close/status, mask reasons,
+//! affinity with rebind, the in-flight guard, and the upcall.
+//!
+//! Locking: bind, close, mask/unmask/eoi and set_affinity serialise on one
+//! control-plane lock. `send` and the upcall never take it: they work with
+//! atomics on the port's control word (see [`crate::port`]) and on the ABI's
+//! memory only.
+
+use alloc::boxed::Box;
+
+use crate::ops::{Kick, PortOps};
+use crate::port::{self, MaskReason, Port, State, Status};
+use crate::port::{ACTIVE, BOUND, CLOSING, FREE, GEN_SHIFT, PRIORITY_SHIFT, REASONS, REPLAY};
+use crate::sync::{AtomicU64, Lock, Ordering::*};
+#[cfg(loom)]
+use crate::weaken::Weaken as W;
+use crate::weaken::{Weaken, Weakness};
+use crate::Error;
+
+/// Tells the embedder to wake a vCPU (an IPI, an `unpark`, an eventfd...).
+///
+/// Called whenever an operation made an upcall pending on a vCPU whose
+/// upcall-pending flag was clear (contract C2): a vCPU that halts only after
+/// seeing no upcall pending is always kicked when work arrives.
+pub trait Notify: Sync {
+    /// Wake `vcpu`.
+    fn kick(&self, vcpu: u32);
+}
+
+/// No notification: for vCPUs that poll.
+impl Notify for () {
+    fn kick(&self, _vcpu: u32) {}
+}
+
+impl<F: Fn(u32) + Sync> Notify for F {
+    fn kick(&self, vcpu: u32) {
+        self(vcpu)
+    }
+}
+
+/// How `bind` chooses the vCPU of a new port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bind {
+    /// Xen's behaviour for interdomain and pirq binds: the port is bound to
+    /// vCPU 0, and the bind raises one (spurious) event, delivered on vCPU 0,
+    /// to cover notifications lost during set-up.
+    XenCompat,
+    /// Bound to this vCPU from the first instant, with no event raised:
+    /// nothing of this port is ever seen on another vCPU (Xen has no way to
+    /// do this atomically).
+    Affinity(u32),
+}
+
+/// Default FIFO priority (Xen's `EVTCHN_FIFO_PRIORITY_DEFAULT`).
+const DEFAULT_PRIORITY: u64 = 7;
+
+/// An event-channel instance: an ABI's memory plus the port table.
+pub struct Channels<A: PortOps, N: Notify = ()> {
+    abi: A,
+    notify: N,
+    table: Box<[AtomicU64]>,
+    lock: Lock<()>,
+    nr_vcpus: u32,
+    weak: Weakness,
+}
+
+impl<A: PortOps, N: Notify> core::fmt::Debug for Channels<A, N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Channels")
+            .field("nr_ports", &self.nr_ports())
+            .field("nr_vcpus", &self.nr_vcpus)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: PortOps, N: Notify> Channels<A, N> {
+    /// A control plane over `abi`, kicking vCPUs through `notify`. Every
+    /// port starts free and masked; vCPUs are those of the ABI's memory (at
+    /// most 65535).
+    pub fn new(abi: A, notify: N) -> Self {
+        Self::build(abi, notify, Weakness::default())
+    }
+
+    /// A control plane with one protective step weakened (loom models only).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn weakened(abi: A, notify: N, w: W) -> Self {
+        Self::build(abi, notify, Weakness::new(w))
+    }
+
+    fn build(abi: A, notify: N, weak: Weakness) -> Self {
+        let nr_ports = abi.nr_ports();
+        let nr_vcpus = abi.nr_vcpus().min(0xffff);
+        for p in 0..nr_ports {
+            // Cannot fail: p < nr_ports.
+            let _ = abi.mask(p);
+        }
+        Channels {
+            table: (0..nr_ports).map(|_| AtomicU64::new(FREE)).collect(),
+            abi,
+            notify,
+            lock: Lock::new(()),
+            nr_vcpus,
+            weak,
+        }
+    }
+
+    /// The ABI this control plane drives.
+    pub fn abi(&self) -> &A {
+        &self.abi
+    }
+
+    /// The notification hook.
+    pub fn notifier(&self) -> &N {
+        &self.notify
+    }
+
+    /// Number of port numbers (port 0 is reserved, as in Xen).
+    pub fn nr_ports(&self) -> u32 {
+        self.table.len() as u32
+    }
+
+    /// Number of vCPUs.
+    pub fn nr_vcpus(&self) -> u32 {
+        self.nr_vcpus
+    }
+
+    fn slot(&self, number: u32) -> Result<&AtomicU64, Error> {
+        if number == 0 {
+            return Err(Error::PortOutOfRange);
+        }
+        self.table.get(number as usize).ok_or(Error::PortOutOfRange)
+    }
+
+    fn check_vcpu(&self, vcpu: u32) -> Result<(), Error> {
+        if vcpu < self.nr_vcpus {
+            Ok(())
+        } else {
+            Err(Error::VcpuOutOfRange)
+        }
+    }
+
+    fn kick(&self, k: Kick) {
+        if let Some(v) = k {
+            self.notify.kick(v);
+        }
+    }
+
+    /// Changes the control word of a bound `port` with `f`, by
+    /// compare-exchange (the deliver side changes `ACTIVE`/`REPLAY`
+    /// concurrently). Returns the word before and after.
+    fn update(
+        &self,
+        slot: &AtomicU64,
+        port: Port,
+        f: impl Fn(u64) -> u64,
+    ) -> Result<(u64, u64), Error> {
+        // Acquire: see the state published by the last writer.
+        let mut cw = slot.load(Acquire);
+        loop {
+            check(cw, port)?;
+            let new = f(cw);
+            // AcqRel: Release publishes the change (and the ABI writes made
+            // before it) to the deliver side's Acquire; Acquire sees a
+            // concurrent deliverer's ACTIVE/REPLAY change.
+            match slot.compare_exchange(cw, new, AcqRel, Acquire) {
+                Ok(_) => return Ok((cw, new)),
+                Err(now) => cw = now,
+            }
+        }
+    }
+
+    fn reason_bit(&self, r: MaskReason) -> u64 {
+        if self.weak.has(Weaken::SingleMaskReason) {
+            MaskReason::Explicit.bit()
+        } else {
+            r.bit()
+        }
+    }
+
+    /// The handle of the port bound at `number` now.
+    pub fn port(&self, number: u32) -> Result<Port, Error> {
+        let slot = self.slot(number)?;
+        // Acquire: pairs with bind's Release publish.
+        let cw = slot.load(Acquire);
+        if port::state(cw) != BOUND {
+            return Err(Error::NotBound);
+        }
+        Ok(Port {
+            number,
+            generation: port::generation(cw),
+        })
+    }
+
+    /// Binds the lowest free port (as Xen allocates) and returns it.
+    ///
+    /// The new port has no pending event, no mask reason and no state of an
+    /// earlier life of its number (C6); it is bound as `mode` says.
+    pub fn bind(&self, mode: Bind) -> Result<Port, Error> {
+        let target = match mode {
+            Bind::XenCompat => 0,
+            Bind::Affinity(v) => v,
+        };
+        self.check_vcpu(target)?;
+        let _guard = self.lock.lock();
+        let mut found = None;
+        for (n, slot) in self.table.iter().enumerate().skip(1) {
+            // Acquire: a port freed by a handler's end (CLOSING → FREE) is
+            // reused only after that handler's writes.
+            let cw = slot.load(Acquire);
+            if port::state(cw) == FREE {
+                found = Some((n as u32, slot, cw));
+                break;
+            }
+        }
+        let (n, slot, old) = found.ok_or(Error::NoFreePort)?;
+        // Reset under the mask: a sender of the port's last life that is
+        // still between its state check and its raise sees the mask and
+        // raises nothing; the pending bit it may leave is cleared here.
+        self.abi.mask(n)?;
+        if !self.weak.has(Weaken::NoResetOnBind) {
+            self.abi.clear_pending(n)?;
+        }
+        let gen = port::generation(old).wrapping_add(1);
+        let cw = port::with_vcpu(BOUND, target)
+            | (DEFAULT_PRIORITY << PRIORITY_SHIFT)
+            | (u64::from(gen) << GEN_SHIFT);
+        // Release: a sender that reads BOUND sees the cleared pending bit;
+        // a deliverer that reads BOUND sees the binding. Nothing else
+        // writes a FREE word (the deliver side only touches BOUND words).
+        slot.store(cw, self.weak.ord(Weaken::RelaxedBindPublish, Release));
+        // Unmask: re-raises on `target` if a stale raise slipped in after
+        // the clear (it is then an event of this life, raised after bind).
+        let k = self.abi.unmask(n, || target)?;
+        self.kick(k);
+        if mode == Bind::XenCompat {
+            let k = self.abi.set_pending(n, || 0)?;
+            self.kick(k);
+        }
+        Ok(Port {
+            number: n,
+            generation: gen,
+        })
+    }
+
+    /// Sends an event on `port`. Lock-free: it never waits for the control
+    /// plane, and a concurrent rebind never makes it lose the event (C1).
+    ///
+    /// Sends coalesce: a send to a port already pending adds nothing.
+    /// Kicks the vCPU the port is bound to if its upcall flag went 0 → 1.
+    #[inline]
+    pub fn send(&self, port: Port) -> Result<(), Error> {
+        let slot = self.slot(port.number)?;
+        // Acquire: pairs with bind's Release, so the pending bit we set is
+        // never one bind clears after us.
+        let cw = slot.load(Acquire);
+        check(cw, port)?;
+        // Relaxed: `set_pending` reads the target only after its Acquire
+        // load of the mask bit, which orders a rebinder's binding (written
+        // before its Release unmask) before this load.
+        let k = self
+            .abi
+            .set_pending(port.number, || port::vcpu(slot.load(Relaxed)))?;
+        self.kick(k);
+        Ok(())
+    }
+
+    /// Masks `port` (reason: explicit). Idempotent. Once it returns, no
+    /// handler of `port` starts until the last mask reason is gone (C4).
+    pub fn mask(&self, port: Port) -> Result<(), Error> {
+        let _guard = self.lock.lock();
+        self.add_reason(port, MaskReason::Explicit)
+    }
+
+    /// Removes the explicit mask reason of `port`. Idempotent. If no reason
+    /// remains and the port is pending, the event is raised on the port's
+    /// current vCPU (C4).
+    pub fn unmask(&self, port: Port) -> Result<(), Error> {
+        let _guard = self.lock.lock();
+        self.remove_reason(port, MaskReason::Explicit)
+    }
+
+    /// Masks `port` until [`Channels::eoi`] (a late EOI).
+    pub fn mask_until_eoi(&self, port: Port) -> Result<(), Error> {
+        let _guard = self.lock.lock();
+        self.add_reason(port, MaskReason::EoiPending)
+    }
+
+    /// Signals the end of interrupt of a port masked by
+    /// [`Channels::mask_until_eoi`]: removes that reason (and only that one).
+    pub fn eoi(&self, port: Port) -> Result<(), Error> {
+        let _guard = self.lock.lock();
+        let slot = self.slot(port.number)?;
+        // Acquire: see the current mask reasons.
+        let cw = slot.load(Acquire);
+        check(cw, port)?;
+        if cw & self.reason_bit(MaskReason::EoiPending) == 0 {
+            return Err(Error::NotEoiPending);
+        }
+        self.remove_reason(port, MaskReason::EoiPending)
+    }
+
+    /// Call with the lock held.
+    fn add_reason(&self, port: Port, r: MaskReason) -> Result<(), Error> {
+        let slot = self.slot(port.number)?;
+        let bit = self.reason_bit(r);
+        let (old, _) = self.update(slot, port, |cw| cw | bit)?;
+        if old & REASONS == 0 {
+            self.abi.mask(port.number)?;
+        }
+        Ok(())
+    }
+
+    /// Call with the lock held.
+    fn remove_reason(&self, port: Port, r: MaskReason) -> Result<(), Error> {
+        let slot = self.slot(port.number)?;
+        let bit = self.reason_bit(r);
+        let (old, new) = self.update(slot, port, |cw| cw & !bit)?;
+        if old & REASONS != 0 && new & REASONS == 0 {
+            // Relaxed: the lock orders this read after our own update.
+            let k = self
+                .abi
+                .unmask(port.number, || port::vcpu(slot.load(Relaxed)))?;
+            self.kick(k);
+        }
+        Ok(())
+    }
+
+    /// Binds `port` to `vcpu` while events may be in flight (C5).
+    ///
+    /// Masks (reason: rebind), changes the binding, unmasks: a pending event
+    /// is either handled on the old vCPU (if its upcall already took it) or
+    /// re-raised on the new one by the unmask, never lost; once this returns
+    /// every later send is raised on `vcpu`. A handler still running on the
+    /// old vCPU is never joined by one on the new (the in-flight guard).
+    pub fn set_affinity(&self, port: Port, vcpu: u32) -> Result<(), Error> {
+        self.check_vcpu(vcpu)?;
+        let _guard = self.lock.lock();
+        let slot = self.slot(port.number)?;
+        // Acquire: see the current binding.
+        let cw = slot.load(Acquire);
+        check(cw, port)?;
+        if port::vcpu(cw) == vcpu {
+            return Ok(());
+        }
+        let masked = !self.weak.has(Weaken::RebindWithoutMask);
+        if masked {
+            self.add_reason(port, MaskReason::Rebind)?;
+        }
+        self.update(slot, port, |cw| port::with_vcpu(cw, vcpu))?;
+        if masked {
+            self.remove_reason(port, MaskReason::Rebind)?;
+        }
+        Ok(())
+    }
+
+    /// Closes `port`. Once this returns, no handler of this life of the port
+    /// starts again (C6); a handler already running finishes, and the number
+    /// is reused only after it has (state `Closing` until then). Sends on
+    /// the handle fail with `NotBound`, and after a rebind with `Stale`.
+    pub fn close(&self, port: Port) -> Result<(), Error> {
+        let _guard = self.lock.lock();
+        let slot = self.slot(port.number)?;
+        let keep_closing = !self.weak.has(Weaken::CloseIgnoresInFlight);
+        self.update(slot, port, |cw| {
+            let next = if cw & ACTIVE != 0 && keep_closing {
+                CLOSING
+            } else {
+                FREE
+            };
+            port::with_state(cw & !(REASONS | REPLAY), next)
+        })?;
+        // Mask, so that a raise still in flight notifies nobody; the pending
+        // bit it may leave is cleared by the next bind.
+        self.abi.mask(port.number)?;
+        Ok(())
+    }
+
+    /// A snapshot of port `number`.
+    pub fn status(&self, number: u32) -> Result<Status, Error> {
+        let slot = self.slot(number)?;
+        // Acquire: a consistent snapshot of what the last writer published.
+        let cw = slot.load(Acquire);
+        let state = match port::state(cw) {
+            BOUND => State::Bound,
+            CLOSING => State::Closing,
+            _ => State::Free,
+        };
+        Ok(Status {
+            state,
+            vcpu: port::vcpu(cw),
+            priority: port::priority(cw),
+            masked_explicit: cw & MaskReason::Explicit.bit() != 0,
+            masked_rebind: cw & MaskReason::Rebind.bit() != 0,
+            masked_eoi: cw & MaskReason::EoiPending.bit() != 0,
+            pending: self.abi.is_pending(number)?,
+            in_flight: cw & ACTIVE != 0,
+            generation: port::generation(cw),
+        })
+    }
+
+    /// Whether `vcpu` has an upcall pending. A vCPU halts only after this
+    /// returned `false` (C2).
+    pub fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error> {
+        self.check_vcpu(vcpu)?;
+        self.abi.upcall_pending(vcpu)
+    }
+
+    /// The deliver side of `vcpu`: run its upcalls through the handle.
+    pub fn vcpu(&self, vcpu: u32) -> Result<Vcpu<'_, A, N>, Error> {
+        self.check_vcpu(vcpu)?;
+        Ok(Vcpu {
+            channels: self,
+            id: vcpu,
+            cursor: A::Cursor::default(),
+        })
+    }
+
+    /// Runs `handler` for candidate `number` on `vcpu` if the port is bound
+    /// there, unmasked, pending, and not in flight elsewhere. Returns
+    /// whether the handler ran.
+    fn deliver(&self, vcpu: u32, number: u32, handler: &mut impl FnMut(Port)) -> bool {
+        let Ok(slot) = self.slot(number) else {
+            return false;
+        };
+        let guard = !self.weak.has(Weaken::NoInFlightGuard);
+        // Acquire: pairs with the control plane's Release updates, so the
+        // binding and mask reasons read here are the published ones.
+        let mut cw = slot.load(Acquire);
+        loop {
+            if port::state(cw) != BOUND || port::vcpu(cw) != vcpu || cw & REASONS != 0 {
+                // Not ours (a rebind moved it: its unmask re-raised it on the
+                // new vCPU), masked (the unmask re-raises), or closed.
+                return false;
+            }
+            if !guard {
+                break;
+            }
+            if cw & ACTIVE != 0 {
+                // In flight on another vCPU (an older binding). Leave the
+                // event pending and ask the runner to re-raise it when it
+                // ends, so it is neither lost nor run concurrently (C3).
+                if cw & REPLAY != 0 || self.weak.has(Weaken::NoReplay) {
+                    return false;
+                }
+                // AcqRel: Release orders our read of the pending bit before
+                // the runner's Acquire release of the guard, so its re-raise
+                // sees that bit.
+                match slot.compare_exchange(cw, cw | REPLAY, AcqRel, Acquire) {
+                    Ok(_) => return false,
+                    Err(now) => cw = now,
+                }
+                continue;
+            }
+            // Acquire: the previous runner's handler (released with Release)
+            // happens before ours; Release: a closer or rebinder that reads
+            // ACTIVE sees our claim.
+            match slot.compare_exchange(cw, cw | ACTIVE, AcqRel, Acquire) {
+                Ok(_) => break,
+                Err(now) => cw = now,
+            }
+        }
+        let port = Port {
+            number,
+            generation: port::generation(cw),
+        };
+        // Clear pending only while holding the guard: each raise is handled
+        // at most once, and a send during the handler raises anew.
+        let ran = matches!(self.abi.test_and_clear_pending(number), Ok(true));
+        if ran {
+            handler(port);
+        }
+        if guard {
+            self.release(slot, number);
+        }
+        ran
+    }
+
+    /// Ends the in-flight guard of `number`: frees a port closed meanwhile,
+    /// and re-raises an event another vCPU left for us.
+    fn release(&self, slot: &AtomicU64, number: u32) {
+        // Relaxed: only a first guess for the compare-exchange.
+        let mut cw = slot.load(Relaxed);
+        loop {
+            let mut new = cw & !(ACTIVE | REPLAY);
+            if port::state(cw) == CLOSING {
+                new = port::with_state(new, FREE);
+            }
+            // AcqRel: Release ends the handler's critical section for the
+            // next runner's Acquire (C3); Acquire pairs with a REPLAY
+            // request, so its pending bit is visible to `reraise`.
+            match slot.compare_exchange(cw, new, AcqRel, Relaxed) {
+                Ok(_) => break,
+                Err(now) => cw = now,
+            }
+        }
+        if cw & REPLAY != 0 && port::state(cw) == BOUND {
+            // Relaxed: `reraise` reads the target after its mask load,
+            // ordered as in `send`.
+            if let Ok(k) = self.abi.reraise(number, || port::vcpu(slot.load(Relaxed))) {
+                self.kick(k);
+            }
+        }
+    }
+}
+
+/// Checks that `cw` is the bound life of `port`.
+#[inline(always)]
+fn check(cw: u64, port: Port) -> Result<(), Error> {
+    if port::generation(cw) != port.generation {
+        Err(Error::Stale)
+    } else if port::state(cw) != BOUND {
+        Err(Error::NotBound)
+    } else {
+        Ok(())
+    }
+}
+
+/// The deliver side of one vCPU: its upcall and its round-robin position.
+///
+/// Whoever runs vCPU `id` holds one. Several handles for one vCPU may exist
+/// and run concurrently: correctness does not depend on it (the in-flight
+/// guard serialises handlers), only fairness is per handle.
+pub struct Vcpu<'a, A: PortOps, N: Notify> {
+    channels: &'a Channels<A, N>,
+    id: u32,
+    cursor: A::Cursor,
+}
+
+impl<A: PortOps, N: Notify> Vcpu<'_, A, N> {
+    /// This vCPU's index.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Runs one upcall: clears the upcall flag, scans the selected words in
+    /// round-robin order and runs `handler` once for every pending, unmasked
+    /// port bound here, repeating while new work was flagged. Returns how
+    /// many handler runs it made.
+    pub fn upcall(&mut self, mut handler: impl FnMut(Port)) -> Result<usize, Error> {
+        let channels = self.channels;
+        let id = self.id;
+        let mut ran = 0usize;
+        channels.abi.scan(id, &mut self.cursor, |number| {
+            if channels.deliver(id, number, &mut handler) {
+                ran = ran.saturating_add(1);
+            }
+        })?;
+        Ok(ran)
+    }
+
+    /// Whether an upcall is pending here; halt only after `false`.
+    pub fn upcall_pending(&self) -> bool {
+        matches!(self.channels.abi.upcall_pending(self.id), Ok(true))
+    }
+}

@@ -1,0 +1,43 @@
+//! Typed errors. Every fallible operation returns one of these and changes
+//! nothing when it does (contract C8).
+
+use core::fmt;
+
+/// Why an operation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Error {
+    /// The port number is not below the number of ports, or is port 0,
+    /// which Xen reserves.
+    PortOutOfRange,
+    /// The vCPU index is not below the number of vCPUs.
+    VcpuOutOfRange,
+    /// The port is not bound: never bound, closed, or being closed.
+    NotBound,
+    /// The port handle belongs to an earlier life of this port number,
+    /// which was closed (and possibly bound again since).
+    Stale,
+    /// Every port is in use (or still finishing an in-flight handler).
+    NoFreePort,
+    /// The priority is not in `0..=15`.
+    PriorityOutOfRange,
+    /// `eoi` on a port that is not waiting for one.
+    NotEoiPending,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Error::PortOutOfRange => "port out of range",
+            Error::VcpuOutOfRange => "vCPU out of range",
+            Error::NotBound => "port not bound",
+            Error::Stale => "port handle from a closed life of the port",
+            Error::NoFreePort => "no free port",
+            Error::PriorityOutOfRange => "priority out of range",
+            Error::NotEoiPending => "port is not waiting for an EOI",
+        })
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}

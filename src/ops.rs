@@ -1,0 +1,74 @@
+//! The ABI operations: the shape of Xen's `struct evtchn_port_ops`.
+//!
+//! The control plane ([`crate::Channels`]) drives an ABI only through this
+//! trait and never knows which ABI it drives. An implementation has a *raise*
+//! side (what a hypervisor runs over guest memory) and a *deliver* side (what
+//! the receiving vCPU runs); a hypervisor uses the first alone, a guest
+//! kernel the second alone.
+//!
+//! Ports and vCPUs are plain indices here. The raise side checks both
+//! against the sizes of the memory it was given and returns a typed error
+//! otherwise; it never trusts a word of that memory for indexing.
+
+use crate::Error;
+
+/// A vCPU the caller must notify (kick): an upcall became pending on it.
+pub type Kick = Option<u32>;
+
+/// One event-channel ABI.
+pub trait PortOps: Sync {
+    /// Deliver-side scan state of one vCPU (the round-robin position),
+    /// owned by whoever runs that vCPU's upcalls.
+    type Cursor: Default + Send;
+
+    /// Number of ports this memory holds.
+    fn nr_ports(&self) -> u32;
+    /// Number of vCPUs this memory holds.
+    fn nr_vcpus(&self) -> u32;
+
+    /// Raises `port`: marks it pending and, if it is unmasked and was not
+    /// already pending, makes it visible to the vCPU that `target` names,
+    /// which is read only once the raise needs it (after the pending bit is
+    /// set and the mask read), so that a concurrent rebind is seen.
+    ///
+    /// Returns the vCPU to kick when its upcall-pending flag went 0 → 1.
+    fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error>;
+
+    /// Clears the pending state of `port` (used on close and bind).
+    fn clear_pending(&self, port: u32) -> Result<(), Error>;
+
+    /// Clears the pending state of `port`; returns whether it was pending.
+    /// The deliver side calls it, holding the port's in-flight guard, just
+    /// before the handler runs; Acquire, so the handler sees what the sender
+    /// wrote before its `set_pending`.
+    fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error>;
+
+    /// Whether `port` is pending.
+    fn is_pending(&self, port: u32) -> Result<bool, Error>;
+
+    /// Masks `port`: later raises leave it pending but notify nobody.
+    fn mask(&self, port: u32) -> Result<(), Error>;
+
+    /// Unmasks `port`; if it was masked and is pending, raises it on the
+    /// vCPU `target` names (read after the mask is cleared).
+    fn unmask(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error>;
+
+    /// Whether `port` is masked.
+    fn is_masked(&self, port: u32) -> Result<bool, Error>;
+
+    /// Makes a pending, unmasked `port` visible again to `target`, without
+    /// touching its pending or mask state (used when a vCPU hands over an
+    /// event it could not run because the port was in flight elsewhere).
+    fn reraise(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error>;
+
+    /// Whether `vcpu` has an upcall pending. A vCPU may halt only after this
+    /// returned `false`; a raise that sets it reports the vCPU to kick.
+    fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error>;
+
+    /// Clears the upcall-pending flag of `vcpu` and calls `each` for every
+    /// port that may be pending and unmasked for it, in the ABI's fairness
+    /// order, repeating while new work was flagged meanwhile. `each` decides
+    /// (it checks the binding and takes the in-flight guard).
+    fn scan(&self, vcpu: u32, cursor: &mut Self::Cursor, each: impl FnMut(u32))
+        -> Result<(), Error>;
+}

@@ -1,0 +1,122 @@
+#![cfg_attr(all(not(loom), not(feature = "alloc")), allow(dead_code))]
+
+//! The control-plane lock: one API over three backends.
+//!
+//! | build              | backend                         |
+//! |--------------------|---------------------------------|
+//! | `cfg(loom)`        | `loom::sync::Mutex`             |
+//! | `std` feature      | `parking_lot::Mutex`            |
+//! | neither (`no_std`) | a test-and-test-and-set spin lock |
+//!
+//! Only bind, close, mask/unmask and rebind take it; the send path and the
+//! upcall path never do. `lock()` returns the guard directly (no poisoning).
+
+#[cfg(loom)]
+pub(crate) struct Lock<T>(loom::sync::Mutex<T>);
+
+#[cfg(loom)]
+impl<T> Lock<T> {
+    pub(crate) fn new(t: T) -> Self {
+        Lock(loom::sync::Mutex::new(t))
+    }
+
+    pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+        // A model thread panics only when an assertion fails; loom then
+        // reports that failure, so a poisoned lock is never observed here.
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+#[cfg(all(not(loom), feature = "std"))]
+pub(crate) struct Lock<T>(parking_lot::Mutex<T>);
+
+#[cfg(all(not(loom), feature = "std"))]
+impl<T> Lock<T> {
+    pub(crate) const fn new(t: T) -> Self {
+        Lock(parking_lot::Mutex::new(t))
+    }
+
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, T> {
+        self.0.lock()
+    }
+}
+
+#[cfg(all(not(loom), not(feature = "std")))]
+pub(crate) use spin::Lock;
+
+#[cfg(all(not(loom), not(feature = "std")))]
+mod spin {
+    use core::cell::UnsafeCell;
+    use core::ops::{Deref, DerefMut};
+
+    use super::super::{spin_loop, AtomicU8, Ordering};
+
+    /// A test-and-test-and-set spin lock for `no_std` builds.
+    pub(crate) struct Lock<T> {
+        locked: AtomicU8,
+        value: UnsafeCell<T>,
+    }
+
+    // SAFETY: the lock hands out `&mut T` to one holder at a time (see
+    // `lock`), so sharing the lock across threads is sound when `T: Send`.
+    unsafe impl<T: Send> Sync for Lock<T> {}
+    // SAFETY: moving the lock moves the `T` inside it.
+    unsafe impl<T: Send> Send for Lock<T> {}
+
+    pub(crate) struct Guard<'a, T> {
+        lock: &'a Lock<T>,
+    }
+
+    impl<T> Lock<T> {
+        pub(crate) const fn new(t: T) -> Self {
+            Lock {
+                locked: AtomicU8::new(0),
+                value: UnsafeCell::new(t),
+            }
+        }
+
+        pub(crate) fn lock(&self) -> Guard<'_, T> {
+            loop {
+                // Acquire: pairs with the Release store in `Guard::drop`, so
+                // the previous holder's writes to `value` are visible.
+                if self
+                    .locked
+                    .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Guard { lock: self };
+                }
+                // Relaxed: only a hint to retry the CAS; the CAS orders.
+                while self.locked.load(Ordering::Relaxed) != 0 {
+                    spin_loop();
+                }
+            }
+        }
+    }
+
+    impl<T> Deref for Guard<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            // SAFETY: the guard exists only while `locked` is held by us.
+            unsafe { &*self.lock.value.get() }
+        }
+    }
+
+    impl<T> DerefMut for Guard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            // SAFETY: the guard exists only while `locked` is held by us,
+            // and `&mut self` makes this the only live reference.
+            unsafe { &mut *self.lock.value.get() }
+        }
+    }
+
+    impl<T> Drop for Guard<'_, T> {
+        fn drop(&mut self) {
+            // Release: publishes this holder's writes to the next Acquire.
+            self.lock.locked.store(0, Ordering::Release);
+        }
+    }
+}

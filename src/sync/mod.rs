@@ -1,0 +1,54 @@
+//! The abstract atomics: the one place that chooses between the native
+//! primitives and loom's model-checked ones.
+//!
+//! Nothing else in the crate names `core::sync::atomic` or `loom`. Natively
+//! this is `core::sync::atomic` plus `crossbeam_utils::CachePadded`; under
+//! `RUSTFLAGS="--cfg loom"` every atomic, fence, spin hint and the
+//! control-plane lock come from loom, so the model checker sees every access
+//! the core makes.
+
+#[cfg(not(loom))]
+mod native;
+#[cfg(not(loom))]
+use native as imp;
+
+#[cfg(loom)]
+mod model;
+#[cfg(loom)]
+use model as imp;
+
+mod lock;
+
+pub use imp::atomic::{AtomicU32, AtomicU64, AtomicU8};
+#[cfg(loom)]
+pub(crate) use imp::atomic::fence;
+pub(crate) use imp::atomic::Ordering;
+#[cfg(all(not(loom), not(feature = "std")))]
+pub(crate) use imp::spin_loop;
+#[allow(unused_imports)]
+pub(crate) use lock::Lock;
+
+/// Orders a store before a later load of *another* location, on both sides of
+/// a store-buffer (Dekker) pattern.
+///
+/// The raise side writes *pending* then reads *mask*; the unmask side writes
+/// *mask* then reads *pending*. Acquire/Release alone allows both loads to
+/// read the old values, which strands the event. Every caller pairs this
+/// helper with a `SeqCst` read-modify-write before it and a `SeqCst` load
+/// after it.
+///
+/// * Natively the helper is empty: under the C++20 model, `SeqCst` RMW
+///   followed by a `SeqCst` load on both sides already forbids the outcome in
+///   which both loads read the old value (both pairs are in the single total
+///   order S; a load that misses the other side's write precedes it in S,
+///   which contradicts program order on the other side). On x86_64 the RMW is
+///   a `lock`-prefixed instruction, itself a full barrier, so an `mfence`
+///   here would be paid twice.
+/// * Under loom the helper is `fence(SeqCst)`: loom treats `SeqCst`
+///   *accesses* as `AcqRel` and would report the stranded outcome, but it
+///   models `SeqCst` *fences* exactly.
+#[inline(always)]
+pub(crate) fn store_load_fence() {
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+}

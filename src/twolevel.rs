@@ -1,0 +1,367 @@
+//! The 2-level ABI (Xen's `event_2l.c` and the guest's upcall scan).
+//!
+//! State, all in shared memory (see [`crate::abi`]):
+//!
+//! | word                    | written by                 | read by            |
+//! |-------------------------|----------------------------|--------------------|
+//! | `evtchn_pending[w]`     | raiser sets, deliverer clears | both            |
+//! | `evtchn_mask[w]`        | control plane / guest      | raiser, deliverer  |
+//! | `evtchn_pending_sel`    | raiser sets, deliverer swaps 0 | both           |
+//! | `evtchn_upcall_pending` | raiser sets, deliverer clears  | both           |
+//!
+//! Port `p` is bit `p % 64` of word `p / 64`; word `w` is bit `w` of a
+//! vCPU's selector.
+
+use crate::abi::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
+use crate::ops::{Kick, PortOps};
+use crate::sync::{store_load_fence, Ordering::*};
+use crate::weaken::{Weaken, Weakness};
+use crate::Error;
+
+/// Memory the 2-level ABI works over: pending and mask words and the
+/// `vcpu_info` of each vCPU.
+///
+/// [`SharedInfo`] is one (the real page: 4096 ports, 32 vCPUs);
+/// [`OwnedMemory`] is another, of any size (more vCPUs, as Xen allows with
+/// `VCPUOP_register_vcpu_info`, or tiny instances for model checking).
+pub trait Memory2l: Sync {
+    /// `evtchn_pending`.
+    fn pending(&self) -> &[XenUlong];
+    /// `evtchn_mask`; the same length as `pending`.
+    fn mask(&self) -> &[XenUlong];
+    /// The `vcpu_info` of each vCPU.
+    fn vcpu_info(&self) -> &[VcpuInfo];
+}
+
+impl Memory2l for SharedInfo {
+    fn pending(&self) -> &[XenUlong] {
+        &self.evtchn_pending
+    }
+    fn mask(&self) -> &[XenUlong] {
+        &self.evtchn_mask
+    }
+    fn vcpu_info(&self) -> &[VcpuInfo] {
+        &self.vcpu_info
+    }
+}
+
+impl<T: Memory2l + ?Sized> Memory2l for &T {
+    fn pending(&self) -> &[XenUlong] {
+        (**self).pending()
+    }
+    fn mask(&self) -> &[XenUlong] {
+        (**self).mask()
+    }
+    fn vcpu_info(&self) -> &[VcpuInfo] {
+        (**self).vcpu_info()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<T: Memory2l + ?Sized> Memory2l for alloc::boxed::Box<T> {
+    fn pending(&self) -> &[XenUlong] {
+        (**self).pending()
+    }
+    fn mask(&self) -> &[XenUlong] {
+        (**self).mask()
+    }
+    fn vcpu_info(&self) -> &[VcpuInfo] {
+        (**self).vcpu_info()
+    }
+}
+
+/// Crate-owned 2-level memory of any size: `words` pending/mask words (64
+/// ports each, at most 64 words) and `vcpus` `vcpu_info`s.
+#[cfg(feature = "alloc")]
+#[derive(Debug)]
+pub struct OwnedMemory {
+    pending: alloc::boxed::Box<[XenUlong]>,
+    mask: alloc::boxed::Box<[XenUlong]>,
+    vcpus: alloc::boxed::Box<[VcpuInfo]>,
+}
+
+#[cfg(feature = "alloc")]
+impl OwnedMemory {
+    /// Memory for `words.clamp(1, 64) * 64` ports and `vcpus.max(1)` vCPUs,
+    /// all clear.
+    pub fn new(words: usize, vcpus: usize) -> Self {
+        let words = words.clamp(1, BITS_PER_WORD as usize);
+        let zeroed = || (0..words).map(|_| XenUlong::new(0)).collect();
+        OwnedMemory {
+            pending: zeroed(),
+            mask: zeroed(),
+            vcpus: (0..vcpus.max(1)).map(|_| VcpuInfo::new()).collect(),
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Memory2l for OwnedMemory {
+    fn pending(&self) -> &[XenUlong] {
+        &self.pending
+    }
+    fn mask(&self) -> &[XenUlong] {
+        &self.mask
+    }
+    fn vcpu_info(&self) -> &[VcpuInfo] {
+        &self.vcpus
+    }
+}
+
+/// The 2-level ABI over memory `M`.
+#[derive(Debug)]
+pub struct TwoLevel<M> {
+    mem: M,
+    weak: Weakness,
+}
+
+/// Round-robin position of one vCPU's scan: where the last upcall stopped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cursor {
+    word: u32,
+    bit: u32,
+}
+
+impl<M: Memory2l> TwoLevel<M> {
+    /// The 2-level ABI over `mem`.
+    pub fn new(mem: M) -> Self {
+        TwoLevel {
+            mem,
+            weak: Weakness::default(),
+        }
+    }
+
+    /// The 2-level ABI with one protective step weakened (loom models only).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn weakened(mem: M, w: Weaken) -> Self {
+        TwoLevel {
+            mem,
+            weak: Weakness::new(w),
+        }
+    }
+
+    /// The memory this ABI works over.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Word, bit mask and the pending and mask words of `port`.
+    #[inline]
+    fn locate(&self, port: u32) -> Result<(u32, u64, &XenUlong, &XenUlong), Error> {
+        let w = port / BITS_PER_WORD;
+        let bit = 1u64 << (port % BITS_PER_WORD);
+        let pending = self.mem.pending().get(w as usize);
+        let mask = self.mem.mask().get(w as usize);
+        match (pending, mask) {
+            (Some(p), Some(m)) => Ok((w, bit, p, m)),
+            _ => Err(Error::PortOutOfRange),
+        }
+    }
+
+    /// Sets selector bit `w` of `vcpu` and then its upcall flag; returns the
+    /// vCPU to kick if the flag went 0 → 1. An out-of-range vCPU raises
+    /// nothing: the event stays pending (the control plane never passes one).
+    #[inline]
+    fn raise_selector(&self, vcpu: u32, w: u32) -> Kick {
+        let vi = self.mem.vcpu_info().get(vcpu as usize)?;
+        let sel = 1u64 << w;
+        // AcqRel. Release: a deliverer whose selector swap reads this bit
+        // also sees our pending bit. Acquire: pairs with the deliverer's
+        // Release swap, so its earlier `upcall_pending = 0` is visible to our
+        // swap below and a needed kick is not missed.
+        let old = vi
+            .evtchn_pending_sel
+            .fetch_or(sel, self.weak.ord(Weaken::RelaxedSelector, AcqRel));
+        if old & sel != 0 {
+            // Someone else raised this word and owns the upcall flag.
+            return None;
+        }
+        // AcqRel: ordered after the selector bit, so a deliverer that sees
+        // the flag set and loops again also sees the selector bit.
+        if vi.evtchn_upcall_pending.swap(1, AcqRel) == 0 {
+            Some(vcpu)
+        } else {
+            None
+        }
+    }
+}
+
+impl<M: Memory2l> PortOps for TwoLevel<M> {
+    type Cursor = Cursor;
+
+    fn nr_ports(&self) -> u32 {
+        let words = self.mem.pending().len().min(self.mem.mask().len());
+        (words as u32).saturating_mul(BITS_PER_WORD)
+    }
+
+    fn nr_vcpus(&self) -> u32 {
+        u32::try_from(self.mem.vcpu_info().len()).unwrap_or(u32::MAX)
+    }
+
+    #[inline]
+    fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error> {
+        let (w, bit, pending, mask) = self.locate(port)?;
+        // SeqCst: the write half of the send/unmask Dekker pattern (see
+        // `store_load_fence`); it is also the Release that publishes what the
+        // sender wrote before the send to the handler's Acquire clear.
+        let old = pending.fetch_or(bit, self.weak.ord(Weaken::RelaxedPending, SeqCst));
+        if old & bit != 0 {
+            // Coalesced: whoever set it first raises (edge semantics).
+            return Ok(None);
+        }
+        if !self.weak.has(Weaken::NoStoreLoadFence) {
+            store_load_fence();
+        }
+        // SeqCst: the read half of the Dekker pattern; a masked port is
+        // raised by the unmask, which is certain to see our pending bit.
+        // Also Acquire: pairs with the unmask's Release, so `target()` sees
+        // the binding a rebinder wrote before unmasking.
+        if mask.load(SeqCst) & bit != 0 {
+            return Ok(None);
+        }
+        Ok(self.raise_selector(target(), w))
+    }
+
+    fn clear_pending(&self, port: u32) -> Result<(), Error> {
+        let (_, bit, pending, _) = self.locate(port)?;
+        // Release: a raiser whose fetch_or reads this value sees what the
+        // control plane wrote before (e.g. the mask set by close).
+        pending.fetch_and(!bit, Release);
+        Ok(())
+    }
+
+    #[inline]
+    fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error> {
+        let (_, bit, pending, _) = self.locate(port)?;
+        // Acquire: pairs with the raiser's Release fetch_or, so the handler
+        // that runs next sees everything written before the send (C1).
+        let old = pending.fetch_and(!bit, self.weak.ord(Weaken::RelaxedPending, AcqRel));
+        Ok(old & bit != 0)
+    }
+
+    fn is_pending(&self, port: u32) -> Result<bool, Error> {
+        let (_, bit, pending, _) = self.locate(port)?;
+        // Acquire: a status read; pairs with the raiser's Release.
+        Ok(pending.load(Acquire) & bit != 0)
+    }
+
+    fn mask(&self, port: u32) -> Result<(), Error> {
+        let (_, bit, _, mask) = self.locate(port)?;
+        // SeqCst: a raiser that misses this bit is one the unmask Dekker
+        // pattern covers; setting needs no more than the RMW's own order.
+        mask.fetch_or(bit, SeqCst);
+        Ok(())
+    }
+
+    fn unmask(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error> {
+        let (w, bit, pending, mask) = self.locate(port)?;
+        // SeqCst: the write half of the Dekker pattern with `set_pending`;
+        // Release: a raiser that reads the cleared bit sees the binding the
+        // control plane wrote before unmasking.
+        let old = mask.fetch_and(!bit, SeqCst);
+        if old & bit == 0 {
+            return Ok(None);
+        }
+        if !self.weak.has(Weaken::NoStoreLoadFence) {
+            store_load_fence();
+        }
+        // SeqCst: the read half of the Dekker pattern: if the raiser saw the
+        // mask still set, this load sees its pending bit.
+        if pending.load(SeqCst) & bit == 0 {
+            return Ok(None);
+        }
+        Ok(self.raise_selector(target(), w))
+    }
+
+    fn is_masked(&self, port: u32) -> Result<bool, Error> {
+        let (_, bit, _, mask) = self.locate(port)?;
+        // Acquire: a status read.
+        Ok(mask.load(Acquire) & bit != 0)
+    }
+
+    fn reraise(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error> {
+        let (w, bit, pending, mask) = self.locate(port)?;
+        // SeqCst: a masked port is left to its unmask, exactly as in
+        // `set_pending`; the caller's Acquire on the port state already
+        // ordered the pending bit it saw before this load.
+        if pending.load(SeqCst) & bit == 0 || mask.load(SeqCst) & bit != 0 {
+            return Ok(None);
+        }
+        Ok(self.raise_selector(target(), w))
+    }
+
+    fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error> {
+        let vi = self
+            .mem
+            .vcpu_info()
+            .get(vcpu as usize)
+            .ok_or(Error::VcpuOutOfRange)?;
+        // Acquire: pairs with the raiser's AcqRel swap, so a vCPU that sees
+        // the flag also sees the selector bit set before it.
+        Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
+    }
+
+    fn scan(&self, vcpu: u32, cursor: &mut Cursor, mut each: impl FnMut(u32)) -> Result<(), Error> {
+        let vi = self
+            .mem
+            .vcpu_info()
+            .get(vcpu as usize)
+            .ok_or(Error::VcpuOutOfRange)?;
+        let pending = self.mem.pending();
+        let mask = self.mem.mask();
+        loop {
+            let clear_after = self.weak.has(Weaken::ClearUpcallAfterSelector);
+            if !clear_after {
+                // Relaxed: the AcqRel selector swap below is after this store
+                // in program order and releases it; a raiser whose selector
+                // fetch_or reads our swap then sees the flag clear and kicks.
+                vi.evtchn_upcall_pending.store(0, Relaxed);
+            }
+            // AcqRel. Acquire: pairs with the raiser's Release fetch_or, so
+            // the pending bits behind the selector bits are visible. Release:
+            // publishes the flag clear above to the next raiser.
+            let mut sel = vi
+                .evtchn_pending_sel
+                .swap(0, self.weak.ord(Weaken::RelaxedSelector, AcqRel));
+            if clear_after {
+                vi.evtchn_upcall_pending.store(0, Relaxed);
+            }
+            // Resume at the word where the last scan stopped (fairness).
+            let start_word = cursor.word % BITS_PER_WORD;
+            sel = sel.rotate_right(start_word);
+            while sel != 0 {
+                let w = (sel.trailing_zeros() + start_word) % BITS_PER_WORD;
+                sel &= sel - 1;
+                // Hostile selector bits for words we do not have are ignored.
+                let (Some(p), Some(m)) = (pending.get(w as usize), mask.get(w as usize)) else {
+                    continue;
+                };
+                // Acquire: see the sender's data behind each pending bit (the
+                // deliverer re-acquires on its clear; this one orders the
+                // mask read after it).
+                let mut bits = p.load(Acquire) & !m.load(Acquire);
+                // Within the word where the last scan stopped, start after
+                // the last port handled.
+                let start_bit = if w == cursor.word {
+                    (cursor.bit + 1) % BITS_PER_WORD
+                } else {
+                    0
+                };
+                bits = bits.rotate_right(start_bit);
+                while bits != 0 {
+                    let b = (bits.trailing_zeros() + start_bit) % BITS_PER_WORD;
+                    bits &= bits - 1;
+                    cursor.word = w;
+                    cursor.bit = b;
+                    each(w * BITS_PER_WORD + b);
+                }
+            }
+            // Acquire: pairs with a raiser's swap; its selector bit is then
+            // visible to the next pass's swap.
+            if vi.evtchn_upcall_pending.load(Acquire) == 0 {
+                return Ok(());
+            }
+        }
+    }
+}

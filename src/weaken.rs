@@ -1,0 +1,79 @@
+//! Deliberate weakenings of protective steps, for the negative loom models.
+//!
+//! Each protective step of the core (a mask around a rebind, the in-flight
+//! guard, an Acquire/Release pair, the store-load fence, ...) can be switched
+//! off one at a time under `cfg(loom)` so that the model suite can show that
+//! loom catches the weakened variant. Natively [`Weakness`] is a zero-sized
+//! type whose [`Weakness::has`] is a constant `false`: the checks compile
+//! away and the API to set a weakness does not exist.
+
+use crate::sync::Ordering;
+
+/// One protective step to remove. Exists only for the negative loom models.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weaken {
+    /// `set_affinity` changes the binding without the mask → unmask that
+    /// re-raises a pending event on the new vCPU.
+    RebindWithoutMask,
+    /// The upcall runs a handler without taking the per-port in-flight guard.
+    NoInFlightGuard,
+    /// A vCPU that finds the port in flight elsewhere skips it without
+    /// leaving a replay request for the running vCPU.
+    NoReplay,
+    /// The upcall clears `evtchn_upcall_pending` *after* exchanging the
+    /// selector instead of before.
+    ClearUpcallAfterSelector,
+    /// The store-load fence of the send/unmask Dekker pattern is removed.
+    NoStoreLoadFence,
+    /// The pending bit is set and consumed with `Relaxed` instead of
+    /// Release/Acquire: the handler need not observe what the sender wrote.
+    RelaxedPending,
+    /// The selector bit is set and exchanged with `Relaxed` instead of
+    /// Release/Acquire: the raiser need not see the cleared upcall flag.
+    RelaxedSelector,
+    /// The binding is published by `bind` with `Relaxed` instead of Release.
+    RelaxedBindPublish,
+    /// Mask reasons collapse into one bit: any unmask clears every reason.
+    SingleMaskReason,
+    /// `bind` reuses a port number without clearing the pending bit left by
+    /// its last life.
+    NoResetOnBind,
+    /// `close` frees a port at once even while its handler is in flight.
+    CloseIgnoresInFlight,
+}
+
+/// The weakness a core object was built with; zero-sized natively.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Weakness(#[cfg(loom)] Option<Weaken>);
+
+impl Weakness {
+    #[cfg(loom)]
+    pub(crate) fn new(w: Weaken) -> Self {
+        Weakness(Some(w))
+    }
+
+    /// Whether step `w` is weakened; a constant `false` natively.
+    #[inline(always)]
+    pub(crate) fn has(self, w: Weaken) -> bool {
+        #[cfg(loom)]
+        {
+            self.0 == Some(w)
+        }
+        #[cfg(not(loom))]
+        {
+            let _ = w;
+            false
+        }
+    }
+
+    /// `strong`, or `Relaxed` when step `w` is weakened.
+    #[inline(always)]
+    pub(crate) fn ord(self, w: Weaken, strong: Ordering) -> Ordering {
+        if self.has(w) {
+            Ordering::Relaxed
+        } else {
+            strong
+        }
+    }
+}
