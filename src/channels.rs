@@ -8,7 +8,7 @@
 
 use alloc::boxed::Box;
 
-use crate::ops::{Kick, PortOps};
+use crate::ops::{Kick, PortOps, Raised};
 use crate::port::{self, MaskReason, Port, State, Status};
 use crate::port::{ACTIVE, BOUND, CLOSING, FREE, GEN_SHIFT, PRIORITY_SHIFT, REASONS, REPLAY};
 use crate::sync::{AtomicU64, Lock, Ordering::*};
@@ -214,27 +214,36 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             }
         }
         let (n, slot, old) = found.ok_or(Error::NoFreePort)?;
-        // Reset under the mask: a sender of the port's last life that is
-        // still between its state check and its raise sees the mask and
-        // raises nothing; the pending bit it may leave is cleared here.
+        let gen = port::generation(old).wrapping_add(1);
+        // 1. Mask: a sender of the port's last life that is still between
+        //    its state check and its raise raises nothing visible.
         self.abi.mask(n)?;
+        // 2. New generation, still FREE. Release: a stale sender whose
+        //    pending bit lands after the clear below synchronises with the
+        //    clear and so sees this generation, and reports `Stale`.
+        slot.store(
+            (u64::from(gen) << GEN_SHIFT) | FREE,
+            self.weak.ord(Weaken::RelaxedBindPublish, Release),
+        );
+        // 3. Clear what the last life (or a stale sender) left pending. No
+        //    sender of the new life exists yet: the state is not BOUND.
         if !self.weak.has(Weaken::NoResetOnBind) {
             self.abi.clear_pending(n)?;
         }
-        let gen = port::generation(old).wrapping_add(1);
         let cw = port::with_vcpu(BOUND, target)
             | (DEFAULT_PRIORITY << PRIORITY_SHIFT)
             | (u64::from(gen) << GEN_SHIFT);
-        // Release: a sender that reads BOUND sees the cleared pending bit;
-        // a deliverer that reads BOUND sees the binding. Nothing else
-        // writes a FREE word (the deliver side only touches BOUND words).
+        // 4. Publish. Release: a sender that reads BOUND sees the cleared
+        //    pending bit; a deliverer that reads BOUND sees the binding.
+        //    Nothing else writes a FREE word (the deliver side and the
+        //    control plane touch only BOUND and CLOSING words).
         slot.store(cw, self.weak.ord(Weaken::RelaxedBindPublish, Release));
         // Unmask: re-raises on `target` if a stale raise slipped in after
         // the clear (it is then an event of this life, raised after bind).
         let k = self.abi.unmask(n, || target)?;
         self.kick(k);
         if mode == Bind::XenCompat {
-            let k = self.abi.set_pending(n, || 0)?;
+            let k = self.abi.set_pending(n, || target)?.kick();
             self.kick(k);
         }
         Ok(Port {
@@ -248,21 +257,43 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     ///
     /// Sends coalesce: a send to a port already pending adds nothing.
     /// Kicks the vCPU the port is bound to if its upcall flag went 0 → 1.
+    ///
+    /// `Ok` means the event was raised in the life of `port` (a later
+    /// `close` discards it). If that life ended while the send was under way
+    /// the send returns `Err(NotBound)` or `Err(Stale)`; when the number was
+    /// meanwhile bound again, the new life may then see one spurious event,
+    /// as it may see Xen's own bind event — never a lost or doubled one.
     #[inline]
     pub fn send(&self, port: Port) -> Result<(), Error> {
         let slot = self.slot(port.number)?;
-        // Acquire: pairs with bind's Release, so the pending bit we set is
-        // never one bind clears after us.
+        // Acquire: pairs with bind's Release publish of BOUND, so the
+        // pending bit we set is never one bind clears after us.
         let cw = slot.load(Acquire);
         check(cw, port)?;
-        // Relaxed: `set_pending` reads the target only after its Acquire
+        let mut now = cw;
+        // Relaxed: `set_pending` calls the closure only after its Acquire
         // load of the mask bit, which orders a rebinder's binding (written
         // before its Release unmask) before this load.
-        let k = self
-            .abi
-            .set_pending(port.number, || port::vcpu(slot.load(Relaxed)))?;
-        self.kick(k);
-        Ok(())
+        let raised = self.abi.set_pending(port.number, || {
+            now = slot.load(Relaxed);
+            port::vcpu(now)
+        })?;
+        match raised {
+            Raised::Coalesced => Ok(()),
+            Raised::Masked => {
+                // Acquire: a close or bind that masked the port before our
+                // mask read is visible (rare path: a masked port).
+                check(slot.load(Acquire), port)
+            }
+            Raised::Notified { vcpu, kick } => {
+                if kick {
+                    self.notify.kick(vcpu);
+                }
+                // A bind bumps the generation before it clears the pending
+                // bit; a raise that landed after that clear sees the bump.
+                check(now, port)
+            }
+        }
     }
 
     /// Masks `port` (reason: explicit). Idempotent. Once it returns, no
@@ -440,9 +471,12 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
                 // In flight on another vCPU (an older binding). Leave the
                 // event pending and ask the runner to re-raise it when it
                 // ends, so it is neither lost nor run concurrently (C3).
-                if cw & REPLAY != 0 || self.weak.has(Weaken::NoReplay) {
+                if self.weak.has(Weaken::NoReplay) {
                     return false;
                 }
+                // Even when REPLAY looks set already, confirm with a
+                // compare-exchange: `cw` may be a stale view of a guard the
+                // runner has since released (and re-raised nothing).
                 // AcqRel: Release orders our read of the pending bit before
                 // the runner's Acquire release of the guard, so its re-raise
                 // sees that bit.

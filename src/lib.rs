@@ -73,7 +73,7 @@ mod channels;
 #[cfg(feature = "alloc")]
 pub use channels::{Bind, Channels, Notify, Vcpu};
 pub use error::Error;
-pub use ops::{Kick, PortOps};
+pub use ops::{Kick, PortOps, Raised};
 pub use port::{MaskReason, Port, State, Status};
 #[cfg(feature = "alloc")]
 pub use twolevel::OwnedMemory;

@@ -15,6 +15,34 @@ use crate::Error;
 /// A vCPU the caller must notify (kick): an upcall became pending on it.
 pub type Kick = Option<u32>;
 
+/// What a raise did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Raised {
+    /// The port was already pending: the send coalesced with an earlier one,
+    /// whose raiser notifies (edge semantics).
+    Coalesced,
+    /// The port became pending but is masked: its unmask will raise it.
+    Masked,
+    /// The port became pending and was made visible to `vcpu`; `kick` says
+    /// whether the vCPU's upcall flag went 0 → 1 (notify it then).
+    Notified {
+        /// The vCPU the port was raised on.
+        vcpu: u32,
+        /// Whether that vCPU must be kicked.
+        kick: bool,
+    },
+}
+
+impl Raised {
+    /// The vCPU to kick, if any.
+    pub fn kick(self) -> Kick {
+        match self {
+            Raised::Notified { vcpu, kick: true } => Some(vcpu),
+            _ => None,
+        }
+    }
+}
+
 /// One event-channel ABI.
 pub trait PortOps: Sync {
     /// Deliver-side scan state of one vCPU (the round-robin position),
@@ -31,8 +59,8 @@ pub trait PortOps: Sync {
     /// which is read only once the raise needs it (after the pending bit is
     /// set and the mask read), so that a concurrent rebind is seen.
     ///
-    /// Returns the vCPU to kick when its upcall-pending flag went 0 → 1.
-    fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error>;
+    /// Returns what the raise did; [`Raised::kick`] names the vCPU to kick.
+    fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Raised, Error>;
 
     /// Clears the pending state of `port` (used on close and bind).
     fn clear_pending(&self, port: u32) -> Result<(), Error>;
@@ -69,6 +97,10 @@ pub trait PortOps: Sync {
     /// port that may be pending and unmasked for it, in the ABI's fairness
     /// order, repeating while new work was flagged meanwhile. `each` decides
     /// (it checks the binding and takes the in-flight guard).
-    fn scan(&self, vcpu: u32, cursor: &mut Self::Cursor, each: impl FnMut(u32))
-        -> Result<(), Error>;
+    fn scan(
+        &self,
+        vcpu: u32,
+        cursor: &mut Self::Cursor,
+        each: impl FnMut(u32),
+    ) -> Result<(), Error>;
 }

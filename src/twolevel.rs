@@ -13,7 +13,7 @@
 //! vCPU's selector.
 
 use crate::abi::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
-use crate::ops::{Kick, PortOps};
+use crate::ops::{Kick, PortOps, Raised};
 use crate::sync::{store_load_fence, Ordering::*};
 use crate::weaken::{Weaken, Weakness};
 use crate::Error;
@@ -200,7 +200,7 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
     }
 
     #[inline]
-    fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error> {
+    fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Raised, Error> {
         let (w, bit, pending, mask) = self.locate(port)?;
         // SeqCst: the write half of the send/unmask Dekker pattern (see
         // `store_load_fence`); it is also the Release that publishes what the
@@ -208,7 +208,7 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
         let old = pending.fetch_or(bit, self.weak.ord(Weaken::RelaxedPending, SeqCst));
         if old & bit != 0 {
             // Coalesced: whoever set it first raises (edge semantics).
-            return Ok(None);
+            return Ok(Raised::Coalesced);
         }
         if !self.weak.has(Weaken::NoStoreLoadFence) {
             store_load_fence();
@@ -218,9 +218,11 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
         // Also Acquire: pairs with the unmask's Release, so `target()` sees
         // the binding a rebinder wrote before unmasking.
         if mask.load(SeqCst) & bit != 0 {
-            return Ok(None);
+            return Ok(Raised::Masked);
         }
-        Ok(self.raise_selector(target(), w))
+        let vcpu = target();
+        let kick = self.raise_selector(vcpu, w).is_some();
+        Ok(Raised::Notified { vcpu, kick })
     }
 
     fn clear_pending(&self, port: u32) -> Result<(), Error> {

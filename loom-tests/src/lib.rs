@@ -1,3 +1,381 @@
-//! Loom models of the evtchn core. The models live in `tests/`; this crate
-//! holds the shared harness. Build and run them with
-//! `RUSTFLAGS="--cfg loom" cargo test -p loom-tests --release`.
+//! The harness of the loom models of the evtchn core.
+//!
+//! The models live in `tests/`, one file per scenario of DESIGN.md §6; they
+//! drive the *real* core (`evtchn::Channels` over `evtchn::TwoLevel`), built
+//! with `--cfg loom` so that every atomic, fence and lock of the core is
+//! loom's. Run them with
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p loom-tests --release
+//! ```
+//!
+//! The tiny instance: one pending word (64 ports), two vCPUs, each a loom
+//! thread that halts until kicked: it runs an upcall, and parks only after
+//! it saw no upcall pending; the `Notify` hook unparks it. A lost wake-up
+//! therefore leaves a vCPU parked forever, which loom reports as a deadlock;
+//! a lost event leaves the model's "every send observed" condition unmet,
+//! which ends the same way.
+#![cfg(loom)]
+
+use std::sync::Mutex as StdMutex;
+
+use evtchn::{Channels, OwnedMemory, Port, TwoLevel, Weaken};
+use loom::cell::UnsafeCell;
+use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+// `std` Arc, not loom's: when loom reports a deadlock it unwinds with no
+// active thread, and dropping a loom Arc then would abort the process.
+use loom::thread::{self, JoinHandle, Thread};
+use std::sync::Arc;
+
+/// The core under test.
+pub type Core = Channels<TwoLevel<OwnedMemory>, Kicker>;
+
+/// Number of vCPUs of every model.
+pub const VCPUS: usize = 2;
+
+/// The `Notify` hook: unparks the thread running the kicked vCPU and logs
+/// the kick with the loom thread that caused it.
+///
+/// The registry is a `std` mutex: loom runs all model threads on one OS
+/// thread and never switches inside this critical section (it contains no
+/// loom operation), so it neither blocks nor adds states to explore.
+#[derive(Default)]
+pub struct Kicker {
+    threads: StdMutex<Vec<Option<Thread>>>,
+    log: StdMutex<Vec<(thread::ThreadId, u32)>>,
+}
+
+/// The event trace of the current interleaving (kicks, upcalls, handler
+/// runs, parks), printed when a model fails: the interleaving loom found.
+static TRACE: StdMutex<Vec<String>> = StdMutex::new(Vec::new());
+
+/// Appends `s` to the trace, tagged with the loom thread.
+pub fn tr(s: String) {
+    if let Ok(mut t) = TRACE.lock() {
+        t.push(format!("{:?} {}", thread::current().id(), s));
+    }
+}
+
+impl evtchn::Notify for Kicker {
+    fn kick(&self, vcpu: u32) {
+        tr(format!("kick {vcpu}"));
+        if let Ok(mut log) = self.log.lock() {
+            log.push((thread::current().id(), vcpu));
+        }
+        let t = self
+            .threads
+            .lock()
+            .ok()
+            .and_then(|ts| ts.get(vcpu as usize).cloned().flatten());
+        if let Some(t) = t {
+            t.unpark();
+        }
+    }
+}
+
+impl Kicker {
+    fn register(&self, vcpu: usize, t: Thread) {
+        if let Ok(mut ts) = self.threads.lock() {
+            if ts.len() <= vcpu {
+                ts.resize(vcpu + 1, None);
+            }
+            ts[vcpu] = Some(t);
+        }
+    }
+
+    fn wake_all(&self) {
+        let ts: Vec<Thread> = match self.threads.lock() {
+            Ok(ts) => ts.iter().flatten().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        for t in ts {
+            t.unpark();
+        }
+    }
+
+    /// vCPUs kicked by the calling loom thread so far.
+    pub fn kicks_by_me(&self) -> Vec<u32> {
+        let me = thread::current().id();
+        self.log
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|(t, _)| *t == me)
+                    .map(|(_, v)| *v)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A sender flag any port's handler may observe (see [`Config::sends`]).
+pub const ANY: u32 = u32::MAX;
+
+/// Per-port-number probe: what handlers saw, checked by the models.
+pub struct Probe {
+    /// Runs per generation (life), readable while other vCPUs run.
+    life_runs: [AtomicUsize; 4],
+    /// Set on handler entry, cleared on exit: two at once is a C3 breach.
+    inside: AtomicBool,
+    /// Handler-private data: written by every run, so that two runs not
+    /// ordered by happens-before are a data race loom reports.
+    data: UnsafeCell<Runs>,
+}
+
+/// What the handler runs of one port recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Runs {
+    /// Runs per vCPU.
+    pub per_vcpu: [usize; VCPUS],
+    /// Runs per generation (life) of the port number, index = generation.
+    pub per_life: [usize; 4],
+    /// Per sender slot: whether some run observed that sender's flag.
+    pub observed: [bool; 4],
+}
+
+/// The model world: the core, the probes, the sends to observe.
+pub struct World {
+    /// The core under test.
+    pub ch: Core,
+    probes: Vec<Probe>,
+    /// Sender flags: a sender sets its flag, then sends; a handler run
+    /// records every flag it sees (the "observed that send" of C1).
+    flags: Vec<AtomicBool>,
+    /// Flag `k` must be observed by a handler run of port `expect[k]`
+    /// before the vCPUs may stop.
+    expect: Vec<u32>,
+    gates: Vec<AtomicBool>,
+    /// Flag `k` was observed by its port's handler.
+    observed: Vec<AtomicBool>,
+    done: AtomicBool,
+    expect_done: bool,
+}
+
+/// Builder options of a [`World`].
+pub struct Config {
+    /// Pending words (64 ports each).
+    pub words: usize,
+    /// The weakened protective step, if any.
+    pub weaken: Option<Weaken>,
+    /// Gate flags: a handler may start only once every gate is open (the
+    /// model opens a gate just before the call that may allow it).
+    pub gates: usize,
+    /// Sender flags the vCPUs wait for: flag `k` must be observed by a
+    /// handler run of port number `sends[k]`, or of any port if it is
+    /// [`ANY`] (binds hand out the lowest free number, so a model knows its
+    /// numbers).
+    pub sends: Vec<u32>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            words: 1,
+            weaken: None,
+            gates: 0,
+            sends: Vec::new(),
+        }
+    }
+}
+
+impl World {
+    /// A world with `cfg`.
+    pub fn new(cfg: Config) -> Arc<World> {
+        let abi = match cfg.weaken {
+            Some(w) => TwoLevel::weakened(OwnedMemory::new(cfg.words, VCPUS), w),
+            None => TwoLevel::new(OwnedMemory::new(cfg.words, VCPUS)),
+        };
+        let ch = match cfg.weaken {
+            Some(w) => Channels::weakened(abi, Kicker::default(), w),
+            None => Channels::new(abi, Kicker::default()),
+        };
+        let ports = ch.nr_ports() as usize;
+        Arc::new(World {
+            ch,
+            probes: (0..ports)
+                .map(|_| Probe {
+                    life_runs: core::array::from_fn(|_| AtomicUsize::new(0)),
+                    inside: AtomicBool::new(false),
+                    data: UnsafeCell::new(Runs::default()),
+                })
+                .collect(),
+            flags: cfg.sends.iter().map(|_| AtomicBool::new(false)).collect(),
+            observed: cfg.sends.iter().map(|_| AtomicBool::new(false)).collect(),
+            gates: (0..cfg.gates).map(|_| AtomicBool::new(false)).collect(),
+            done: AtomicBool::new(cfg.sends.is_empty()),
+            expect_done: !cfg.sends.is_empty(),
+            expect: cfg.sends,
+        })
+    }
+
+    /// Marks sender flag `k` as sent (before the send itself).
+    pub fn flag(&self, k: usize) {
+        // Relaxed: the core's raise (Release) and clear (Acquire) must carry
+        // it to the handler; that is what the models check.
+        self.flags[k].store(true, Relaxed);
+    }
+
+    /// The handler every model uses: checks C3 and records the run.
+    pub fn handle(&self, vcpu: u32, port: Port) {
+        let probe = &self.probes[port.number() as usize];
+        // SeqCst: a plain flag; two handlers inside at once is the breach.
+        assert!(
+            !probe.inside.swap(true, SeqCst),
+            "C3: handler of port {} entered on vCPU {} while running elsewhere",
+            port.number(),
+            vcpu
+        );
+        for (g, gate) in self.gates.iter().enumerate() {
+            // SeqCst: opened before the control-plane call whose Release
+            // update the handler's start (an Acquire compare-exchange) saw.
+            assert!(
+                gate.load(SeqCst),
+                "C4: handler of port {} started while mask reason {} remained",
+                port.number(),
+                g
+            );
+        }
+        tr(format!("handle v{vcpu} port {}", port.number()));
+        let number = port.number();
+        let seen: Vec<bool> = self
+            .flags
+            .iter()
+            .zip(&self.expect)
+            .map(|(f, &want)| (want == number || want == ANY) && f.load(Relaxed))
+            .collect();
+        probe.data.with_mut(|d| {
+            // SAFETY: the in-flight guard serialises handler runs of a port
+            // and orders them by happens-before; loom reports a race if not.
+            let d = unsafe { &mut *d };
+            d.per_vcpu[vcpu as usize] += 1;
+            let life = (port.generation() as usize).min(3);
+            d.per_life[life] += 1;
+            // SeqCst: read by control threads while vCPUs run.
+            probe.life_runs[life].fetch_add(1, SeqCst);
+            for (k, s) in seen.iter().enumerate() {
+                d.observed[k] |= *s;
+            }
+        });
+        for (k, s) in seen.iter().enumerate() {
+            if *s {
+                self.observed[k].store(true, SeqCst);
+            }
+        }
+        let all = self.observed.iter().all(|o| o.load(SeqCst));
+        probe.inside.store(false, SeqCst);
+        if all && self.expect_done {
+            // SeqCst: read by the vCPU loops before they park.
+            self.done.store(true, SeqCst);
+            self.ch.notifier().wake_all();
+        }
+    }
+
+    /// Opens gate `g`.
+    pub fn open(&self, g: usize) {
+        self.gates[g].store(true, SeqCst);
+    }
+
+    /// Handler runs so far of the life of `port` (any thread, any time).
+    pub fn life_runs(&self, port: Port) -> usize {
+        let life = (port.generation() as usize).min(3);
+        self.probes[port.number() as usize].life_runs[life].load(SeqCst)
+    }
+
+    /// Runs upcalls on every vCPU from the calling thread until none is
+    /// pending: the final drain after the model threads were joined.
+    pub fn drain(&self) {
+        let mut cpus: Vec<_> = (0..VCPUS as u32)
+            .map(|v| self.ch.vcpu(v).expect("vCPU in range"))
+            .collect();
+        loop {
+            let mut any = false;
+            for cpu in &mut cpus {
+                let v = cpu.id();
+                cpu.upcall(|p| self.handle(v, p)).expect("upcall");
+                any |= cpu.upcall_pending();
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    /// Runs of port `number` (call after every vCPU joined).
+    pub fn runs(&self, number: u32) -> Runs {
+        self.probes[number as usize]
+            .data
+            // SAFETY: called after the vCPU threads were joined.
+            .with(|d| unsafe { (*d).clone() })
+    }
+
+    /// Whether every expected send was observed.
+    pub fn done(&self) -> bool {
+        self.done.load(SeqCst)
+    }
+}
+
+/// Spawns vCPU `v`: a halt-until-kicked upcall loop that stops once every
+/// expected send was observed. Returns its join handle; the thread is
+/// registered with the kicker before this returns.
+pub fn spawn_vcpu(world: &Arc<World>, v: u32) -> JoinHandle<()> {
+    let w = world.clone();
+    let h = thread::spawn(move || {
+        let mut cpu = w.ch.vcpu(v).expect("vCPU in range");
+        loop {
+            tr(format!("upcall v{v} start"));
+            cpu.upcall(|p| w.handle(v, p)).expect("upcall");
+            tr(format!("upcall v{v} end pending={}", cpu.upcall_pending()));
+            if w.done() {
+                break;
+            }
+            if !cpu.upcall_pending() {
+                // Halt until kicked (a kick before the park is kept as the
+                // unpark token, so it is not lost).
+                tr(format!("park v{v}"));
+                thread::park();
+                tr(format!("unparked v{v}"));
+            }
+        }
+    });
+    world.ch.notifier().register(v as usize, h.thread().clone());
+    h
+}
+
+/// Spawns both vCPUs.
+pub fn spawn_vcpus(world: &Arc<World>) -> Vec<JoinHandle<()>> {
+    (0..VCPUS as u32).map(|v| spawn_vcpu(world, v)).collect()
+}
+
+/// Joins all handles, propagating a panic of any.
+pub fn join_all(hs: Vec<JoinHandle<()>>) {
+    for h in hs {
+        h.join().expect("model thread panicked");
+    }
+}
+
+/// Runs `f` under loom with the suite's bounds: `LOOM_MAX_PREEMPTIONS`
+/// from the environment (the suite sets 2), or `default_preemptions`.
+pub fn model<F>(default_preemptions: usize, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("{info}");
+        if let Ok(t) = TRACE.lock() {
+            eprintln!("trace of the failing interleaving:");
+            for line in t.iter() {
+                eprintln!("  {line}");
+            }
+        }
+    }));
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(default_preemptions);
+    }
+    b.check(move || {
+        if let Ok(mut t) = TRACE.lock() {
+            t.clear();
+        }
+        f()
+    });
+}

@@ -19,10 +19,10 @@ use model as imp;
 
 mod lock;
 
-pub use imp::atomic::{AtomicU32, AtomicU64, AtomicU8};
 #[cfg(loom)]
 pub(crate) use imp::atomic::fence;
 pub(crate) use imp::atomic::Ordering;
+pub use imp::atomic::{AtomicU32, AtomicU64, AtomicU8};
 #[cfg(all(not(loom), not(feature = "std")))]
 pub(crate) use imp::spin_loop;
 #[allow(unused_imports)]
