@@ -218,13 +218,12 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         // 1. Mask: a sender of the port's last life that is still between
         //    its state check and its raise raises nothing visible.
         self.abi.mask(n)?;
-        // 2. New generation, still FREE. Release: a stale sender whose
-        //    pending bit lands after the clear below synchronises with the
-        //    clear and so sees this generation, and reports `Stale`.
-        slot.store(
-            (u64::from(gen) << GEN_SHIFT) | FREE,
-            self.weak.ord(Weaken::RelaxedBindPublish, Release),
-        );
+        // 2. New generation, still FREE. A stale sender whose pending bit
+        //    lands after the clear below synchronises with the clear's
+        //    Release and so sees this generation, and reports `Stale`.
+        //    Release here: a reader of the port table sees the FREE state
+        //    no earlier than the mask above.
+        slot.store((u64::from(gen) << GEN_SHIFT) | FREE, Release);
         // 3. Clear what the last life (or a stale sender) left pending. No
         //    sender of the new life exists yet: the state is not BOUND.
         if !self.weak.has(Weaken::NoResetOnBind) {
@@ -236,8 +235,11 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         // 4. Publish. Release: a sender that reads BOUND sees the cleared
         //    pending bit; a deliverer that reads BOUND sees the binding.
         //    Nothing else writes a FREE word (the deliver side and the
-        //    control plane touch only BOUND and CLOSING words).
-        slot.store(cw, self.weak.ord(Weaken::RelaxedBindPublish, Release));
+        //    control plane touch only BOUND and CLOSING words). Only a
+        //    sender that found the port by number (`port`) depends on this
+        //    Release; one handed the `Port` by the binder is already
+        //    ordered by that hand-over.
+        slot.store(cw, Release);
         // Unmask: re-raises on `target` if a stale raise slipped in after
         // the clear (it is then an event of this life, raised after bind).
         let k = self.abi.unmask(n, || target)?;

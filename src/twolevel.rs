@@ -150,12 +150,43 @@ impl<M: Memory2l> TwoLevel<M> {
     #[inline]
     fn locate(&self, port: u32) -> Result<(u32, u64, &XenUlong, &XenUlong), Error> {
         let w = port / BITS_PER_WORD;
+        // A selector names at most 64 words, whatever the memory holds.
+        if w >= BITS_PER_WORD {
+            return Err(Error::PortOutOfRange);
+        }
         let bit = 1u64 << (port % BITS_PER_WORD);
         let pending = self.mem.pending().get(w as usize);
         let mask = self.mem.mask().get(w as usize);
         match (pending, mask) {
             (Some(p), Some(m)) => Ok((w, bit, p, m)),
             _ => Err(Error::PortOutOfRange),
+        }
+    }
+
+    /// Offers every pending, unmasked port of word `w` within `range` to
+    /// `each`, lowest first, moving the cursor along. Words the memory does
+    /// not have (a hostile selector bit) are ignored.
+    #[inline]
+    fn scan_word(
+        pending: &[XenUlong],
+        mask: &[XenUlong],
+        w: u32,
+        range: u64,
+        cursor: &mut Cursor,
+        each: &mut impl FnMut(u32),
+    ) {
+        let (Some(p), Some(m)) = (pending.get(w as usize), mask.get(w as usize)) else {
+            return;
+        };
+        // Acquire: pairs with the raiser's Release fetch_or (the deliverer
+        // re-acquires on its clear; this orders the mask read after it).
+        let mut bits = p.load(Acquire) & !m.load(Acquire) & range;
+        while bits != 0 {
+            let b = bits.trailing_zeros();
+            bits &= bits - 1;
+            cursor.word = w;
+            cursor.bit = b;
+            each(w * BITS_PER_WORD + b);
         }
     }
 
@@ -191,8 +222,9 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
     type Cursor = Cursor;
 
     fn nr_ports(&self) -> u32 {
+        // A selector names at most 64 words: ports beyond 4096 are ignored.
         let words = self.mem.pending().len().min(self.mem.mask().len());
-        (words as u32).saturating_mul(BITS_PER_WORD)
+        (words.min(BITS_PER_WORD as usize) as u32) * BITS_PER_WORD
     }
 
     fn nr_vcpus(&self) -> u32 {
@@ -227,8 +259,11 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
 
     fn clear_pending(&self, port: u32) -> Result<(), Error> {
         let (_, bit, pending, _) = self.locate(port)?;
-        // Release: a raiser whose fetch_or reads this value sees what the
-        // control plane wrote before (e.g. the mask set by close).
+        // Release: a raiser whose fetch_or reads this value (or a later
+        // one) sees what the control plane wrote before: bind's new
+        // generation, so a stale sender landing after the reset says so.
+        // (Loom cannot show this one: its SeqCst model orders bind's mask
+        // before the sender's fence, which C++20 does not promise.)
         pending.fetch_and(!bit, Release);
         Ok(())
     }
@@ -323,41 +358,33 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
             // AcqRel. Acquire: pairs with the raiser's Release fetch_or, so
             // the pending bits behind the selector bits are visible. Release:
             // publishes the flag clear above to the next raiser.
-            let mut sel = vi
+            let sel = vi
                 .evtchn_pending_sel
                 .swap(0, self.weak.ord(Weaken::RelaxedSelector, AcqRel));
             if clear_after {
                 vi.evtchn_upcall_pending.store(0, Relaxed);
             }
-            // Resume at the word where the last scan stopped (fairness).
-            let start_word = cursor.word % BITS_PER_WORD;
-            sel = sel.rotate_right(start_word);
-            while sel != 0 {
-                let w = (sel.trailing_zeros() + start_word) % BITS_PER_WORD;
-                sel &= sel - 1;
-                // Hostile selector bits for words we do not have are ignored.
-                let (Some(p), Some(m)) = (pending.get(w as usize), mask.get(w as usize)) else {
-                    continue;
-                };
-                // Acquire: see the sender's data behind each pending bit (the
-                // deliverer re-acquires on its clear; this one orders the
-                // mask read after it).
-                let mut bits = p.load(Acquire) & !m.load(Acquire);
-                // Within the word where the last scan stopped, start after
-                // the last port handled.
-                let start_bit = if w == cursor.word {
-                    (cursor.bit + 1) % BITS_PER_WORD
-                } else {
-                    0
-                };
-                bits = bits.rotate_right(start_bit);
-                while bits != 0 {
-                    let b = (bits.trailing_zeros() + start_bit) % BITS_PER_WORD;
-                    bits &= bits - 1;
-                    cursor.word = w;
-                    cursor.bit = b;
-                    each(w * BITS_PER_WORD + b);
-                }
+            // Round-robin (fairness, as Linux's scan): resume just after the
+            // last port handled, i.e. the start word's bits above it, then
+            // the other selected words in order, then the start word's bits
+            // up to and including it.
+            let start = cursor.word % BITS_PER_WORD;
+            let above = match cursor.bit % BITS_PER_WORD {
+                63 => 0,
+                b => !0u64 << (b + 1),
+            };
+            let start_sel = sel & (1u64 << start) != 0;
+            if start_sel {
+                Self::scan_word(pending, mask, start, above, cursor, &mut each);
+            }
+            let mut others = (sel & !(1u64 << start)).rotate_right(start);
+            while others != 0 {
+                let w = (others.trailing_zeros() + start) % BITS_PER_WORD;
+                others &= others - 1;
+                Self::scan_word(pending, mask, w, !0, cursor, &mut each);
+            }
+            if start_sel && !above != 0 {
+                Self::scan_word(pending, mask, start, !above, cursor, &mut each);
             }
             // Acquire: pairs with a raiser's swap; its selector bit is then
             // visible to the next pass's swap.

@@ -32,8 +32,6 @@ pub enum Weaken {
     /// The selector bit is set and exchanged with `Relaxed` instead of
     /// Release/Acquire: the raiser need not see the cleared upcall flag.
     RelaxedSelector,
-    /// The binding is published by `bind` with `Relaxed` instead of Release.
-    RelaxedBindPublish,
     /// Mask reasons collapse into one bit: any unmask clears every reason.
     SingleMaskReason,
     /// `bind` reuses a port number without clearing the pending bit left by

@@ -1103,9 +1103,6 @@ fn self_resending_ports_are_served_round_robin_not_starved() {
 /// parts (upper bits first, lower bits last); the core scans the whole start
 /// word first, so the port handled last is handled first again.
 #[test]
-#[ignore = "BUG: scan revisits the start word's lower bits before other words: \
-            ports 1 (word 0) and 64 (word 1) pending at every upcall are handled \
-            1,64 | 64,1 | 1,64 ... (the last one handled runs first again)"]
 fn round_robin_across_words_never_repeats_the_last_port_first() {
     let ch = new_ch(2, 1);
     let ports: Vec<Port> = (0..64)
@@ -1129,8 +1126,6 @@ fn round_robin_across_words_never_repeats_the_last_port_first() {
 /// Same fairness question at the word boundary: the last port handled is
 /// bit 63 of word 0; the next upcall should continue with word 1.
 #[test]
-#[ignore = "BUG: after handling bit 63 of word w the next scan restarts at bit 0 of \
-            word w instead of word w+1: ports 63 and 64 alternate 63,64 | 64,63 | 63,64"]
 fn round_robin_after_bit_63_continues_with_the_next_word() {
     let ch = new_ch(2, 1);
     let ports: Vec<Port> = (0..64)

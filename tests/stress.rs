@@ -272,7 +272,14 @@ struct SenderStats {
 ///
 /// The sender caches a handle per number and keeps using it until it fails,
 /// so sends on stale handles (closed lives) are frequent: those must fail.
-fn run_sender(ch: &Ch, ledger: &[Ledger], cfg: &Config, quota: u64, seed: u64) -> SenderStats {
+fn run_sender(
+    ch: &Ch,
+    ledger: &[Ledger],
+    cfg: &Config,
+    progress: &AtomicU64,
+    quota: u64,
+    seed: u64,
+) -> SenderStats {
     let mut rng = Rng::new(seed);
     let mut st = SenderStats::default();
     let nr = ch.nr_ports() as usize;
@@ -330,7 +337,12 @@ fn run_sender(ch: &Ch, ledger: &[Ledger], cfg: &Config, quota: u64, seed: u64) -
             continue;
         }
         match ch.send(p) {
-            Ok(()) => st.ok += 1,
+            Ok(()) => {
+                st.ok += 1;
+                if st.ok % 256 == 0 {
+                    progress.fetch_add(256, Relaxed);
+                }
+            }
             Err(Error::Stale | Error::NotBound) => {
                 st.failed += 1;
                 cache[n] = None;
@@ -360,28 +372,86 @@ struct ControlStats {
     affinity_in_flight: u64,
     masks: u64,
     unmasks: u64,
+    /// Watches started / found stuck (see [`Watch`]).
+    watches: u64,
+    stuck: u64,
     unexpected: u64,
 }
 
+/// A mid-run check of C1 that no later send or rebind can hide: the control
+/// thread snapshots the last claimed sequence number `seq` of a bound,
+/// unmasked port and leaves that port alone until a handler has observed
+/// `seq`. A stranded event is healed by a later mask/unmask or rebind of
+/// its port (the unmask re-raises), so only an untouched port shows it;
+/// one still unobserved after [`STUCK_AFTER`] is a lost event.
+struct Watch {
+    port: Port,
+    seq: u64,
+    since: Instant,
+}
+
+/// How long a watched send may stay unobserved (vCPU threads may be
+/// descheduled for a while on a loaded machine; a lost event is forever).
+const STUCK_AFTER: Duration = Duration::from_secs(5);
+
 /// The control thread: rebinds, masks and close/re-bind while events fly.
-fn run_control(ch: &Ch, ledger: &[Ledger], cfg: &Config, stop: &AtomicBool) -> ControlStats {
+///
+/// Close and bind stop once the senders have made 90% of their sends, so
+/// that the lives checked at the end have lived through affinity changes
+/// and mask/unmask with sends in flight (a close legitimately drops pending
+/// events, and only the events of live ports can be checked).
+fn run_control(
+    ch: &Ch,
+    ledger: &[Ledger],
+    cfg: &Config,
+    progress: &AtomicU64,
+    stop: &AtomicBool,
+) -> ControlStats {
     let mut rng = Rng::new(0xc0de);
     let mut st = ControlStats::default();
     let mut live: Vec<Port> = Vec::new();
     let mut masked: Vec<Port> = Vec::new();
+    let mut watches: Vec<Watch> = Vec::new();
     let vcpus = u64::from(ch.nr_vcpus());
     let min_live = MIN_LIVE.min(cfg.live - 1);
+    let churn_until = cfg.sends / 10 * 9;
     let bad = |st: &mut ControlStats, what: &str, p: Option<Port>, e: Error| {
         st.unexpected += 1;
         eprintln!("control: {what}({p:?}): unexpected error {e}");
     };
-    let pick = |rng: &mut Rng, v: &[Port]| rng.below(v.len().max(1) as u64) as usize;
     let mut op = 0u64;
     while !stop.load(Acquire) {
         op += 1;
-        match rng.below(16) {
+        // Settle the watches.
+        watches.retain(|w| {
+            let l = &ledger[w.port.number() as usize];
+            if l.seen.load(Acquire) >= w.seq {
+                return false;
+            }
+            if w.since.elapsed() < STUCK_AFTER {
+                return true;
+            }
+            st.stuck += 1;
+            eprintln!(
+                "control: port {:?}: send #{} unobserved for {STUCK_AFTER:?} (last seen #{}): {:?}",
+                w.port,
+                w.seq & SEQ,
+                l.seen.load(Acquire) & SEQ,
+                ch.status(w.port.number())
+            );
+            false
+        });
+        // A random live port that no watch holds.
+        let pick = |rng: &mut Rng, v: &[Port]| -> Option<usize> {
+            let i = rng.below(v.len().max(1) as u64) as usize;
+            v.get(i)
+                .filter(|p| !watches.iter().any(|w| w.port == **p))
+                .map(|_| i)
+        };
+        let churn = progress.load(Relaxed) < churn_until;
+        match rng.below(32) {
             // Bind, in either mode; keep the ledger in step first.
-            0..=2 if live.len() < cfg.live => {
+            0..=5 if churn && live.len() < cfg.live => {
                 let mode = if rng.below(2) == 0 {
                     Bind::XenCompat
                 } else {
@@ -403,16 +473,22 @@ fn run_control(ch: &Ch, ledger: &[Ledger], cfg: &Config, stop: &AtomicBool) -> C
                     Err(e) => bad(&mut st, "bind", None, e),
                 }
             }
-            3..=4 if live.len() > min_live => {
-                let p = live.swap_remove(pick(&mut rng, &live));
+            6..=9 if churn && live.len() > min_live => {
+                let Some(i) = pick(&mut rng, &live) else {
+                    continue;
+                };
+                let p = live.swap_remove(i);
                 masked.retain(|m| *m != p);
                 match ch.close(p) {
                     Ok(()) => st.closes += 1,
                     Err(e) => bad(&mut st, "close", Some(p), e),
                 }
             }
-            5..=10 if !live.is_empty() => {
-                let p = live[pick(&mut rng, &live)];
+            10..=21 => {
+                let Some(i) = pick(&mut rng, &live) else {
+                    continue;
+                };
+                let p = live[i];
                 let v = rng.below(vcpus) as u32;
                 // The seed's case: a rebind while a handler is in flight.
                 if ch
@@ -426,8 +502,11 @@ fn run_control(ch: &Ch, ledger: &[Ledger], cfg: &Config, stop: &AtomicBool) -> C
                     Err(e) => bad(&mut st, "set_affinity", Some(p), e),
                 }
             }
-            11..=12 if !live.is_empty() => {
-                let p = live[pick(&mut rng, &live)];
+            22..=25 => {
+                let Some(i) = pick(&mut rng, &live) else {
+                    continue;
+                };
+                let p = live[i];
                 match ch.mask(p) {
                     Ok(()) => {
                         st.masks += 1;
@@ -438,11 +517,29 @@ fn run_control(ch: &Ch, ledger: &[Ledger], cfg: &Config, stop: &AtomicBool) -> C
                     Err(e) => bad(&mut st, "mask", Some(p), e),
                 }
             }
-            13..=14 if !masked.is_empty() => {
-                let p = masked.swap_remove(pick(&mut rng, &masked));
+            26..=29 => {
+                let Some(i) = pick(&mut rng, &masked) else {
+                    continue;
+                };
+                let p = masked.swap_remove(i);
                 match ch.unmask(p) {
                     Ok(()) => st.unmasks += 1,
                     Err(e) => bad(&mut st, "unmask", Some(p), e),
+                }
+            }
+            30 if watches.len() < 8 => {
+                let Some(i) = pick(&mut rng, &live) else {
+                    continue;
+                };
+                let p = live[i];
+                let seq = ledger[p.number() as usize].sent.load(Acquire);
+                if !masked.contains(&p) && seq & !SEQ == tag(p) && seq & SEQ != 0 {
+                    st.watches += 1;
+                    watches.push(Watch {
+                        port: p,
+                        seq,
+                        since: Instant::now(),
+                    });
                 }
             }
             _ => {}
@@ -524,11 +621,14 @@ fn stress_two_level() {
     let ledger = &ledger[..];
     let stop_vcpus = AtomicBool::new(false);
     let stop_control = AtomicBool::new(false);
+    // Successful sends so far, in steps of 256 (for the control phases).
+    let progress = AtomicU64::new(0);
     let t0 = Instant::now();
 
     let (mut hs, vs, ss, cs, mut miscounted) = thread::scope(|s| {
         let ch = &ch;
         let cfg = &cfg;
+        let progress = &progress;
         let vcpu_threads: Vec<_> = (0..vcpus as u32)
             .map(|id| {
                 let stop = &stop_vcpus;
@@ -540,14 +640,16 @@ fn stress_two_level() {
             .collect();
         let control = thread::Builder::new()
             .name("control".into())
-            .spawn_scoped(s, || run_control(ch, ledger, cfg, &stop_control))
+            .spawn_scoped(s, || run_control(ch, ledger, cfg, progress, &stop_control))
             .expect("spawn control thread");
         let senders: Vec<_> = (0..senders as u64)
             .map(|i| {
                 let quota = total / senders as u64 + u64::from(i < total % senders as u64);
                 thread::Builder::new()
                     .name(format!("sender{i}"))
-                    .spawn_scoped(s, move || run_sender(ch, ledger, cfg, quota, 0x5e2d + i))
+                    .spawn_scoped(s, move || {
+                        run_sender(ch, ledger, cfg, progress, quota, 0x5e2d + i)
+                    })
                     .expect("spawn sender thread")
             })
             .collect();
@@ -615,7 +717,8 @@ fn stress_two_level() {
 
     // C1: every live port's last send was observed, and nothing is left
     // pending (so a run started after each send).
-    let mut lost = 0u64;
+    // Sends found stuck mid-run count as lost too.
+    let mut lost = cs.stuck;
     let mut live = 0u64;
     for n in 1..ch.nr_ports() {
         let Ok(p) = ch.port(n) else { continue };
@@ -675,7 +778,7 @@ fn stress_two_level() {
     );
     println!(
         "  vcpus={vcpus} senders={senders} max_live={} ports={} live_at_end={live} fresh={} spurious={} \
-         failed_sends={failed} stale_sends={stale} binds={} set_affinity={} (in flight {}) masks={} unmasks={} kicks={kicks} miscounted={miscounted} \
+         failed_sends={failed} stale_sends={stale} binds={} set_affinity={} (in flight {}) masks={} unmasks={} watches={} stuck={} kicks={kicks} miscounted={miscounted} \
          parks={parks} idle_timeouts={idle_timeouts} final_runs={final_runs} secs={:.2}",
         cfg.live,
         nr - 1,
@@ -686,6 +789,8 @@ fn stress_two_level() {
         cs.affinity_in_flight,
         cs.masks,
         cs.unmasks,
+        cs.watches,
+        cs.stuck,
         elapsed.as_secs_f64()
     );
     for (i, v) in vs.iter().enumerate() {

@@ -610,9 +610,6 @@ fn empty_memories_are_refused_cleanly_by_the_control_plane() {
 /// builds ("attempt to shift left with overflow"), and in release the shift
 /// wraps to bit 0, so the selector names word 0 and the event is stranded.
 #[test]
-#[ignore = "BUG: a Memory2l with more than 64 words makes set_pending panic \
-            (1u64 << 64 in raise_selector) instead of clamping nr_ports to 4096 \
-            or returning PortOutOfRange"]
 fn memory_with_more_than_64_words_is_clamped_or_refused() {
     let ops = TwoLevel::new(Custom::new(65, 65, 1));
     let p = 64 * 64; // word 64

@@ -360,6 +360,13 @@ where
     F: Fn() + Sync + Send + 'static,
 {
     std::panic::set_hook(Box::new(|info| {
+        // loom's coroutines unwind with internal panics; only report ours.
+        if info
+            .location()
+            .is_some_and(|l| l.file().contains("/generator-"))
+        {
+            return;
+        }
         eprintln!("{info}");
         if let Ok(t) = TRACE.lock() {
             eprintln!("trace of the failing interleaving:");

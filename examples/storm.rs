@@ -1,0 +1,606 @@
+//! The seed's story on real threads: an event storm on vCPU 0, then the same
+//! storm spread over every vCPU by rebinding ports while events fly.
+//!
+//! ```text
+//! cargo run --release --example storm [-- --secs N --vcpus N]
+//! ```
+//!
+//! Threads: one per vCPU, each looping `upcall` and halting when idle (it
+//! parks only after seeing no upcall pending; the `Notify` unparks it);
+//! sender threads sending to the storm ports as fast as they can; one
+//! rebinder thread. Two phases of equal length:
+//!
+//! 1. **storm** — every storm port is bound Xen-compatibly (`Bind::XenCompat`),
+//!    so all of them, and each bind's spurious event, land on vCPU 0. The
+//!    rebinder closes and re-binds ports the same way: they stay on vCPU 0.
+//!    vCPU 0 takes all the load, and its upcall runs for as long as the
+//!    storm lasts (the soft lockup of the seed).
+//! 2. **spread** — the rebinder moves the ports round-robin over the vCPUs
+//!    with `set_affinity`, and keeps rotating them while events fly; ports
+//!    it closes are re-bound atomically to their vCPU (`Bind::Affinity`).
+//!
+//! For each phase it prints, per vCPU, the handler runs and their share and
+//! the longest single upcall, and the events handled per second. At the end
+//! it checks, as `tests/stress.rs` does, that no event was lost and no
+//! handler ever ran on two vCPUs at once, and exits non-zero otherwise.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::OnceLock;
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use evtchn::{Bind, Channels, Error, Notify, OwnedMemory, Port, TwoLevel};
+
+/// Ports in the storm.
+const STORM_PORTS: usize = 32;
+/// Sender threads.
+const SENDERS: usize = 2;
+/// Safety-net timeout of a halted vCPU (kicks wake it; this only bounds the
+/// damage of a lost one, which is counted).
+const PARK_TIMEOUT: Duration = Duration::from_millis(20);
+/// Time a vCPU that timed out with work pending waits for a kick still on
+/// its way before calling the wake-up lost.
+const KICK_GRACE: Duration = Duration::from_secs(1);
+/// The rebinder's pace.
+const REBIND_EVERY: Duration = Duration::from_micros(200);
+
+const USAGE: &str = "\
+storm: an event storm on vCPU 0, then spread by rebinds while events fly
+
+usage: cargo run --release --example storm [-- OPTIONS]
+
+options:
+  --secs N    total run time in seconds, split into two phases (default 6)
+  --vcpus N   number of vCPU threads, at least 2 (default 4)
+  --help      print this help";
+
+/// Command-line options.
+struct Args {
+    secs: u64,
+    vcpus: usize,
+}
+
+/// Parses the command line by hand; `Err` carries the message to print.
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = Args { secs: 6, vcpus: 4 };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            v.parse()
+                .map_err(|e| format!("{name} {v:?}: not a number ({e})"))
+        };
+        match a.as_str() {
+            "--help" | "-h" => return Ok(None),
+            "--secs" => args.secs = value("--secs")?,
+            "--vcpus" => args.vcpus = value("--vcpus")? as usize,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if args.secs == 0 || args.secs > 3600 {
+        return Err("--secs must be in 1..=3600".into());
+    }
+    if !(2..=64).contains(&args.vcpus) {
+        return Err("--vcpus must be in 2..=64".into());
+    }
+    Ok(Some(args))
+}
+
+/// Per-vCPU state shared with the kick hook and the main thread, on its own
+/// cache lines.
+#[repr(align(128))]
+#[derive(Default)]
+struct VcpuShared {
+    thread: OnceLock<Thread>,
+    /// Kicks received (incremented before the unpark).
+    kicks: AtomicU64,
+    /// Handler runs.
+    handled: AtomicU64,
+    /// Longest finished upcall in this phase, in nanoseconds.
+    longest_ns: AtomicU64,
+    /// Start of the upcall running now, in nanoseconds since `epoch` plus
+    /// one; 0 when none runs (so that main sees an upcall that never ends).
+    running_since: AtomicU64,
+    /// Wake-ups that never came (C2).
+    lost_wakeups: AtomicU64,
+}
+
+/// Accounting of one port number, as in `tests/stress.rs`: `sent` is
+/// `generation << 32 | seq` of the last send claimed (before the send),
+/// `seen` the highest value a handler observed, `inside` set while a
+/// handler of the port runs.
+#[derive(Default)]
+struct Ledger {
+    sent: AtomicU64,
+    seen: AtomicU64,
+    inside: AtomicBool,
+}
+
+const SEQ: u64 = 0xffff_ffff;
+
+fn tag(p: Port) -> u64 {
+    u64::from(p.generation()) << 32
+}
+
+/// Everything the threads share.
+struct World {
+    epoch: Instant,
+    vcpus: Vec<VcpuShared>,
+    ledger: Vec<Ledger>,
+    /// Handler runs that found their port's handler already running (C3).
+    concurrent: AtomicU64,
+    /// Successful sends, per sender (each on its own line).
+    sends: Vec<Padded>,
+    /// Sends refused because the port was closed meanwhile.
+    failed_sends: AtomicU64,
+    /// 0: storm, 1: spread, 2: stop senders and rebinder.
+    phase: AtomicUsize,
+    stop_vcpus: AtomicBool,
+    rebinds: AtomicU64,
+    closes: AtomicU64,
+    /// Unexpected errors from the control plane.
+    errors: AtomicU64,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+impl World {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The kick hook: counts and unparks.
+struct Kicker<'w>(&'w World);
+
+impl Notify for Kicker<'_> {
+    fn kick(&self, vcpu: u32) {
+        if let Some(v) = self.0.vcpus.get(vcpu as usize) {
+            v.kicks.fetch_add(1, SeqCst);
+            if let Some(t) = v.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+}
+
+type Ch<'w> = Channels<TwoLevel<OwnedMemory>, Kicker<'w>>;
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// The event handler: counts the run, checks C3, records what it observed.
+fn handle(w: &World, vcpu: &VcpuShared, p: Port) {
+    vcpu.handled.fetch_add(1, Relaxed);
+    let Some(l) = w.ledger.get(p.number() as usize) else {
+        return;
+    };
+    if l.inside.swap(true, AcqRel) {
+        w.concurrent.fetch_add(1, Relaxed);
+    }
+    // Acquire: the core's clear of the pending bit synchronised with the
+    // send, so this sees the sequence number claimed before it.
+    let sent = l.sent.load(Acquire);
+    if sent & !SEQ == tag(p) {
+        l.seen.fetch_max(sent, AcqRel);
+    }
+    // A little work, as a real handler does.
+    for _ in 0..64 {
+        std::hint::spin_loop();
+    }
+    l.inside.store(false, Release);
+}
+
+/// One vCPU: the upcall loop with the idle protocol of C2.
+fn run_vcpu(w: &World, ch: &Ch<'_>, id: u32) {
+    let me = &w.vcpus[id as usize];
+    let _ = me.thread.set(thread::current());
+    let mut vcpu = ch.vcpu(id).expect("vCPU index is in range");
+    loop {
+        let t0 = w.now_ns();
+        me.running_since.store(t0 + 1, Relaxed);
+        if let Err(e) = vcpu.upcall(|p| handle(w, me, p)) {
+            eprintln!("vcpu{id}: upcall failed: {e}");
+            w.errors.fetch_add(1, Relaxed);
+        }
+        me.running_since.store(0, Relaxed);
+        me.longest_ns
+            .fetch_max(w.now_ns().saturating_sub(t0), Relaxed);
+        if w.stop_vcpus.load(Acquire) {
+            return;
+        }
+        // The kick count before the last look: a raise after that look
+        // kicks after this read.
+        let k0 = me.kicks.load(SeqCst);
+        if vcpu.upcall_pending() {
+            continue;
+        }
+        let parked = Instant::now();
+        thread::park_timeout(PARK_TIMEOUT);
+        if me.kicks.load(SeqCst) != k0 || parked.elapsed() < PARK_TIMEOUT || !vcpu.upcall_pending()
+        {
+            continue;
+        }
+        // Timed out with work pending and no kick: give a kick that may be
+        // on its way time to arrive.
+        let g0 = Instant::now();
+        while me.kicks.load(SeqCst) == k0 && g0.elapsed() < KICK_GRACE {
+            thread::sleep(Duration::from_millis(1));
+        }
+        if me.kicks.load(SeqCst) == k0 {
+            me.lost_wakeups.fetch_add(1, Relaxed);
+            eprintln!("vcpu{id}: lost wake-up");
+        }
+    }
+}
+
+/// One sender: sends to random storm ports as fast as it can until the
+/// phase says stop, claiming a sequence number before each send.
+fn run_sender(w: &World, ch: &Ch<'_>, id: usize) {
+    let mut rng = Rng::new(0x5e2d + id as u64);
+    let mut cache: Vec<Option<Port>> = vec![None; STORM_PORTS + 1];
+    let mine = &w.sends[id].0;
+    let mut n_ok = 0u64;
+    while w.phase.load(Relaxed) < 2 {
+        let n = 1 + rng.below(STORM_PORTS as u64) as usize;
+        let p = match cache[n] {
+            Some(p) => p,
+            None => match ch.port(n as u32) {
+                Ok(p) => *cache[n].insert(p),
+                Err(_) => continue,
+            },
+        };
+        let l = &w.ledger[n];
+        let mut cur = l.sent.load(Acquire);
+        let claimed = loop {
+            if cur & !SEQ != tag(p) {
+                break false;
+            }
+            match l.sent.compare_exchange_weak(cur, cur + 1, AcqRel, Acquire) {
+                Ok(_) => break true,
+                Err(now) => cur = now,
+            }
+        };
+        if !claimed {
+            cache[n] = None;
+            continue;
+        }
+        match ch.send(p) {
+            Ok(()) => {
+                n_ok += 1;
+                if n_ok % 64 == 0 {
+                    mine.fetch_add(64, Relaxed);
+                }
+            }
+            Err(Error::Stale | Error::NotBound) => {
+                cache[n] = None;
+                w.failed_sends.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                eprintln!("sender{id}: send({p:?}): {e}");
+                w.errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+    mine.fetch_add(n_ok % 64, Relaxed);
+}
+
+/// Binds a storm port and resets its ledger for the new life.
+fn bind(w: &World, ch: &Ch<'_>, mode: Bind) -> Option<Port> {
+    match ch.bind(mode) {
+        Ok(p) => {
+            // Release: a sender that reads this tag sends on the new life.
+            w.ledger[p.number() as usize].sent.store(tag(p), Release);
+            Some(p)
+        }
+        Err(e) => {
+            eprintln!("bind({mode:?}): {e}");
+            w.errors.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+/// The rebinder. Storm phase: closes a port and re-binds it Xen-compatibly
+/// (it lands on vCPU 0 again, with bind's spurious event). Spread phase:
+/// moves each port to its round-robin vCPU, rotating the assignment all the
+/// time, and re-binds closed ports atomically to their vCPU.
+fn run_rebinder(w: &World, ch: &Ch<'_>, mut ports: Vec<Port>) -> Vec<Port> {
+    let mut rng = Rng::new(0xc0de);
+    let vcpus = w.vcpus.len();
+    let mut rotation = 0usize;
+    let mut op = 0usize;
+    loop {
+        let phase = w.phase.load(Relaxed);
+        if phase >= 2 {
+            return ports;
+        }
+        op += 1;
+        let i = rng.below(ports.len() as u64) as usize;
+        if phase == 0 || op % 16 == 0 {
+            // Close and re-bind: the handle changes, senders see `Stale`.
+            match ch.close(ports[i]) {
+                Ok(()) => {
+                    w.closes.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    eprintln!("close({:?}): {e}", ports[i]);
+                    w.errors.fetch_add(1, Relaxed);
+                }
+            }
+            let mode = if phase == 0 {
+                Bind::XenCompat
+            } else {
+                Bind::Affinity(((i + rotation) % vcpus) as u32)
+            };
+            // The lowest free number: the one just closed, or another one
+            // closed behind a handler still in flight.
+            if let Some(p) = bind(w, ch, mode) {
+                ports[i] = p;
+                w.rebinds.fetch_add(1, Relaxed);
+            }
+        } else {
+            // Rotate: every pass over the ports shifts the assignment by one.
+            if op % ports.len() == 0 {
+                rotation += 1;
+            }
+            let v = ((i + rotation) % vcpus) as u32;
+            if let Err(e) = ch.set_affinity(ports[i], v) {
+                eprintln!("set_affinity({:?}, {v}): {e}", ports[i]);
+                w.errors.fetch_add(1, Relaxed);
+            }
+        }
+        thread::sleep(REBIND_EVERY);
+    }
+}
+
+/// What main samples at a phase boundary.
+struct Snapshot {
+    at: Instant,
+    handled: Vec<u64>,
+    sends: u64,
+}
+
+fn snapshot(w: &World) -> Snapshot {
+    Snapshot {
+        at: Instant::now(),
+        handled: w.vcpus.iter().map(|v| v.handled.load(Relaxed)).collect(),
+        sends: w.sends.iter().map(|s| s.0.load(Relaxed)).sum(),
+    }
+}
+
+/// The longest upcall of each vCPU since the last call (an upcall still
+/// running counts with its length so far), and starts a new period.
+fn take_longest(w: &World) -> Vec<Duration> {
+    let now = w.now_ns();
+    w.vcpus
+        .iter()
+        .map(|v| {
+            let done = v.longest_ns.swap(0, Relaxed);
+            let since = v.running_since.load(Relaxed);
+            let running = if since == 0 {
+                0
+            } else {
+                now.saturating_sub(since - 1)
+            };
+            Duration::from_nanos(done.max(running))
+        })
+        .collect()
+}
+
+fn report(title: &str, from: &Snapshot, to: &Snapshot, longest: &[Duration]) {
+    let secs = to.at.duration_since(from.at).as_secs_f64().max(1e-9);
+    let handled: Vec<u64> = to
+        .handled
+        .iter()
+        .zip(&from.handled)
+        .map(|(a, b)| a - b)
+        .collect();
+    let total: u64 = handled.iter().sum();
+    println!("{title}");
+    println!("  vcpu     handled   share  longest upcall");
+    for (i, (h, l)) in handled.iter().zip(longest).enumerate() {
+        let share = if total == 0 {
+            0.0
+        } else {
+            100.0 * *h as f64 / total as f64
+        };
+        println!("  {i:>4} {h:>11} {share:>6.1}%  {l:>14.3?}");
+    }
+    let sends = to.sends - from.sends;
+    println!(
+        "  events handled: {:.2} M/s   sends: {:.2} M/s ({:.0}% coalesced)",
+        total as f64 / secs / 1e6,
+        sends as f64 / secs / 1e6,
+        if sends == 0 {
+            0.0
+        } else {
+            100.0 * (1.0 - (total as f64 / sends as f64).min(1.0))
+        }
+    );
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("storm: {msg}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let phase_len = Duration::from_millis(args.secs * 500);
+
+    let world = World {
+        epoch: Instant::now(),
+        vcpus: (0..args.vcpus).map(|_| VcpuShared::default()).collect(),
+        ledger: (0..64).map(|_| Ledger::default()).collect(),
+        concurrent: AtomicU64::new(0),
+        sends: (0..SENDERS).map(|_| Padded::default()).collect(),
+        failed_sends: AtomicU64::new(0),
+        phase: AtomicUsize::new(0),
+        stop_vcpus: AtomicBool::new(false),
+        rebinds: AtomicU64::new(0),
+        closes: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    };
+    let w = &world;
+    // One word: 63 usable ports, more than the storm needs.
+    let ch: Ch<'_> = Channels::new(TwoLevel::new(OwnedMemory::new(1, args.vcpus)), Kicker(w));
+    let ch = &ch;
+
+    println!(
+        "storm: {} vCPUs, {SENDERS} senders, {STORM_PORTS} ports, {} s ({:?} per phase)\n",
+        args.vcpus, args.secs, phase_len
+    );
+
+    let outcome = thread::scope(|s| {
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send + '_>| {
+            thread::Builder::new()
+                .name(name)
+                .spawn_scoped(s, f)
+                .expect("cannot spawn a thread")
+        };
+        let vcpu_threads: Vec<_> = (0..args.vcpus as u32)
+            .map(|id| spawn(format!("vcpu{id}"), Box::new(move || run_vcpu(w, ch, id))))
+            .collect();
+
+        // The storm ports: Xen-compatible binds, all on vCPU 0.
+        let ports: Vec<Port> = (0..STORM_PORTS)
+            .filter_map(|_| bind(w, ch, Bind::XenCompat))
+            .collect();
+        if ports.len() != STORM_PORTS {
+            return Err("could not bind the storm ports".to_string());
+        }
+        let rebinder = thread::Builder::new()
+            .name("rebinder".into())
+            .spawn_scoped(s, move || run_rebinder(w, ch, ports))
+            .expect("cannot spawn the rebinder");
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|i| spawn(format!("sender{i}"), Box::new(move || run_sender(w, ch, i))))
+            .collect();
+
+        // Phase 1: the storm on vCPU 0.
+        let s0 = snapshot(w);
+        take_longest(w);
+        thread::sleep(phase_len);
+        let s1 = snapshot(w);
+        let l1 = take_longest(w);
+        // Phase 2: spread by rebinds while events fly.
+        w.phase.store(1, Relaxed);
+        thread::sleep(phase_len);
+        let s2 = snapshot(w);
+        let l2 = take_longest(w);
+        report(
+            "phase 1 — storm: all ports bound Xen-compatibly, on vCPU 0 (re-binds stay there)",
+            &s0,
+            &s1,
+            &l1,
+        );
+        println!();
+        report(
+            "phase 2 — spread: ports moved round-robin by set_affinity, rotating while events fly",
+            &s1,
+            &s2,
+            &l2,
+        );
+
+        // Quiesce: senders and rebinder stop, the vCPUs drain, then final
+        // upcalls until no upcall is pending anywhere.
+        w.phase.store(2, Relaxed);
+        for t in senders {
+            t.join().map_err(|_| "a sender panicked".to_string())?;
+        }
+        let ports = rebinder
+            .join()
+            .map_err(|_| "the rebinder panicked".to_string())?;
+        let drain = Instant::now();
+        while (0..args.vcpus as u32).any(|v| ch.upcall_pending(v).unwrap_or(true))
+            && drain.elapsed() < Duration::from_secs(5)
+        {
+            thread::sleep(Duration::from_millis(5));
+        }
+        w.stop_vcpus.store(true, Release);
+        for v in &w.vcpus {
+            if let Some(t) = v.thread.get() {
+                t.unpark();
+            }
+        }
+        for t in vcpu_threads {
+            t.join().map_err(|_| "a vCPU thread panicked".to_string())?;
+        }
+        let mut handles: Vec<_> = (0..args.vcpus as u32)
+            .filter_map(|v| ch.vcpu(v).ok())
+            .collect();
+        for _round in 0..1000 {
+            for (v, h) in handles.iter_mut().enumerate() {
+                if let Err(e) = h.upcall(|p| handle(w, &w.vcpus[v], p)) {
+                    return Err(format!("final upcall on vcpu{v}: {e}"));
+                }
+            }
+            if !handles.iter().any(|h| h.upcall_pending()) {
+                return Ok(ports);
+            }
+        }
+        Err("upcalls still pending after 1000 final rounds".to_string())
+    });
+    let ports = match outcome {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("storm: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    // C1: each storm port's last send was observed by a handler, and none
+    // is left pending.
+    let mut lost = 0u64;
+    for p in &ports {
+        let l = &w.ledger[p.number() as usize];
+        let (sent, seen) = (l.sent.load(Acquire), l.seen.load(Acquire));
+        if sent & !SEQ == tag(*p) && sent & SEQ != 0 && seen < sent {
+            lost += (sent & SEQ) - (seen.max(tag(*p)) & SEQ);
+        }
+        if ch.status(p.number()).map_or(true, |s| s.pending) {
+            lost += 1;
+        }
+    }
+    let concurrent = w.concurrent.load(Relaxed);
+    let lost_wakeups: u64 = w.vcpus.iter().map(|v| v.lost_wakeups.load(Relaxed)).sum();
+    let errors = w.errors.load(Relaxed);
+    let sends: u64 = w.sends.iter().map(|s| s.0.load(Relaxed)).sum();
+    let handled: u64 = w.vcpus.iter().map(|v| v.handled.load(Relaxed)).sum();
+    println!(
+        "\nchecks: lost={lost} concurrent={concurrent} lost_wakeups={lost_wakeups} errors={errors}"
+    );
+    println!(
+        "        (sends={sends} failed_sends={} handled={handled} rebinds={} closes={})",
+        w.failed_sends.load(Relaxed),
+        w.rebinds.load(Relaxed),
+        w.closes.load(Relaxed)
+    );
+    if lost == 0 && concurrent == 0 && lost_wakeups == 0 && errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("storm: contract violated");
+        ExitCode::FAILURE
+    }
+}
