@@ -5,33 +5,46 @@
 //!
 //! Threads:
 //!
-//! * `EVTCHN_STRESS_VCPUS` (default 4) vCPU threads, each looping `upcall` and halting with the idle
-//!   protocol of C2: after an upcall, halt (`park_timeout`) only if
-//!   `upcall_pending()` is false. The `Notify` counts a kick and unparks the
-//!   vCPU's thread. The park timeout is a safety net only: a vCPU that wakes
-//!   by timeout with an upcall pending and no kick on its way is a lost
-//!   wake-up, and is counted.
+//! * `EVTCHN_STRESS_VCPUS` (default 4) vCPU threads, each looping `upcall`
+//!   and halting with the idle protocol of C2: after an upcall, halt
+//!   (`park_timeout`) only if `upcall_pending()` is false. The `Notify`
+//!   counts a kick and unparks the vCPU's thread. The park timeout is a
+//!   safety net only: a vCPU that wakes by timeout with an upcall pending
+//!   and no kick on its way is a lost wake-up, and is counted.
 //! * `EVTCHN_STRESS_SENDERS` (default 2) sender threads, each sending to
-//!   random port numbers.
+//!   random port numbers through cached handles (so sends on closed lives
+//!   are frequent, and must fail).
 //! * one control thread: `set_affinity` to random vCPUs, `mask`/`unmask`,
 //!   `close` and re-`bind` (both `Bind::XenCompat` and `Bind::Affinity`).
+//!   Close and bind stop after 90% of the sends, so that the lives checked
+//!   at the end have taken sends through rebinds and mask/unmask.
 //!
 //! Accounting, per port life (number + generation), in a [`Ledger`] slot:
 //! `sent` holds `generation << 32 | seq`, which a sender increments *before*
 //! `send`; the handler reads it (Acquire, after the core's Acquire clear of
-//! the pending bit) and keeps the highest value observed in `seen`. After
-//! quiescing (senders and control stopped, everything unmasked, final
-//! upcalls until no upcall is pending anywhere), every live port must have
-//! `seen == sent` and its pending bit clear: its last send was observed by a
-//! handler run that started after that send (C1). Each port number has an
-//! `inside` flag that the handler sets on entry and clears on exit; finding
-//! it already set is a concurrent run (C3).
+//! the pending bit) and keeps the highest value observed in `seen`.
+//!
+//! * C1 at the end: after quiescing (senders and control stopped,
+//!   everything unmasked, final upcalls until no upcall is pending
+//!   anywhere), every bound port must have `seen == sent` and its pending
+//!   bit clear: its last send was observed by a handler run that started
+//!   after that send.
+//! * C1 mid-run: the control thread *watches* random ports (see [`Watch`]):
+//!   a send still unobserved after [`STUCK_AFTER`] is lost.
+//! * C3: each port number has an `inside` flag that the handler sets on
+//!   entry and clears on exit; finding it already set is a concurrent run.
+//! * The handler runs counted by the handler must equal those the upcalls
+//!   report; a send on the handle of a closed life must fail (C6).
 //!
 //! Size: `EVTCHN_STRESS_SENDS` successful sends in all (default
 //! [`DEFAULT_SENDS`]); `EVTCHN_STRESS_LIVE` ports bound at most (default 96;
 //! fewer ports means more contention per port). A watchdog ends the process
 //! if the run takes longer than `EVTCHN_STRESS_TIMEOUT_SECS` (default 600):
 //! a hang is a failure too.
+//!
+//! ```text
+//! EVTCHN_STRESS_SENDS=10000000 cargo test --release --test stress -- --nocapture
+//! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, OnceLock};
@@ -277,6 +290,7 @@ fn run_sender(
     ledger: &[Ledger],
     cfg: &Config,
     progress: &AtomicU64,
+    abort: &AtomicBool,
     quota: u64,
     seed: u64,
 ) -> SenderStats {
@@ -287,7 +301,7 @@ fn run_sender(
     // numbers in use are those up to about `live`.
     let span = (nr - 1).min(cfg.live + 16) as u64;
     let mut cache: Vec<Option<Port>> = vec![None; nr];
-    while st.ok < quota {
+    while st.ok < quota && !abort.load(Relaxed) {
         let n = 1 + rng.below(span) as usize;
         let p = match cache[n] {
             Some(p) => p,
@@ -584,6 +598,23 @@ impl Config {
     }
 }
 
+/// Sets the stop flags and wakes every vCPU when dropped: the main thread
+/// holds one, so that its panic ends the other threads too.
+struct StopAll<'a>([&'a AtomicBool; 3], &'a Kicker);
+
+impl Drop for StopAll<'_> {
+    fn drop(&mut self) {
+        for f in self.0 {
+            f.store(true, Release);
+        }
+        for w in self.1.wakes.iter() {
+            if let Some(t) = w.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+}
+
 /// Ends the process if the run hangs (a hang is a failure, and a scoped
 /// thread cannot be abandoned).
 fn watchdog(secs: u64, done: Arc<AtomicBool>) {
@@ -621,14 +652,19 @@ fn stress_two_level() {
     let ledger = &ledger[..];
     let stop_vcpus = AtomicBool::new(false);
     let stop_control = AtomicBool::new(false);
+    let abort = AtomicBool::new(false);
     // Successful sends so far, in steps of 256 (for the control phases).
     let progress = AtomicU64::new(0);
     let t0 = Instant::now();
 
     let (mut hs, vs, ss, cs, mut miscounted) = thread::scope(|s| {
+        // If this thread panics, stop every other thread, or the scope would
+        // wait for them forever.
+        let _guard = StopAll([&stop_vcpus, &stop_control, &abort], ch.notifier());
         let ch = &ch;
         let cfg = &cfg;
         let progress = &progress;
+        let abort = &abort;
         let vcpu_threads: Vec<_> = (0..vcpus as u32)
             .map(|id| {
                 let stop = &stop_vcpus;
@@ -648,7 +684,7 @@ fn stress_two_level() {
                 thread::Builder::new()
                     .name(format!("sender{i}"))
                     .spawn_scoped(s, move || {
-                        run_sender(ch, ledger, cfg, progress, quota, 0x5e2d + i)
+                        run_sender(ch, ledger, cfg, progress, abort, quota, 0x5e2d + i)
                     })
                     .expect("spawn sender thread")
             })

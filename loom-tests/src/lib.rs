@@ -122,6 +122,12 @@ pub struct Probe {
     data: UnsafeCell<Runs>,
 }
 
+// SAFETY: `data` is written only inside a handler run of its port, which the
+// core's in-flight guard serialises and orders by happens-before (the very
+// property under test: loom's `UnsafeCell` reports any two accesses that are
+// not so ordered), and read only after every model thread was joined.
+unsafe impl Sync for Probe {}
+
 /// What the handler runs of one port recorded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Runs {
@@ -379,10 +385,20 @@ where
     if b.preemption_bound.is_none() {
         b.preemption_bound = Some(default_preemptions);
     }
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = runs.clone();
+    let started = std::time::Instant::now();
     b.check(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut t) = TRACE.lock() {
             t.clear();
         }
         f()
     });
+    eprintln!(
+        "loom: {} explored {} interleavings in {:.2?}",
+        std::thread::current().name().unwrap_or("model"),
+        runs.load(std::sync::atomic::Ordering::Relaxed),
+        started.elapsed()
+    );
 }

@@ -14,6 +14,8 @@ use loom_tests::*;
 fn xen_compat_bind_raises_on_vcpu0() {
     model(2, || {
         let w = World::new(Config::default());
+        // Each vCPU runs one upcall concurrently with the bind.
+        let vcpus = spawn_vcpus(&w);
         let b = w.clone();
         let binder = thread::spawn(move || {
             let p = b.ch.bind(Bind::XenCompat).expect("bind");
@@ -21,6 +23,7 @@ fn xen_compat_bind_raises_on_vcpu0() {
             (p, b.ch.notifier().kicks_by_me())
         });
         let (p, kicks) = binder.join().expect("binder");
+        join_all(vcpus);
         // The bind's event is raised on vCPU 0; the rebind's unmask may
         // re-raise it on vCPU 1 if nobody took it yet (as Linux's rebind
         // does on Xen).
