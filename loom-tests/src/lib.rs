@@ -402,3 +402,46 @@ where
         started.elapsed()
     );
 }
+
+/// The seed's scenario (DESIGN §6, scenarios 3 and 6): an event is pending on
+/// vCPU 0 when a rebinder moves the port to vCPU 1 and then sends again,
+/// while both vCPUs run upcalls. Checks C1 (both sends observed), C5 (at
+/// most one run on vCPU 0; the send after `set_affinity` kicks only vCPU 1)
+/// and, through the handler probe, C3.
+pub fn seed_scenario(weaken: Option<Weaken>) {
+    model(2, move || {
+        let w = World::new(Config {
+            weaken,
+            sends: vec![1, 1],
+            ..Config::default()
+        });
+        let p = w.ch.bind(evtchn::Bind::Affinity(0)).expect("bind");
+        w.flag(0);
+        w.ch.send(p).expect("send");
+        let vcpus = spawn_vcpus(&w);
+        let r = w.clone();
+        let rebinder = thread::spawn(move || {
+            r.ch.set_affinity(p, 1).expect("set_affinity");
+            let before = r.ch.notifier().kicks_by_me().len();
+            r.flag(1);
+            r.ch.send(p).expect("send");
+            let kicks = r.ch.notifier().kicks_by_me();
+            assert!(
+                kicks[before..].iter().all(|&v| v == 1),
+                "C5: a send after set_affinity kicked {kicks:?}"
+            );
+        });
+        rebinder.join().expect("rebinder");
+        join_all(vcpus);
+        let r = w.runs(p.number());
+        assert!(
+            r.observed[0] && r.observed[1],
+            "C1: a send was never observed"
+        );
+        assert!(
+            r.per_vcpu[0] <= 1,
+            "C5: {} runs on the old vCPU",
+            r.per_vcpu[0]
+        );
+    });
+}
