@@ -362,6 +362,7 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
                 .evtchn_pending_sel
                 .swap(0, self.weak.ord(Weaken::RelaxedSelector, AcqRel));
             if clear_after {
+                // The weakened order (loom models only): see `Weaken`.
                 vi.evtchn_upcall_pending.store(0, Relaxed);
             }
             // Round-robin (fairness, as Linux's scan): resume just after the
