@@ -8,7 +8,7 @@
 
 use alloc::boxed::Box;
 
-use crate::ops::{Kick, PortOps, Raised};
+use crate::ops::{Delivery, Kick, PortOps, Raised};
 use crate::port::{self, MaskReason, Port, State, Status};
 use crate::port::{ACTIVE, BOUND, CLOSING, FREE, GEN_SHIFT, PRIORITY_SHIFT, REASONS, REPLAY};
 use crate::sync::{AtomicU64, Lock, Ordering::*};
@@ -214,6 +214,9 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             }
         }
         let (n, slot, old) = found.ok_or(Error::NoFreePort)?;
+        // Map the port's memory (the FIFO event array page) first: a
+        // failure leaves the port free and changes nothing.
+        self.abi.prepare(n).map_err(|_| Error::NoFreePort)?;
         let gen = port::generation(old).wrapping_add(1);
         // 1. Mask: a sender of the port's last life that is still between
         //    its state check and its raise raises nothing visible.
@@ -224,8 +227,10 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         //    Release here: a reader of the port table sees the FREE state
         //    no earlier than the mask above.
         slot.store((u64::from(gen) << GEN_SHIFT) | FREE, Release);
-        // 3. Clear what the last life (or a stale sender) left pending. No
-        //    sender of the new life exists yet: the state is not BOUND.
+        // 3. Default priority; clear what the last life (or a stale sender)
+        //    left pending. No sender of the new life exists yet: the state
+        //    is not BOUND.
+        self.abi.set_priority(n, DEFAULT_PRIORITY as u8)?;
         if !self.weak.has(Weaken::NoResetOnBind) {
             self.abi.clear_pending(n)?;
         }
@@ -387,6 +392,25 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         Ok(())
     }
 
+    /// Sets the priority of `port`: 0 (highest) ..= 15; 7 after bind. The
+    /// FIFO ABI links the port's next event on the queue of that priority
+    /// (an event already linked is delivered once on its old priority); the
+    /// 2-level ABI has no priorities and only records it.
+    pub fn set_priority(&self, port: Port, priority: u8) -> Result<(), Error> {
+        if priority > 15 {
+            return Err(Error::PriorityOutOfRange);
+        }
+        let _guard = self.lock.lock();
+        let slot = self.slot(port.number)?;
+        // Acquire: see the current state.
+        check(slot.load(Acquire), port)?;
+        self.abi.set_priority(port.number, priority)?;
+        self.update(slot, port, |cw| {
+            (cw & !port::PRIORITY) | (u64::from(priority) << PRIORITY_SHIFT)
+        })?;
+        Ok(())
+    }
+
     /// Closes `port`. Once this returns, no handler of this life of the port
     /// starts again (C6); a handler already running finishes, and the number
     /// is reused only after it has (state `Closing` until then). Sends on
@@ -451,20 +475,29 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
 
     /// Runs `handler` for candidate `number` on `vcpu` if the port is bound
     /// there, unmasked, pending, and not in flight elsewhere. Returns
-    /// whether the handler ran.
-    fn deliver(&self, vcpu: u32, number: u32, handler: &mut impl FnMut(Port)) -> bool {
+    /// what it did.
+    fn deliver(&self, vcpu: u32, number: u32, handler: &mut impl FnMut(Port)) -> Delivery {
         let Ok(slot) = self.slot(number) else {
-            return false;
+            return Delivery::Skipped;
         };
         let guard = !self.weak.has(Weaken::NoInFlightGuard);
         // Acquire: pairs with the control plane's Release updates, so the
         // binding and mask reasons read here are the published ones.
         let mut cw = slot.load(Acquire);
         loop {
-            if port::state(cw) != BOUND || port::vcpu(cw) != vcpu || cw & REASONS != 0 {
-                // Not ours (a rebind moved it: its unmask re-raised it on the
-                // new vCPU), masked (the unmask re-raises), or closed.
-                return false;
+            if port::state(cw) != BOUND || cw & REASONS != 0 {
+                // Masked (the unmask re-raises) or closed.
+                return Delivery::Skipped;
+            }
+            if port::vcpu(cw) != vcpu {
+                // Bound elsewhere now (a rebind moved it). Confirm with a
+                // compare-exchange, which reads the latest word, so that the
+                // vCPU named is the current one. AcqRel: as for any update.
+                match slot.compare_exchange(cw, cw, AcqRel, Acquire) {
+                    Ok(_) => return Delivery::Foreign(port::vcpu(cw)),
+                    Err(now) => cw = now,
+                }
+                continue;
             }
             if !guard {
                 break;
@@ -474,7 +507,7 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
                 // event pending and ask the runner to re-raise it when it
                 // ends, so it is neither lost nor run concurrently (C3).
                 if self.weak.has(Weaken::NoReplay) {
-                    return false;
+                    return Delivery::Skipped;
                 }
                 // Even when REPLAY looks set already, confirm with a
                 // compare-exchange: `cw` may be a stale view of a guard the
@@ -483,7 +516,7 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
                 // the runner's Acquire release of the guard, so its re-raise
                 // sees that bit.
                 match slot.compare_exchange(cw, cw | REPLAY, AcqRel, Acquire) {
-                    Ok(_) => return false,
+                    Ok(_) => return Delivery::Skipped,
                     Err(now) => cw = now,
                 }
                 continue;
@@ -509,7 +542,11 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         if guard {
             self.release(slot, number);
         }
-        ran
+        if ran {
+            Delivery::Handled
+        } else {
+            Delivery::Skipped
+        }
     }
 
     /// Ends the in-flight guard of `number`: frees a port closed meanwhile,
@@ -577,11 +614,18 @@ impl<A: PortOps, N: Notify> Vcpu<'_, A, N> {
         let channels = self.channels;
         let id = self.id;
         let mut ran = 0usize;
-        channels.abi.scan(id, &mut self.cursor, |number| {
-            if channels.deliver(id, number, &mut handler) {
-                ran = ran.saturating_add(1);
-            }
-        })?;
+        channels.abi.scan(
+            id,
+            &mut self.cursor,
+            |number| {
+                let d = channels.deliver(id, number, &mut handler);
+                if d == Delivery::Handled {
+                    ran = ran.saturating_add(1);
+                }
+                d
+            },
+            |v| channels.notify.kick(v),
+        )?;
         Ok(ran)
     }
 

@@ -69,11 +69,15 @@ mod weaken;
 
 #[cfg(feature = "alloc")]
 mod channels;
+#[cfg(feature = "alloc")]
+mod fifo;
 
 #[cfg(feature = "alloc")]
 pub use channels::{Bind, Channels, Notify, Vcpu};
 pub use error::Error;
-pub use ops::{Kick, PortOps, Raised};
+#[cfg(feature = "alloc")]
+pub use fifo::{BorrowedFifo, Fifo, FifoCursor, FifoMemory, GuestUnmask, OwnedFifo};
+pub use ops::{Delivery, Kick, PortOps, Raised};
 pub use port::{MaskReason, Port, State, Status};
 #[cfg(feature = "alloc")]
 pub use twolevel::OwnedMemory;

@@ -43,6 +43,20 @@ impl Raised {
     }
 }
 
+/// What the control plane did with a port the deliver side offered it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// Its handler ran.
+    Handled,
+    /// Not run, and nothing for the ABI to do: not pending, masked (the
+    /// unmask re-raises), closed, or in flight elsewhere (the runner
+    /// re-raises when it ends).
+    Skipped,
+    /// Not run: the port is bound to this other vCPU now. An ABI that took
+    /// the event off this vCPU's queue must raise it there.
+    Foreign(u32),
+}
+
 /// One event-channel ABI.
 pub trait PortOps: Sync {
     /// Deliver-side scan state of one vCPU (the round-robin position),
@@ -71,6 +85,24 @@ pub trait PortOps: Sync {
     /// wrote before its `set_pending`.
     fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error>;
 
+    /// Makes `port` usable (the FIFO ABI maps the event array page that
+    /// holds it); called by bind before the port is handed out.
+    fn prepare(&self, port: u32) -> Result<(), Error> {
+        let _ = port;
+        Ok(())
+    }
+
+    /// Sets the priority of `port` (0 highest ..= 15). The 2-level ABI has
+    /// no priorities and accepts any value in range.
+    fn set_priority(&self, port: u32, priority: u8) -> Result<(), Error> {
+        let _ = port;
+        if priority < 16 {
+            Ok(())
+        } else {
+            Err(Error::PriorityOutOfRange)
+        }
+    }
+
     /// Whether `port` is pending.
     fn is_pending(&self, port: u32) -> Result<bool, Error>;
 
@@ -94,13 +126,16 @@ pub trait PortOps: Sync {
     fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error>;
 
     /// Clears the upcall-pending flag of `vcpu` and calls `each` for every
-    /// port that may be pending and unmasked for it, in the ABI's fairness
-    /// order, repeating while new work was flagged meanwhile. `each` decides
-    /// (it checks the binding and takes the in-flight guard).
+    /// port that may be pending and unmasked for it, in the ABI's order
+    /// (round-robin for 2-level, strict priority for FIFO), repeating while
+    /// new work was flagged meanwhile. `each` decides (it checks the
+    /// binding and takes the in-flight guard) and says what it did; `kick`
+    /// receives the vCPUs an ABI's own re-raise made pending.
     fn scan(
         &self,
         vcpu: u32,
         cursor: &mut Self::Cursor,
-        each: impl FnMut(u32),
+        each: impl FnMut(u32) -> Delivery,
+        kick: impl FnMut(u32),
     ) -> Result<(), Error>;
 }

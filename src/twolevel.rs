@@ -13,7 +13,7 @@
 //! vCPU's selector.
 
 use crate::abi::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
-use crate::ops::{Kick, PortOps, Raised};
+use crate::ops::{Delivery, Kick, PortOps, Raised};
 use crate::sync::{store_load_fence, Ordering::*};
 use crate::weaken::{Weaken, Weakness};
 use crate::Error;
@@ -339,7 +339,18 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
         Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
     }
 
-    fn scan(&self, vcpu: u32, cursor: &mut Cursor, mut each: impl FnMut(u32)) -> Result<(), Error> {
+    fn scan(
+        &self,
+        vcpu: u32,
+        cursor: &mut Cursor,
+        mut each: impl FnMut(u32) -> Delivery,
+        _kick: impl FnMut(u32),
+    ) -> Result<(), Error> {
+        // A port bound elsewhere needs nothing from us: the rebind's unmask
+        // raised it on its new vCPU (a 2-level raise never takes it away).
+        let mut each = |port| {
+            let _ = each(port);
+        };
         let vi = self
             .mem
             .vcpu_info()

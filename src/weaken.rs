@@ -39,6 +39,18 @@ pub enum Weaken {
     NoResetOnBind,
     /// `close` frees a port at once even while its handler is in flight.
     CloseIgnoresInFlight,
+    /// FIFO: moving an event does not invalidate the old queue's tail
+    /// when it names the event (Xen's `lastq` fix).
+    NoTailInvalidation,
+    /// FIFO: `ready` is set on every append, not only when a new head is
+    /// written (Xen's "stale HEAD" fix).
+    ReadyOnEveryAppend,
+    /// FIFO: the guest's conditional unmask clears MASKED even when the
+    /// port is pending, instead of asking the hypervisor to link it.
+    GuestUnmaskIgnoresPending,
+    /// FIFO: a vCPU that takes an event bound elsewhere off its queue does
+    /// not link it on the vCPU it is bound to now.
+    NoForeignRelink,
 }
 
 /// The weakness a core object was built with; zero-sized natively.

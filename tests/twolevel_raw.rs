@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use evtchn::abi::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
 use evtchn::{
-    Bind, Channels, Error, Memory2l, OwnedMemory, PortOps, Raised, TwoLevel, TwoLevelCursor,
+    Bind, Channels, Delivery, Error, Memory2l, OwnedMemory, PortOps, Raised, TwoLevel,
+    TwoLevelCursor,
 };
 
 // ---------------------------------------------------------------------------
@@ -73,9 +74,14 @@ fn raw<M: Memory2l>(m: &M) -> Raw {
     }
 }
 
+/// What a raw scan's `each` reports: the raw tests run no control plane.
+fn skip(_: ()) -> Delivery {
+    Delivery::Skipped
+}
+
 fn scan_all<M: Memory2l>(ops: &TwoLevel<M>, v: u32, cursor: &mut TwoLevelCursor) -> Vec<u32> {
     let mut seen = Vec::new();
-    ops.scan(v, cursor, |p| seen.push(p)).unwrap();
+    ops.scan(v, cursor, |p| skip(seen.push(p)), |_| {}).unwrap();
     seen
 }
 
@@ -334,15 +340,21 @@ fn scan_repeats_while_the_upcall_flag_is_raised_again() {
     ops.set_pending(1, || 0).unwrap();
     let mut seen = Vec::new();
     let mut resends = 3;
-    ops.scan(0, &mut TwoLevelCursor::default(), |p| {
-        seen.push(p);
-        ops.test_and_clear_pending(p).unwrap();
-        if resends > 0 {
-            resends -= 1;
-            // The flag went 0 → 1 again: a kick each time.
-            assert_eq!(ops.set_pending(p, || 0).unwrap().kick(), Some(0));
-        }
-    })
+    ops.scan(
+        0,
+        &mut TwoLevelCursor::default(),
+        |p| {
+            seen.push(p);
+            ops.test_and_clear_pending(p).unwrap();
+            if resends > 0 {
+                resends -= 1;
+                // The flag went 0 → 1 again: a kick each time.
+                assert_eq!(ops.set_pending(p, || 0).unwrap().kick(), Some(0));
+            }
+            Delivery::Skipped
+        },
+        |_| {},
+    )
     .unwrap();
     assert_eq!(seen, [1; 4]);
     assert!(!ops.upcall_pending(0).unwrap());
@@ -357,10 +369,15 @@ fn scan_round_robin_resumes_after_the_last_port_visited() {
             ops.set_pending(p, || 0).unwrap();
         }
         let mut seen = Vec::new();
-        ops.scan(0, &mut cur, |p| {
-            ops.test_and_clear_pending(p).unwrap();
-            seen.push(p);
-        })
+        ops.scan(
+            0,
+            &mut cur,
+            |p| {
+                ops.test_and_clear_pending(p).unwrap();
+                skip(seen.push(p))
+            },
+            |_| {},
+        )
         .unwrap();
         seen
     };
@@ -405,7 +422,12 @@ fn out_of_range_vcpus_are_typed_errors_on_the_deliver_side() {
         assert_eq!(ops.upcall_pending(v), Err(Error::VcpuOutOfRange));
         let mut visited = false;
         assert_eq!(
-            ops.scan(v, &mut TwoLevelCursor::default(), |_| visited = true),
+            ops.scan(
+                v,
+                &mut TwoLevelCursor::default(),
+                |_| skip(visited = true),
+                |_| {}
+            ),
             Err(Error::VcpuOutOfRange)
         );
         assert!(!visited);
@@ -552,10 +574,15 @@ fn random_hostile_words_never_break_the_raise_side() {
         if rng.below(8) == 0 {
             let v = rng.below(3) as u32;
             let mut visits = 0u32;
-            ops.scan(v, &mut TwoLevelCursor::default(), |q| {
-                assert!(q < nr);
-                visits += 1;
-            })
+            ops.scan(
+                v,
+                &mut TwoLevelCursor::default(),
+                |q| {
+                    assert!(q < nr);
+                    skip(visits += 1)
+                },
+                |_| {},
+            )
             .unwrap();
             assert!(visits <= nr, "one pass at most without re-raises");
             assert_eq!(mem.vcpus[v as usize].evtchn_upcall_pending.load(SeqCst), 0);

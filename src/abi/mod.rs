@@ -8,6 +8,7 @@
 //! `xen_layout` test compiles a C program against the real headers and
 //! compares every one of them.
 
+pub mod fifo;
 mod twolevel;
 
 pub use twolevel::{SharedInfo, VcpuInfo};

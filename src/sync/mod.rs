@@ -21,9 +21,11 @@ mod lock;
 
 #[cfg(loom)]
 pub(crate) use imp::atomic::fence;
+#[cfg(feature = "alloc")]
+pub(crate) use imp::atomic::AtomicPtr;
 pub(crate) use imp::atomic::Ordering;
 pub use imp::atomic::{AtomicU32, AtomicU64, AtomicU8};
-#[cfg(all(not(loom), not(feature = "std")))]
+#[allow(unused_imports)]
 pub(crate) use imp::spin_loop;
 #[allow(unused_imports)]
 pub(crate) use lock::Lock;

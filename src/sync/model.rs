@@ -2,7 +2,8 @@
 //! to the scheduler so that loom explores the other threads while one spins.
 
 pub(crate) mod atomic {
-    pub use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
+    #[allow(unused_imports)]
+    pub use loom::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 }
 
 #[allow(dead_code)]

@@ -1,10 +1,11 @@
 //! Native primitives: `core::sync::atomic` and the CPU's spin hint.
 
 pub(crate) mod atomic {
-    pub use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+    #[allow(unused_imports)]
+    pub use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 }
 
-#[cfg(not(feature = "std"))]
+#[allow(dead_code)]
 /// A busy-wait hint (`pause` on x86_64, `yield` on aarch64).
 #[inline(always)]
 pub(crate) fn spin_loop() {
