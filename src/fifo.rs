@@ -384,7 +384,10 @@ impl<M: FifoMemory> Fifo<M> {
         }
         *tail = port;
         drop(tail);
-        if linked && !self.weak.has(Weaken::ReadyOnEveryAppend) {
+        if linked {
+            // Appended after a linked tail: the guest reaches it through
+            // that link; `ready` and `head` are left alone (the stale-HEAD
+            // rule).
             return None;
         }
         let bit = 1u32 << prio;

@@ -42,9 +42,6 @@ pub enum Weaken {
     /// FIFO: moving an event does not invalidate the old queue's tail
     /// when it names the event (Xen's `lastq` fix).
     NoTailInvalidation,
-    /// FIFO: `ready` is set on every append, not only when a new head is
-    /// written (Xen's "stale HEAD" fix).
-    ReadyOnEveryAppend,
     /// FIFO: the guest's conditional unmask clears MASKED even when the
     /// port is pending, instead of asking the hypervisor to link it.
     GuestUnmaskIgnoresPending,

@@ -19,7 +19,7 @@
 
 use std::sync::Mutex as StdMutex;
 
-use evtchn::{Channels, OwnedMemory, Port, TwoLevel, Weaken};
+use evtchn::{Channels, Fifo, OwnedFifo, OwnedMemory, Port, PortOps, TwoLevel, Weaken};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 // `std` Arc, not loom's: when loom reports a deadlock it unwinds with no
@@ -27,8 +27,36 @@ use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 use loom::thread::{self, JoinHandle, Thread};
 use std::sync::Arc;
 
-/// The core under test.
-pub type Core = Channels<TwoLevel<OwnedMemory>, Kicker>;
+/// The 2-level ABI of the models: one pending word (64 ports).
+pub type TwoL = TwoLevel<OwnedMemory>;
+/// The FIFO ABI of the models: one page of 8 event words (ports 1..8).
+pub type FifoAbi = Fifo<OwnedFifo>;
+
+/// An ABI a model can build, plain or with one step weakened.
+pub trait Abi: PortOps + Send + Sync + 'static {
+    /// The ABI for `cfg`.
+    fn build(cfg: &Config) -> Self;
+}
+
+impl Abi for TwoL {
+    fn build(cfg: &Config) -> Self {
+        let mem = OwnedMemory::new(cfg.words, VCPUS);
+        match cfg.weaken {
+            Some(w) => TwoLevel::weakened(mem, w),
+            None => TwoLevel::new(mem),
+        }
+    }
+}
+
+impl Abi for FifoAbi {
+    fn build(cfg: &Config) -> Self {
+        let mem = OwnedFifo::new(8, VCPUS);
+        match cfg.weaken {
+            Some(w) => Fifo::weakened(mem, w),
+            None => Fifo::new(mem),
+        }
+    }
+}
 
 /// Number of vCPUs of every model.
 pub const VCPUS: usize = 2;
@@ -140,9 +168,9 @@ pub struct Runs {
 }
 
 /// The model world: the core, the probes, the sends to observe.
-pub struct World {
+pub struct World<A: Abi = TwoL> {
     /// The core under test.
-    pub ch: Core,
+    pub ch: Channels<A, Kicker>,
     probes: Vec<Probe>,
     /// Sender flags: a sender sets its flag, then sends; a handler run
     /// records every flag it sees (the "observed that send" of C1).
@@ -184,13 +212,24 @@ impl Default for Config {
     }
 }
 
-impl World {
-    /// A world with `cfg`.
-    pub fn new(cfg: Config) -> Arc<World> {
-        let abi = match cfg.weaken {
-            Some(w) => TwoLevel::weakened(OwnedMemory::new(cfg.words, VCPUS), w),
-            None => TwoLevel::new(OwnedMemory::new(cfg.words, VCPUS)),
-        };
+impl World<TwoL> {
+    /// A 2-level world with `cfg`.
+    pub fn new(cfg: Config) -> Arc<World<TwoL>> {
+        World::build(cfg)
+    }
+}
+
+impl World<FifoAbi> {
+    /// A FIFO world with `cfg`.
+    pub fn fifo(cfg: Config) -> Arc<World<FifoAbi>> {
+        World::build(cfg)
+    }
+}
+
+impl<A: Abi> World<A> {
+    /// A world over ABI `A` with `cfg`.
+    pub fn build(cfg: Config) -> Arc<World<A>> {
+        let abi = A::build(&cfg);
         let ch = match cfg.weaken {
             Some(w) => Channels::weakened(abi, Kicker::default(), w),
             None => Channels::new(abi, Kicker::default()),
@@ -323,7 +362,7 @@ impl World {
 /// Spawns vCPU `v`: a halt-until-kicked upcall loop that stops once every
 /// expected send was observed. Returns its join handle; the thread is
 /// registered with the kicker before this returns.
-pub fn spawn_vcpu(world: &Arc<World>, v: u32) -> JoinHandle<()> {
+pub fn spawn_vcpu<A: Abi>(world: &Arc<World<A>>, v: u32) -> JoinHandle<()> {
     let w = world.clone();
     let h = thread::spawn(move || {
         let mut cpu = w.ch.vcpu(v).expect("vCPU in range");
@@ -348,7 +387,7 @@ pub fn spawn_vcpu(world: &Arc<World>, v: u32) -> JoinHandle<()> {
 }
 
 /// Spawns both vCPUs.
-pub fn spawn_vcpus(world: &Arc<World>) -> Vec<JoinHandle<()>> {
+pub fn spawn_vcpus<A: Abi>(world: &Arc<World<A>>) -> Vec<JoinHandle<()>> {
     (0..VCPUS as u32).map(|v| spawn_vcpu(world, v)).collect()
 }
 
@@ -409,8 +448,13 @@ where
 /// most one run on vCPU 0; the send after `set_affinity` kicks only vCPU 1)
 /// and, through the handler probe, C3.
 pub fn seed_scenario(weaken: Option<Weaken>) {
+    seed_scenario_on::<TwoL>(weaken);
+}
+
+/// [`seed_scenario`] over ABI `A`.
+pub fn seed_scenario_on<A: Abi>(weaken: Option<Weaken>) {
     model(2, move || {
-        let w = World::new(Config {
+        let w = World::<A>::build(Config {
             weaken,
             sends: vec![1, 1],
             ..Config::default()
@@ -442,6 +486,47 @@ pub fn seed_scenario(weaken: Option<Weaken>) {
             r.per_vcpu[0] <= 1,
             "C5: {} runs on the old vCPU",
             r.per_vcpu[0]
+        );
+    });
+}
+
+/// Scenario 8 over ABI `A`: an event is pending on vCPU 0 when another
+/// thread closes the port, binds again (to vCPU 1) and sends on the new
+/// port. Checks C6 (no old-life run once the guard is seen released; the new
+/// life runs exactly once) and, through the probe, C3 across lives.
+pub fn close_scenario_on<A: Abi>(weaken: Option<Weaken>) {
+    model(2, move || {
+        let w = World::<A>::build(Config {
+            weaken,
+            sends: vec![ANY],
+            ..Config::default()
+        });
+        let old = w.ch.bind(evtchn::Bind::Affinity(0)).expect("bind");
+        w.ch.send(old).expect("send");
+        let vcpus = spawn_vcpus(&w);
+        let c = w.clone();
+        let closer = thread::spawn(move || {
+            c.ch.close(old).expect("close");
+            // Once the guard is seen released, the old life is over.
+            let over = !c.ch.status(old.number()).expect("status").in_flight;
+            let snapshot = over.then(|| c.life_runs(old));
+            assert_eq!(c.ch.send(old), Err(evtchn::Error::NotBound));
+            let new = c.ch.bind(evtchn::Bind::Affinity(1)).expect("bind");
+            c.flag(0);
+            c.ch.send(new).expect("send");
+            (snapshot, new)
+        });
+        let (snapshot, new) = closer.join().expect("closer");
+        join_all(vcpus);
+        w.drain();
+        if let Some(n) = snapshot {
+            assert_eq!(w.life_runs(old), n, "C6: the old life ran after close");
+        }
+        assert_eq!(
+            w.life_runs(new),
+            1,
+            "C6: new life ran {} times",
+            w.life_runs(new)
         );
     });
 }

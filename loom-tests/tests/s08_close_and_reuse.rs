@@ -16,40 +16,7 @@ use loom::thread;
 use loom_tests::*;
 
 fn close_scenario(weaken: Option<Weaken>) {
-    model(2, move || {
-        let w = World::new(Config {
-            weaken,
-            sends: vec![ANY],
-            ..Config::default()
-        });
-        let old = w.ch.bind(Bind::Affinity(0)).expect("bind");
-        w.ch.send(old).expect("send");
-        let vcpus = spawn_vcpus(&w);
-        let c = w.clone();
-        let closer = thread::spawn(move || {
-            c.ch.close(old).expect("close");
-            // Once the guard is seen released, the old life is over.
-            let over = !c.ch.status(old.number()).expect("status").in_flight;
-            let snapshot = over.then(|| c.life_runs(old));
-            assert_eq!(c.ch.send(old), Err(evtchn::Error::NotBound));
-            let new = c.ch.bind(Bind::Affinity(1)).expect("bind");
-            c.flag(0);
-            c.ch.send(new).expect("send");
-            (snapshot, new)
-        });
-        let (snapshot, new) = closer.join().expect("closer");
-        join_all(vcpus);
-        w.drain();
-        if let Some(n) = snapshot {
-            assert_eq!(w.life_runs(old), n, "C6: the old life ran after close");
-        }
-        assert_eq!(
-            w.life_runs(new),
-            1,
-            "C6: new life ran {} times",
-            w.life_runs(new)
-        );
-    });
+    close_scenario_on::<TwoL>(weaken);
 }
 
 #[test]
