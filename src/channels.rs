@@ -11,7 +11,7 @@ use alloc::boxed::Box;
 use crate::ops::{Delivery, Kick, PortOps, Raised};
 use crate::port::{self, MaskReason, Port, State, Status};
 use crate::port::{ACTIVE, BOUND, CLOSING, FREE, GEN_SHIFT, PRIORITY_SHIFT, REASONS, REPLAY};
-use crate::sync::{AtomicU64, Lock, Ordering::*};
+use crate::sync::{AtomicU32, AtomicU64, Lock, Ordering::*};
 #[cfg(loom)]
 use crate::weaken::Weaken as W;
 use crate::weaken::{Weaken, Weakness};
@@ -60,6 +60,10 @@ pub struct Channels<A: PortOps, N: Notify = ()> {
     notify: N,
     table: Box<[AtomicU64]>,
     lock: Lock<()>,
+    /// No port below this one is free: bind starts its search for the
+    /// lowest free port here. Lowered by close and by a handler's end that
+    /// frees a closing port; a hint only (bind checks every state).
+    free_hint: AtomicU32,
     nr_vcpus: u32,
     weak: Weakness,
 }
@@ -100,6 +104,7 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             abi,
             notify,
             lock: Lock::new(()),
+            free_hint: AtomicU32::new(1),
             nr_vcpus,
             weak,
         }
@@ -203,8 +208,13 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         };
         self.check_vcpu(target)?;
         let _guard = self.lock.lock();
+        // Relaxed: a hint; the search below reads every state with Acquire.
+        let hint = self.free_hint.load(Relaxed);
+        let start = (hint as usize).clamp(1, self.table.len().max(1));
+        let order = (start..self.table.len()).chain(1..start);
         let mut found = None;
-        for (n, slot) in self.table.iter().enumerate().skip(1) {
+        for n in order {
+            let Some(slot) = self.table.get(n) else { break };
             // Acquire: a port freed by a handler's end (CLOSING → FREE) is
             // reused only after that handler's writes.
             let cw = slot.load(Acquire);
@@ -217,6 +227,11 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         // Map the port's memory (the FIFO event array page) first: a
         // failure leaves the port free and changes nothing.
         self.abi.prepare(n).map_err(|_| Error::NoFreePort)?;
+        // Relaxed: a hint. Only if nobody lowered it meanwhile (a handler's
+        // end freeing a lower port).
+        let _ = self
+            .free_hint
+            .compare_exchange(hint, n.saturating_add(1), Relaxed, Relaxed);
         let gen = port::generation(old).wrapping_add(1);
         // 1. Mask: a sender of the port's last life that is still between
         //    its state check and its raise raises nothing visible.
@@ -430,6 +445,8 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         // Mask, so that a raise still in flight notifies nobody; the pending
         // bit it may leave is cleared by the next bind.
         self.abi.mask(port.number)?;
+        // Relaxed: a hint (see `free_hint`).
+        self.free_hint.fetch_min(port.number, Relaxed);
         Ok(())
     }
 
@@ -450,7 +467,13 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             masked_explicit: cw & MaskReason::Explicit.bit() != 0,
             masked_rebind: cw & MaskReason::Rebind.bit() != 0,
             masked_eoi: cw & MaskReason::EoiPending.bit() != 0,
-            pending: self.abi.is_pending(number)?,
+            // A free port of a FIFO event-array page not mapped yet has no
+            // pending bit anywhere.
+            pending: match self.abi.is_pending(number) {
+                Ok(p) => p,
+                Err(_) if state == State::Free => false,
+                Err(e) => return Err(e),
+            },
             in_flight: cw & ACTIVE != 0,
             generation: port::generation(cw),
         })
@@ -566,6 +589,10 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
                 Ok(_) => break,
                 Err(now) => cw = now,
             }
+        }
+        if port::state(cw) == CLOSING {
+            // Relaxed: a hint (see `free_hint`); the port is free now.
+            self.free_hint.fetch_min(number, Relaxed);
         }
         if cw & REPLAY != 0 && port::state(cw) == BOUND {
             // Relaxed: `reraise` reads the target after its mask load,
