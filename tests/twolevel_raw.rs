@@ -74,14 +74,18 @@ fn raw<M: Memory2l>(m: &M) -> Raw {
     }
 }
 
-/// What a raw scan's `each` reports: the raw tests run no control plane.
-fn skip(_: ()) -> Delivery {
-    Delivery::Skipped
-}
-
 fn scan_all<M: Memory2l>(ops: &TwoLevel<M>, v: u32, cursor: &mut TwoLevelCursor) -> Vec<u32> {
     let mut seen = Vec::new();
-    ops.scan(v, cursor, |p| skip(seen.push(p)), |_| {}).unwrap();
+    ops.scan(
+        v,
+        cursor,
+        |p| {
+            seen.push(p);
+            Delivery::Skipped
+        },
+        |_| {},
+    )
+    .unwrap();
     seen
 }
 
@@ -374,7 +378,10 @@ fn scan_round_robin_resumes_after_the_last_port_visited() {
             &mut cur,
             |p| {
                 ops.test_and_clear_pending(p).unwrap();
-                skip(seen.push(p))
+                {
+                    seen.push(p);
+                    Delivery::Skipped
+                }
             },
             |_| {},
         )
@@ -425,7 +432,10 @@ fn out_of_range_vcpus_are_typed_errors_on_the_deliver_side() {
             ops.scan(
                 v,
                 &mut TwoLevelCursor::default(),
-                |_| skip(visited = true),
+                |_| {
+                    visited = true;
+                    Delivery::Skipped
+                },
                 |_| {}
             ),
             Err(Error::VcpuOutOfRange)
@@ -579,7 +589,10 @@ fn random_hostile_words_never_break_the_raise_side() {
                 &mut TwoLevelCursor::default(),
                 |q| {
                     assert!(q < nr);
-                    skip(visits += 1)
+                    {
+                        visits += 1;
+                        Delivery::Skipped
+                    }
                 },
                 |_| {},
             )
