@@ -81,5 +81,20 @@ int main(void)
       offsetof(struct shared_info, wc_version));
     FIELD(shared_info, arch);
 
+    /* FIFO ABI: event word bits and the per-vCPU control block. */
+    P("sizeof_event_word_t", sizeof(event_word_t));
+    P("EVTCHN_FIFO_PENDING_mask", 1u << EVTCHN_FIFO_PENDING);
+    P("EVTCHN_FIFO_MASKED_mask", 1u << EVTCHN_FIFO_MASKED);
+    P("EVTCHN_FIFO_LINKED_mask", 1u << EVTCHN_FIFO_LINKED);
+    P("EVTCHN_FIFO_BUSY_mask", 1u << EVTCHN_FIFO_BUSY);
+    P("EVTCHN_FIFO_LINK_MASK", EVTCHN_FIFO_LINK_MASK);
+    P("EVTCHN_FIFO_NR_CHANNELS", EVTCHN_FIFO_NR_CHANNELS);
+    P("EVTCHN_FIFO_MAX_QUEUES", EVTCHN_FIFO_MAX_QUEUES);
+    P("EVTCHN_FIFO_PRIORITY_DEFAULT", EVTCHN_FIFO_PRIORITY_DEFAULT);
+    P("evtchn_fifo_control_block.size", sizeof(struct evtchn_fifo_control_block));
+    P("evtchn_fifo_control_block.align", _Alignof(struct evtchn_fifo_control_block));
+    FIELD(evtchn_fifo_control_block, ready);
+    ARRAY(evtchn_fifo_control_block, head);
+
     return ferror(stdout) ? 1 : 0;
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use evtchn::abi::{
-    SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L,
+    fifo, SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L,
 };
 
 /// Environment variable that turns "headers missing" from a failure into a skip.
@@ -172,6 +172,51 @@ fn rust_values(with_nr_event_channels: bool) -> Vec<(&'static str, usize)> {
         (
             "shared_info.arch.size",
             size_of::<SharedInfo>() - SHARED_INFO_ARCH_OFFSET,
+        ),
+        // FIFO ABI
+        ("sizeof_event_word_t", size_of::<fifo::EventWord>()),
+        ("EVTCHN_FIFO_PENDING_mask", fifo::PENDING as usize),
+        ("EVTCHN_FIFO_MASKED_mask", fifo::MASKED as usize),
+        ("EVTCHN_FIFO_LINKED_mask", fifo::LINKED as usize),
+        ("EVTCHN_FIFO_BUSY_mask", fifo::BUSY as usize),
+        ("EVTCHN_FIFO_LINK_MASK", fifo::LINK_MASK as usize),
+        ("EVTCHN_FIFO_NR_CHANNELS", fifo::NR_CHANNELS as usize),
+        ("EVTCHN_FIFO_MAX_QUEUES", fifo::MAX_QUEUES),
+        (
+            "EVTCHN_FIFO_PRIORITY_DEFAULT",
+            usize::from(fifo::PRIORITY_DEFAULT),
+        ),
+        (
+            "evtchn_fifo_control_block.size",
+            size_of::<fifo::ControlBlock>(),
+        ),
+        (
+            "evtchn_fifo_control_block.align",
+            align_of::<fifo::ControlBlock>(),
+        ),
+        (
+            "evtchn_fifo_control_block.ready.offset",
+            offset_of!(fifo::ControlBlock, ready),
+        ),
+        (
+            "evtchn_fifo_control_block.ready.size",
+            field_size(|c: &fifo::ControlBlock| &c.ready),
+        ),
+        (
+            "evtchn_fifo_control_block.head.offset",
+            offset_of!(fifo::ControlBlock, head),
+        ),
+        (
+            "evtchn_fifo_control_block.head.size",
+            field_size(|c: &fifo::ControlBlock| &c.head),
+        ),
+        (
+            "evtchn_fifo_control_block.head.len",
+            array_len(|c: &fifo::ControlBlock| &c.head),
+        ),
+        (
+            "evtchn_fifo_control_block.head.elem_size",
+            array_elem_size(|c: &fifo::ControlBlock| &c.head),
         ),
     ]);
     v
