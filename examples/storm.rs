@@ -2,8 +2,14 @@
 //! storm spread over every vCPU by rebinding ports while events fly.
 //!
 //! ```text
-//! cargo run --release --example storm [-- --secs N --vcpus N]
+//! cargo run --release --example storm [-- --abi fifo|2l|both --secs N --vcpus N]
 //! ```
+//!
+//! `--abi` picks the event-channel ABI under the control plane: the 2-level
+//! ABI, the FIFO ABI, or both one after the other (the default). The run is
+//! the same generic code over `PortOps` for either. On FIFO the rebinder
+//! also changes port priorities (0..=15) in the spread phase, so events
+//! move between queues while they may still be linked.
 //!
 //! Threads: one per vCPU, each looping `upcall` and halting when idle (it
 //! parks only after seeing no upcall pending; the `Notify` unparks it);
@@ -30,7 +36,9 @@ use std::sync::OnceLock;
 use std::thread::{self, Scope, ScopedJoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-use evtchn::{Bind, Channels, Error, Notify, OwnedMemory, Port, TwoLevel};
+use evtchn::{
+    Bind, Channels, Error, Fifo, Notify, OwnedFifo, OwnedMemory, Port, PortOps, TwoLevel,
+};
 
 /// Ports in the storm.
 const STORM_PORTS: usize = 32;
@@ -51,30 +59,60 @@ storm: an event storm on vCPU 0, then spread by rebinds while events fly
 usage: cargo run --release --example storm [-- OPTIONS]
 
 options:
-  --secs N    total run time in seconds, split into two phases (default 6)
+  --abi A     fifo, 2l or both (default both: 2-level, then FIFO)
+  --secs N    run time in seconds per ABI, split into two phases (default 6)
   --vcpus N   number of vCPU threads, at least 2 (default 4)
   --help      print this help";
+
+/// The event-channel ABI a run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Abi {
+    TwoLevel,
+    Fifo,
+}
+
+impl Abi {
+    fn name(self) -> &'static str {
+        match self {
+            Abi::TwoLevel => "2-level",
+            Abi::Fifo => "FIFO",
+        }
+    }
+}
 
 /// Command-line options.
 struct Args {
     secs: u64,
     vcpus: usize,
+    abis: Vec<Abi>,
 }
 
 /// Parses the command line by hand; `Err` carries the message to print.
 fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = Args { secs: 6, vcpus: 4 };
+    let mut args = Args {
+        secs: 6,
+        vcpus: 4,
+        abis: vec![Abi::TwoLevel, Abi::Fifo],
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        let mut value = |name: &str| -> Result<u64, String> {
-            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+        let mut text = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        let number = |name: &str, v: String| -> Result<u64, String> {
             v.parse()
                 .map_err(|e| format!("{name} {v:?}: not a number ({e})"))
         };
         match a.as_str() {
             "--help" | "-h" => return Ok(None),
-            "--secs" => args.secs = value("--secs")?,
-            "--vcpus" => args.vcpus = value("--vcpus")? as usize,
+            "--secs" => args.secs = number("--secs", text("--secs")?)?,
+            "--vcpus" => args.vcpus = number("--vcpus", text("--vcpus")?)? as usize,
+            "--abi" => {
+                args.abis = match text("--abi")?.to_ascii_lowercase().as_str() {
+                    "fifo" => vec![Abi::Fifo],
+                    "2l" | "2-level" | "twolevel" => vec![Abi::TwoLevel],
+                    "both" => vec![Abi::TwoLevel, Abi::Fifo],
+                    other => return Err(format!("--abi {other:?}: expected fifo, 2l or both")),
+                }
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -141,6 +179,8 @@ struct World {
     closes: AtomicU64,
     /// `set_affinity` calls.
     moves: AtomicU64,
+    /// `set_priority` calls (FIFO run only).
+    priorities: AtomicU64,
     /// Unexpected errors from the control plane.
     errors: AtomicU64,
 }
@@ -169,7 +209,8 @@ impl Notify for Kicker<'_> {
     }
 }
 
-type Ch<'w> = Channels<TwoLevel<OwnedMemory>, Kicker<'w>>;
+/// The control plane over ABI `A`, kicking through the world `'w`.
+type Ch<'w, A> = Channels<A, Kicker<'w>>;
 
 /// xorshift64*.
 struct Rng(u64);
@@ -209,7 +250,7 @@ fn handle(w: &World, vcpu: &VcpuShared, p: Port) {
 }
 
 /// One vCPU: the upcall loop with the idle protocol of C2.
-fn run_vcpu(w: &World, ch: &Ch<'_>, id: u32) {
+fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32) {
     let me = &w.vcpus[id as usize];
     let _ = me.thread.set(thread::current());
     let mut vcpu = ch.vcpu(id).expect("vCPU index is in range");
@@ -253,7 +294,7 @@ fn run_vcpu(w: &World, ch: &Ch<'_>, id: u32) {
 
 /// One sender: sends to random storm ports as fast as it can until the
 /// phase says stop, claiming a sequence number before each send.
-fn run_sender(w: &World, ch: &Ch<'_>, id: usize) {
+fn run_sender<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: usize) {
     let mut rng = Rng::new(0x5e2d + id as u64);
     // A re-bind takes the lowest free number, which may lie past the storm
     // ports while a closed one still finishes a handler: look a bit further.
@@ -306,7 +347,7 @@ fn run_sender(w: &World, ch: &Ch<'_>, id: usize) {
 }
 
 /// Binds a storm port and resets its ledger for the new life.
-fn bind(w: &World, ch: &Ch<'_>, mode: Bind) -> Option<Port> {
+fn bind<A: PortOps>(w: &World, ch: &Ch<'_, A>, mode: Bind) -> Option<Port> {
     match ch.bind(mode) {
         Ok(p) => {
             // Release: a sender that reads this tag sends on the new life.
@@ -324,8 +365,14 @@ fn bind(w: &World, ch: &Ch<'_>, mode: Bind) -> Option<Port> {
 /// The rebinder. Storm phase: closes a port and re-binds it Xen-compatibly
 /// (it lands on vCPU 0 again, with bind's spurious event). Spread phase:
 /// moves each port to its round-robin vCPU, rotating the assignment all the
-/// time, and re-binds closed ports atomically to their vCPU.
-fn run_rebinder(w: &World, ch: &Ch<'_>, mut ports: Vec<Port>) -> Vec<Port> {
+/// time, and re-binds closed ports atomically to their vCPU; with
+/// `priorities` (the FIFO run) it also gives ports random priorities.
+fn run_rebinder<A: PortOps>(
+    w: &World,
+    ch: &Ch<'_, A>,
+    mut ports: Vec<Port>,
+    priorities: bool,
+) -> Vec<Port> {
     let mut rng = Rng::new(0xc0de);
     let vcpus = w.vcpus.len();
     let mut rotation = 0usize;
@@ -358,6 +405,19 @@ fn run_rebinder(w: &World, ch: &Ch<'_>, mut ports: Vec<Port>) -> Vec<Port> {
             if let Some(p) = bind(w, ch, mode) {
                 ports[i] = p;
                 w.rebinds.fetch_add(1, Relaxed);
+            }
+        } else if priorities && op % 4 == 0 {
+            // A new priority: the port's next event joins another queue,
+            // while the last one may still be linked on the old queue.
+            let prio = rng.below(16) as u8;
+            match ch.set_priority(ports[i], prio) {
+                Ok(()) => {
+                    w.priorities.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    eprintln!("set_priority({:?}, {prio}): {e}", ports[i]);
+                    w.errors.fetch_add(1, Relaxed);
+                }
             }
         } else {
             // Rotate: every pass over the ports shifts the assignment by one.
@@ -441,7 +501,8 @@ fn take_longest(w: &World) -> Vec<Duration> {
         .collect()
 }
 
-fn report(title: &str, from: &Snapshot, to: &Snapshot, longest: &[Duration]) {
+/// Prints a phase's table; returns the events handled per second.
+fn report(title: &str, from: &Snapshot, to: &Snapshot, longest: &[Duration]) -> f64 {
     let secs = to.at.duration_since(from.at).as_secs_f64().max(1e-9);
     let handled: Vec<u64> = to
         .handled
@@ -471,6 +532,24 @@ fn report(title: &str, from: &Snapshot, to: &Snapshot, longest: &[Duration]) {
             100.0 * (1.0 - (total as f64 / sends as f64).min(1.0))
         }
     );
+    total as f64 / secs
+}
+
+/// What one run ends with.
+struct Outcome {
+    abi: Abi,
+    lost: u64,
+    concurrent: u64,
+    lost_wakeups: u64,
+    errors: u64,
+    /// Events handled per second in the storm and the spread phase.
+    rates: [f64; 2],
+}
+
+impl Outcome {
+    fn ok(&self) -> bool {
+        self.lost == 0 && self.concurrent == 0 && self.lost_wakeups == 0 && self.errors == 0
+    }
 }
 
 fn main() -> ExitCode {
@@ -485,6 +564,54 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut outcomes = Vec::new();
+    for (i, &abi) in args.abis.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!(
+            "==================== {} ABI ====================",
+            abi.name()
+        );
+        // 64 port numbers (63 usable), more than the storm needs.
+        let run = match abi {
+            Abi::TwoLevel => storm(&args, abi, TwoLevel::new(OwnedMemory::new(1, args.vcpus))),
+            Abi::Fifo => storm(&args, abi, Fifo::new(OwnedFifo::new(64, args.vcpus))),
+        };
+        match run {
+            Ok(o) => outcomes.push(o),
+            Err(msg) => {
+                eprintln!("storm ({}): {msg}", abi.name());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if outcomes.len() > 1 {
+        println!("\nsummary");
+        println!("  abi      storm M/s  spread M/s  lost  concurrent  lost_wakeups  errors");
+        for o in &outcomes {
+            println!(
+                "  {:<7} {:>10.2} {:>11.2} {:>5} {:>11} {:>13} {:>7}",
+                o.abi.name(),
+                o.rates[0] / 1e6,
+                o.rates[1] / 1e6,
+                o.lost,
+                o.concurrent,
+                o.lost_wakeups,
+                o.errors
+            );
+        }
+    }
+    if outcomes.iter().all(Outcome::ok) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("storm: contract violated");
+        ExitCode::FAILURE
+    }
+}
+
+/// One run of both phases over `ops`; `Err` if it could not run to the end.
+fn storm<A: PortOps>(args: &Args, abi: Abi, ops: A) -> Result<Outcome, String> {
     let phase_len = Duration::from_millis(args.secs * 500);
 
     let world = World {
@@ -499,16 +626,22 @@ fn main() -> ExitCode {
         rebinds: AtomicU64::new(0),
         closes: AtomicU64::new(0),
         moves: AtomicU64::new(0),
+        priorities: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     };
     let w = &world;
-    // One word: 63 usable ports, more than the storm needs.
-    let ch: Ch<'_> = Channels::new(TwoLevel::new(OwnedMemory::new(1, args.vcpus)), Kicker(w));
+    let ch: Ch<'_, A> = Channels::new(ops, Kicker(w));
     let ch = &ch;
+    if ch.nr_ports() as usize > w.ledger.len() {
+        return Err("more ports than ledger slots".into());
+    }
 
     println!(
-        "storm: {} vCPUs, {SENDERS} senders, {STORM_PORTS} ports, {} s ({:?} per phase)\n",
-        args.vcpus, args.secs, phase_len
+        "storm: {} ABI, {} vCPUs, {SENDERS} senders, {STORM_PORTS} ports, {} s ({:?} per phase)\n",
+        abi.name(),
+        args.vcpus,
+        args.secs,
+        phase_len
     );
 
     let outcome = thread::scope(|s| {
@@ -526,7 +659,10 @@ fn main() -> ExitCode {
         if ports.len() != STORM_PORTS {
             return Err("could not bind the storm ports".to_string());
         }
-        let rebinder = spawn(s, "rebinder".into(), move || run_rebinder(w, ch, ports));
+        let priorities = abi == Abi::Fifo;
+        let rebinder = spawn(s, "rebinder".into(), move || {
+            run_rebinder(w, ch, ports, priorities)
+        });
         let senders: Vec<_> = (0..SENDERS)
             .map(|i| spawn(s, format!("sender{i}"), move || run_sender(w, ch, i)))
             .collect();
@@ -542,15 +678,20 @@ fn main() -> ExitCode {
         thread::sleep(phase_len);
         let s2 = snapshot(w);
         let l2 = take_longest(w);
-        report(
+        let storm_rate = report(
             "phase 1 — storm: all ports bound Xen-compatibly, on vCPU 0 (re-binds stay there)",
             &s0,
             &s1,
             &l1,
         );
         println!();
-        report(
-            "phase 2 — spread: ports moved round-robin by set_affinity, rotating while events fly",
+        let spread_rate = report(
+            if priorities {
+                "phase 2 — spread: ports moved round-robin by set_affinity, rotating while events \
+                 fly, and given random priorities"
+            } else {
+                "phase 2 — spread: ports moved round-robin by set_affinity, rotating while events fly"
+            },
             &s1,
             &s2,
             &l2,
@@ -590,19 +731,18 @@ fn main() -> ExitCode {
                 }
             }
             if !handles.iter().any(|h| h.upcall_pending()) {
-                return Ok(());
+                return Ok([storm_rate, spread_rate]);
             }
         }
         Err("upcalls still pending after 1000 final rounds".to_string())
     });
-    if let Err(msg) = outcome {
-        eprintln!("storm: {msg}");
-        return ExitCode::FAILURE;
-    }
+    let rates = outcome?;
 
     // C1: every bound port's last send was observed by a handler, and none
-    // is left pending.
+    // is left pending (a pending one was raised but never made reachable:
+    // dropped; it counts as lost too).
     let mut lost = 0u64;
+    let mut dropped = 0u64;
     for n in 1..ch.nr_ports() {
         let Ok(p) = ch.port(n) else { continue };
         let Some(l) = w.ledger.get(n as usize) else {
@@ -617,6 +757,7 @@ fn main() -> ExitCode {
         if ch.status(n).map_or(true, |s| s.pending) {
             eprintln!("port {n}: still pending after quiescing");
             lost += 1;
+            dropped += 1;
         }
     }
     let concurrent = w.concurrent.load(Relaxed);
@@ -625,20 +766,24 @@ fn main() -> ExitCode {
     let sends: u64 = w.sends.iter().map(|s| s.0.load(Relaxed)).sum();
     let handled: u64 = w.vcpus.iter().map(|v| v.handled.load(Relaxed)).sum();
     println!(
-        "\nchecks: lost={lost} concurrent={concurrent} lost_wakeups={lost_wakeups} errors={errors}"
+        "\nchecks: lost={lost} concurrent={concurrent} dropped={dropped} \
+         lost_wakeups={lost_wakeups} errors={errors}"
     );
     println!(
         "        (sends={sends} failed_sends={} handled={handled} set_affinity={} \
-         closes={} rebinds={})",
+         set_priority={} closes={} rebinds={})",
         w.failed_sends.load(Relaxed),
         w.moves.load(Relaxed),
+        w.priorities.load(Relaxed),
         w.closes.load(Relaxed),
         w.rebinds.load(Relaxed)
     );
-    if lost == 0 && concurrent == 0 && lost_wakeups == 0 && errors == 0 {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("storm: contract violated");
-        ExitCode::FAILURE
-    }
+    Ok(Outcome {
+        abi,
+        lost,
+        concurrent,
+        lost_wakeups,
+        errors,
+        rates,
+    })
 }

@@ -7,11 +7,15 @@
 //! memory only.
 
 use alloc::boxed::Box;
+use alloc::vec::Vec;
 
 use crate::ops::{Delivery, Kick, PortOps, Raised};
+use crate::policy::{plan_rebalance, Move, Plane, Policy};
 use crate::port::{self, MaskReason, Port, State, Status};
-use crate::port::{ACTIVE, BOUND, CLOSING, FREE, GEN_SHIFT, PRIORITY_SHIFT, REASONS, REPLAY};
-use crate::sync::{AtomicU32, AtomicU64, Lock, Ordering::*};
+use crate::port::{
+    ACTIVE, BOUND, CLOSING, FREE, GEN_SHIFT, LATEEOI, PRIORITY_SHIFT, REASONS, REPLAY,
+};
+use crate::sync::{store_load_fence, AtomicU32, AtomicU64, Lock, Ordering::*};
 #[cfg(loom)]
 use crate::weaken::Weaken as W;
 use crate::weaken::{Weaken, Weakness};
@@ -49,6 +53,8 @@ pub enum Bind {
     /// nothing of this port is ever seen on another vCPU (Xen has no way to
     /// do this atomically).
     Affinity(u32),
+    /// Bound, as `Affinity`, to the online vCPU the [`Policy`] picks.
+    Auto,
 }
 
 /// Default FIFO priority (Xen's `EVTCHN_FIFO_PRIORITY_DEFAULT`).
@@ -59,7 +65,11 @@ pub struct Channels<A: PortOps, N: Notify = ()> {
     abi: A,
     notify: N,
     table: Box<[AtomicU64]>,
-    lock: Lock<()>,
+    /// The control-plane lock, and the state it guards.
+    lock: Lock<Plane>,
+    /// Per port: handler runs, written only by the in-flight guard's holder
+    /// (a load and a store, no read-modify-write), read by the rebalancer.
+    handled: Box<[AtomicU32]>,
     /// No port below this one is free: bind starts its search for the
     /// lowest free port here. Lowered by close and by a handler's end that
     /// frees a closing port; a hint only (bind checks every state).
@@ -101,9 +111,10 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         }
         Channels {
             table: (0..nr_ports).map(|_| AtomicU64::new(FREE)).collect(),
+            handled: (0..nr_ports).map(|_| AtomicU32::new(0)).collect(),
             abi,
             notify,
-            lock: Lock::new(()),
+            lock: Lock::new(Plane::new(nr_ports as usize, nr_vcpus as usize)),
             free_hint: AtomicU32::new(1),
             nr_vcpus,
             weak,
@@ -165,10 +176,11 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         loop {
             check(cw, port)?;
             let new = f(cw);
-            // AcqRel: Release publishes the change (and the ABI writes made
-            // before it) to the deliver side's Acquire; Acquire sees a
-            // concurrent deliverer's ACTIVE/REPLAY change.
-            match slot.compare_exchange(cw, new, AcqRel, Acquire) {
+            // SeqCst (AcqRel at least): Release publishes the change (and
+            // the ABI writes made before it) to the deliver side's Acquire;
+            // Acquire sees a concurrent deliverer's ACTIVE/REPLAY change;
+            // SeqCst makes it the write half of the late-EOI Dekker pattern.
+            match slot.compare_exchange(cw, new, SeqCst, Acquire) {
                 Ok(_) => return Ok((cw, new)),
                 Err(now) => cw = now,
             }
@@ -202,12 +214,16 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// The new port has no pending event, no mask reason and no state of an
     /// earlier life of its number (C6); it is bound as `mode` says.
     pub fn bind(&self, mode: Bind) -> Result<Port, Error> {
+        let mut plane = self.lock.lock();
         let target = match mode {
             Bind::XenCompat => 0,
             Bind::Affinity(v) => v,
+            Bind::Auto => plane.pick(None).ok_or(Error::VcpuOutOfRange)?,
         };
         self.check_vcpu(target)?;
-        let _guard = self.lock.lock();
+        if !plane.is_online(target) {
+            return Err(Error::VcpuOffline);
+        }
         // Relaxed: a hint; the search below reads every state with Acquire.
         let hint = self.free_hint.load(Relaxed);
         let start = (hint as usize).clamp(1, self.table.len().max(1));
@@ -252,6 +268,17 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         let cw = port::with_vcpu(BOUND, target)
             | (DEFAULT_PRIORITY << PRIORITY_SHIFT)
             | (u64::from(gen) << GEN_SHIFT);
+        plane.bound_moved(None, Some(target));
+        if let Some(c) = plane.spurious.get_mut(n as usize) {
+            *c = 0;
+        }
+        if let Some(h) = self.handled.get(n as usize) {
+            // Relaxed: statistics; the slot is FREE, no handler runs.
+            h.store(0, Relaxed);
+        }
+        if let Some(c) = plane.last_count.get_mut(n as usize) {
+            *c = 0;
+        }
         // 4. Publish. Release: a sender that reads BOUND sees the cleared
         //    pending bit; a deliverer that reads BOUND sees the binding.
         //    Nothing else writes a FREE word (the deliver side and the
@@ -293,11 +320,13 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         let cw = slot.load(Acquire);
         check(cw, port)?;
         let mut now = cw;
-        // Relaxed: `set_pending` calls the closure only after its Acquire
-        // load of the mask bit, which orders a rebinder's binding (written
-        // before its Release unmask) before this load.
+        // SeqCst: `set_pending` calls the closure only after its SeqCst
+        // pending write and (2-level) store-load fence, so this load is the
+        // read half of a Dekker pattern with a late EOI, which writes the
+        // word and then reads the pending bit (see `remove_reason`); it also
+        // sees a rebinder's binding, ordered by the mask read before it.
         let raised = self.abi.set_pending(port.number, || {
-            now = slot.load(Relaxed);
+            now = slot.load(SeqCst);
             port::vcpu(now)
         })?;
         match raised {
@@ -370,11 +399,25 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         let bit = self.reason_bit(r);
         let (old, new) = self.update(slot, port, |cw| cw & !bit)?;
         if old & REASONS != 0 && new & REASONS == 0 {
+            // A late EOI masks in the control word only (the deliver side
+            // sets it lock-free and leaves the ABI's bit alone): if the
+            // ABI's bit is clear, an event skipped meanwhile is pending with
+            // nothing raised, and the unmask below raises nothing.
+            let abi_masked = self.abi.is_masked(port.number)?;
             // Relaxed: the lock orders this read after our own update.
             let k = self
                 .abi
                 .unmask(port.number, || port::vcpu(slot.load(Relaxed)))?;
             self.kick(k);
+            // So raise it. The store-load fence pairs our word update with a
+            // sender's pending write, as the unmask's does (C1).
+            if !abi_masked && !self.weak.has(Weaken::NoEoiReraise) {
+                store_load_fence();
+                let k = self
+                    .abi
+                    .reraise(port.number, || port::vcpu(slot.load(Relaxed)))?;
+                self.kick(k);
+            }
         }
         Ok(())
     }
@@ -388,12 +431,21 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// old vCPU is never joined by one on the new (the in-flight guard).
     pub fn set_affinity(&self, port: Port, vcpu: u32) -> Result<(), Error> {
         self.check_vcpu(vcpu)?;
-        let _guard = self.lock.lock();
+        let mut plane = self.lock.lock();
+        if !plane.is_online(vcpu) {
+            return Err(Error::VcpuOffline);
+        }
+        self.rebind(&mut plane, port, vcpu)
+    }
+
+    /// The rebind protocol; call with the lock held (`plane` is its data).
+    fn rebind(&self, plane: &mut Plane, port: Port, vcpu: u32) -> Result<(), Error> {
         let slot = self.slot(port.number)?;
         // Acquire: see the current binding.
         let cw = slot.load(Acquire);
         check(cw, port)?;
-        if port::vcpu(cw) == vcpu {
+        let from = port::vcpu(cw);
+        if from == vcpu {
             return Ok(());
         }
         let masked = !self.weak.has(Weaken::RebindWithoutMask);
@@ -404,7 +456,167 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         if masked {
             self.remove_reason(port, MaskReason::Rebind)?;
         }
+        plane.bound_moved(Some(from), Some(vcpu));
         Ok(())
+    }
+
+    /// The policy `bind(Bind::Auto)` follows (and `set_online` uses to place
+    /// the ports of a vCPU going offline).
+    pub fn set_policy(&self, policy: Policy) {
+        self.lock.lock().policy = policy;
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> Policy {
+        self.lock.lock().policy
+    }
+
+    /// Number of ports bound to `vcpu`.
+    pub fn bound_ports(&self, vcpu: u32) -> Result<u32, Error> {
+        self.check_vcpu(vcpu)?;
+        Ok(self
+            .lock
+            .lock()
+            .bound
+            .get(vcpu as usize)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    /// Whether `vcpu` is online (all are, at first).
+    pub fn is_online(&self, vcpu: u32) -> Result<bool, Error> {
+        self.check_vcpu(vcpu)?;
+        Ok(self.lock.lock().is_online(vcpu))
+    }
+
+    /// Brings `vcpu` online or takes it offline. Offline, no port may be
+    /// bound to it, and every port bound to it now is moved, with the rebind
+    /// protocol (nothing lost, C1/C5), to the vCPU the policy picks among
+    /// the others. Returns how many ports moved.
+    pub fn set_online(&self, vcpu: u32, online: bool) -> Result<usize, Error> {
+        self.check_vcpu(vcpu)?;
+        let mut plane = self.lock.lock();
+        if online || !plane.is_online(vcpu) {
+            if let Some(o) = plane.online.get_mut(vcpu as usize) {
+                *o = online;
+            }
+            return Ok(0);
+        }
+        if plane.online.iter().filter(|&&o| o).count() <= 1 {
+            return Err(Error::LastOnlineVcpu);
+        }
+        if let Some(o) = plane.online.get_mut(vcpu as usize) {
+            *o = false;
+        }
+        let mut moved = 0usize;
+        for (n, slot) in self.table.iter().enumerate() {
+            // Acquire: the current binding (the lock keeps it current).
+            let cw = slot.load(Acquire);
+            if port::state(cw) != BOUND || port::vcpu(cw) != vcpu {
+                continue;
+            }
+            let port = Port {
+                number: n as u32,
+                generation: port::generation(cw),
+            };
+            let to = plane.pick(Some(vcpu)).ok_or(Error::LastOnlineVcpu)?;
+            self.rebind(&mut plane, port, to)?;
+            moved = moved.saturating_add(1);
+        }
+        Ok(moved)
+    }
+
+    /// Moves hot ports off overloaded vCPUs (at most `max_moves`), judged
+    /// by the handler runs of each port since the last rebalance (counted
+    /// by the deliver side, never by the send path), with the rebind
+    /// protocol: nothing is lost, nothing runs twice at once. See
+    /// [`plan_rebalance`] for the rule.
+    pub fn rebalance(&self, max_moves: usize) -> Result<Vec<Move>, Error> {
+        let mut plane = self.lock.lock();
+        let mut loads: Vec<Option<u64>> = (0..self.nr_vcpus)
+            .map(|v| plane.is_online(v).then_some(0))
+            .collect();
+        let mut ports = Vec::new();
+        for (n, slot) in self.table.iter().enumerate() {
+            // Acquire: the current binding (the lock keeps it current).
+            let cw = slot.load(Acquire);
+            if port::state(cw) != BOUND {
+                continue;
+            }
+            // Relaxed: statistics.
+            let now = self.handled.get(n).map_or(0, |h| h.load(Relaxed));
+            let last = plane.last_count.get_mut(n);
+            let delta = last.map_or(0, |l| {
+                let d = now.wrapping_sub(*l);
+                *l = now;
+                d
+            });
+            let v = port::vcpu(cw);
+            if let Some(Some(l)) = loads.get_mut(v as usize) {
+                *l = l.saturating_add(u64::from(delta));
+            }
+            ports.push((n as u32, v, u64::from(delta)));
+        }
+        let mut moves = Vec::new();
+        for (n, from, to) in plan_rebalance(&loads, &ports, max_moves) {
+            let Some(slot) = self.table.get(n as usize) else {
+                continue;
+            };
+            // Acquire: the generation of the bound life.
+            let port = Port {
+                number: n,
+                generation: port::generation(slot.load(Acquire)),
+            };
+            self.rebind(&mut plane, port, to)?;
+            moves.push(Move { port, from, to });
+        }
+        Ok(moves)
+    }
+
+    /// Makes `port` a late-EOI port (or not): from its next handler start
+    /// on, the port stays masked (reason: EOI pending) until its owner calls
+    /// [`Channels::eoi`] or [`Channels::lateeoi`] — Linux's lateeoi, the
+    /// storm throttle of XSA-332.
+    pub fn set_lateeoi(&self, port: Port, on: bool) -> Result<(), Error> {
+        let _plane = self.lock.lock();
+        let slot = self.slot(port.number)?;
+        self.update(
+            slot,
+            port,
+            |cw| if on { cw | LATEEOI } else { cw & !LATEEOI },
+        )?;
+        Ok(())
+    }
+
+    /// Ends a late EOI, saying whether the handler found work. A port whose
+    /// handler found none more than once in a row stays masked, and this
+    /// returns the delay in milliseconds (1, 2, 4, ... up to 1000) after
+    /// which the owner calls [`Channels::eoi`]; otherwise the port is
+    /// unmasked at once (pending events are raised) and it returns `None`.
+    pub fn lateeoi(&self, port: Port, spurious: bool) -> Result<Option<u32>, Error> {
+        let mut plane = self.lock.lock();
+        let slot = self.slot(port.number)?;
+        // Acquire: see the current mask reasons.
+        let cw = slot.load(Acquire);
+        check(cw, port)?;
+        if cw & self.reason_bit(MaskReason::EoiPending) == 0 {
+            return Err(Error::NotEoiPending);
+        }
+        let count = plane
+            .spurious
+            .get_mut(port.number as usize)
+            .ok_or(Error::PortOutOfRange)?;
+        if !spurious {
+            *count = 0;
+        } else {
+            *count = count.saturating_add(1);
+            if *count > 1 {
+                let shift = u32::from(*count - 2).min(10);
+                return Ok(Some((1u32 << shift).min(1000)));
+            }
+        }
+        self.remove_reason(port, MaskReason::EoiPending)?;
+        Ok(None)
     }
 
     /// Sets the priority of `port`: 0 (highest) ..= 15; 7 after bind. The
@@ -431,7 +643,7 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// is reused only after it has (state `Closing` until then). Sends on
     /// the handle fail with `NotBound`, and after a rebind with `Stale`.
     pub fn close(&self, port: Port) -> Result<(), Error> {
-        let _guard = self.lock.lock();
+        let mut plane = self.lock.lock();
         let slot = self.slot(port.number)?;
         let keep_closing = !self.weak.has(Weaken::CloseIgnoresInFlight);
         self.update(slot, port, |cw| {
@@ -447,6 +659,8 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         self.abi.mask(port.number)?;
         // Relaxed: a hint (see `free_hint`).
         self.free_hint.fetch_min(port.number, Relaxed);
+        // Relaxed: the lock orders this read after our own update.
+        plane.bound_moved(Some(port::vcpu(slot.load(Relaxed))), None);
         Ok(())
     }
 
@@ -469,6 +683,11 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             masked_eoi: cw & MaskReason::EoiPending.bit() != 0,
             // A free port of a FIFO event-array page not mapped yet has no
             // pending bit anywhere.
+            lateeoi: cw & LATEEOI != 0,
+            handled: self.handled.get(number as usize).map_or(0, |h| {
+                // Relaxed: statistics.
+                h.load(Relaxed)
+            }),
             pending: match self.abi.is_pending(number) {
                 Ok(p) => p,
                 Err(_) if state == State::Free => false,
@@ -544,10 +763,17 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
                 }
                 continue;
             }
+            // A late-EOI port is masked (in the control word) from this
+            // handler start until its owner's `eoi`.
+            let eoi = if cw & LATEEOI != 0 {
+                MaskReason::EoiPending.bit()
+            } else {
+                0
+            };
             // Acquire: the previous runner's handler (released with Release)
             // happens before ours; Release: a closer or rebinder that reads
             // ACTIVE sees our claim.
-            match slot.compare_exchange(cw, cw | ACTIVE, AcqRel, Acquire) {
+            match slot.compare_exchange(cw, cw | ACTIVE | eoi, AcqRel, Acquire) {
                 Ok(_) => break,
                 Err(now) => cw = now,
             }
@@ -561,9 +787,19 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         let ran = matches!(self.abi.test_and_clear_pending(number), Ok(true));
         if ran {
             handler(port);
+            #[cfg(not(loom))]
+            if let Some(h) = self.handled.get(number as usize) {
+                // Relaxed, and no read-modify-write: statistics written only
+                // by the guard's holder (not modelled under loom: no protocol
+                // depends on them).
+                h.store(h.load(Relaxed).wrapping_add(1), Relaxed);
+            }
         }
         if guard {
-            self.release(slot, number);
+            // A late EOI taken for an event that was not there (another
+            // vCPU handled it first) is given back at once.
+            let undo = if ran { 0 } else { cw & LATEEOI };
+            self.release(slot, number, undo);
         }
         if ran {
             Delivery::Handled
@@ -574,18 +810,26 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
 
     /// Ends the in-flight guard of `number`: frees a port closed meanwhile,
     /// and re-raises an event another vCPU left for us.
-    fn release(&self, slot: &AtomicU64, number: u32) {
+    /// `undo_eoi`: drop the late-EOI mask reason this claim added (nonzero
+    /// only when the handler did not run).
+    fn release(&self, slot: &AtomicU64, number: u32, undo_eoi: u64) {
+        let undo = if undo_eoi != 0 {
+            MaskReason::EoiPending.bit()
+        } else {
+            0
+        };
         // Relaxed: only a first guess for the compare-exchange.
         let mut cw = slot.load(Relaxed);
         loop {
-            let mut new = cw & !(ACTIVE | REPLAY);
+            let mut new = cw & !(ACTIVE | REPLAY | undo);
             if port::state(cw) == CLOSING {
                 new = port::with_state(new, FREE);
             }
-            // AcqRel: Release ends the handler's critical section for the
-            // next runner's Acquire (C3); Acquire pairs with a REPLAY
-            // request, so its pending bit is visible to `reraise`.
-            match slot.compare_exchange(cw, new, AcqRel, Relaxed) {
+            // SeqCst (AcqRel at least): Release ends the handler's critical
+            // section for the next runner's Acquire (C3); Acquire pairs with
+            // a REPLAY request, so its pending bit is visible to `reraise`;
+            // SeqCst for the Dekker pattern when a late EOI is given back.
+            match slot.compare_exchange(cw, new, SeqCst, Relaxed) {
                 Ok(_) => break,
                 Err(now) => cw = now,
             }
@@ -594,7 +838,13 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             // Relaxed: a hint (see `free_hint`); the port is free now.
             self.free_hint.fetch_min(number, Relaxed);
         }
-        if cw & REPLAY != 0 && port::state(cw) == BOUND {
+        let reopened = undo != 0 && cw & REASONS == undo;
+        if reopened {
+            // A sender may have seen the transient reason's effect (a skip):
+            // re-raise, as `remove_reason` does after an unmask.
+            store_load_fence();
+        }
+        if (cw & REPLAY != 0 || reopened) && port::state(cw) == BOUND {
             // Relaxed: `reraise` reads the target after its mask load,
             // ordered as in `send`.
             if let Ok(k) = self.abi.reraise(number, || port::vcpu(slot.load(Relaxed))) {

@@ -23,6 +23,10 @@ pub enum Error {
     PriorityOutOfRange,
     /// `eoi` on a port that is not waiting for one.
     NotEoiPending,
+    /// The vCPU is offline: no port may be bound to it.
+    VcpuOffline,
+    /// Taking this vCPU offline would leave no vCPU online.
+    LastOnlineVcpu,
 }
 
 impl fmt::Display for Error {
@@ -35,6 +39,8 @@ impl fmt::Display for Error {
             Error::NoFreePort => "no free port",
             Error::PriorityOutOfRange => "priority out of range",
             Error::NotEoiPending => "port is not waiting for an EOI",
+            Error::VcpuOffline => "vCPU offline",
+            Error::LastOnlineVcpu => "the last online vCPU cannot go offline",
         })
     }
 }

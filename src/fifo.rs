@@ -194,6 +194,9 @@ pub struct BorrowedFifo<'a> {
 
 impl FifoMemory for BorrowedFifo<'_> {
     fn event_word(&self, port: u32) -> Option<&EventWord> {
+        if port >= NR_CHANNELS {
+            return None;
+        }
         self.words.get(port as usize)
     }
     fn expand(&self, port: u32) -> Result<(), Error> {
@@ -624,6 +627,9 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
     }
 
     fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error> {
+        if vcpu >= self.mem.nr_vcpus() {
+            return Err(Error::VcpuOutOfRange);
+        }
         let vi = self.mem.vcpu_info(vcpu).ok_or(Error::VcpuOutOfRange)?;
         // Acquire: pairs with the raiser's AcqRel swap.
         Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
@@ -638,6 +644,12 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
     ) -> Result<(), Error> {
         let vi = self.mem.vcpu_info(vcpu).ok_or(Error::VcpuOutOfRange)?;
         let cb = self.mem.control_block(vcpu).ok_or(Error::VcpuOutOfRange)?;
+        // A guest's garbage links can form a cycle that the relinking of
+        // events bound elsewhere keeps feeding (each relink writes the next
+        // link followed). Bound one upcall: twice the ports it could hold
+        // honestly; what is left stays queued for the next upcall, which
+        // the flag set here asks for.
+        let mut budget = self.mem.max_ports().saturating_mul(2).max(64);
         loop {
             // Relaxed: released by the AcqRel swap of `ready` below, as the
             // 2-level ABI's flag clear is by its selector swap.
@@ -647,6 +659,12 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
             cursor.ready |= cb.ready.swap(0, AcqRel);
             while cursor.ready != 0 {
                 // Strict priority: always the highest ready queue.
+                if budget == 0 {
+                    // Relaxed: the vCPU's own flag; it runs another upcall.
+                    vi.evtchn_upcall_pending.store(1, Relaxed);
+                    return Ok(());
+                }
+                budget -= 1;
                 let prio = cursor.ready.trailing_zeros();
                 self.consume_one(cb, cursor, prio, &mut each, &mut kick);
                 // Relaxed: only a hint; the swap orders.

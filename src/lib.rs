@@ -71,6 +71,8 @@ mod weaken;
 mod channels;
 #[cfg(feature = "alloc")]
 mod fifo;
+#[cfg(feature = "alloc")]
+mod policy;
 
 #[cfg(feature = "alloc")]
 pub use channels::{Bind, Channels, Notify, Vcpu};
@@ -78,6 +80,8 @@ pub use error::Error;
 #[cfg(feature = "alloc")]
 pub use fifo::{BorrowedFifo, Fifo, FifoCursor, FifoMemory, GuestUnmask, OwnedFifo};
 pub use ops::{Delivery, Kick, PortOps, Raised};
+#[cfg(feature = "alloc")]
+pub use policy::{plan_rebalance, Move, Policy};
 pub use port::{MaskReason, Port, State, Status};
 #[cfg(feature = "alloc")]
 pub use twolevel::OwnedMemory;

@@ -10,6 +10,7 @@
 //! | 2      | `ACTIVE`   | a handler of this port is running (the in-flight guard) |
 //! | 3      | `REPLAY`   | a vCPU found the port pending while `ACTIVE` and left it to the runner |
 //! | 4..7   | `REASONS`  | mask reasons: `EXPLICIT` (4), `REBIND` (5), `EOI` (6) |
+//! | 7      | `LATEEOI`  | each handler start adds the `EOI` reason (late EOI)   |
 //! | 8..12  | `PRIORITY` | FIFO priority, 0 (highest) ..= 15                    |
 //! | 16..32 | `VCPU`     | the vCPU the port is bound to (`notify_vcpu_id`)     |
 //! | 32..64 | `GEN`      | generation: incremented by every bind               |
@@ -26,6 +27,7 @@ pub(crate) const CLOSING: u64 = 2;
 pub(crate) const ACTIVE: u64 = 1 << 2;
 pub(crate) const REPLAY: u64 = 1 << 3;
 pub(crate) const REASONS: u64 = 0b111 << 4;
+pub(crate) const LATEEOI: u64 = 1 << 7;
 pub(crate) const PRIORITY_SHIFT: u32 = 8;
 pub(crate) const PRIORITY: u64 = 0xf << PRIORITY_SHIFT;
 pub(crate) const VCPU_SHIFT: u32 = 16;
@@ -136,6 +138,11 @@ pub struct Status {
     pub pending: bool,
     /// A handler is running.
     pub in_flight: bool,
+    /// Late EOI: each handler run masks the port until `eoi`.
+    pub lateeoi: bool,
+    /// Handler runs so far (statistics for the rebalancer; not counted in
+    /// loom builds).
+    pub handled: u32,
     /// The generation of the current (or last) bind.
     pub generation: u32,
 }

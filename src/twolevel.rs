@@ -163,24 +163,22 @@ impl<M: Memory2l> TwoLevel<M> {
         }
     }
 
-    /// Offers every pending, unmasked port of word `w` within `range` to
-    /// `each`, lowest first, moving the cursor along. Words the memory does
-    /// not have (a hostile selector bit) are ignored.
+    /// The pending, unmasked ports of word `w`; none for a word the memory
+    /// does not have (a hostile selector bit).
     #[inline]
-    fn scan_word(
-        pending: &[XenUlong],
-        mask: &[XenUlong],
-        w: u32,
-        range: u64,
-        cursor: &mut Cursor,
-        each: &mut impl FnMut(u32),
-    ) {
+    fn load_word(pending: &[XenUlong], mask: &[XenUlong], w: u32) -> u64 {
         let (Some(p), Some(m)) = (pending.get(w as usize), mask.get(w as usize)) else {
-            return;
+            return 0;
         };
         // Acquire: pairs with the raiser's Release fetch_or (the deliverer
         // re-acquires on its clear; this orders the mask read after it).
-        let mut bits = p.load(Acquire) & !m.load(Acquire) & range;
+        p.load(Acquire) & !m.load(Acquire)
+    }
+
+    /// Offers the ports `bits` of word `w` to `each`, lowest first, moving
+    /// the cursor along.
+    #[inline]
+    fn offer(w: u32, mut bits: u64, cursor: &mut Cursor, each: &mut impl FnMut(u32)) {
         while bits != 0 {
             let b = bits.trailing_zeros();
             bits &= bits - 1;
@@ -385,19 +383,22 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
                 63 => 0,
                 b => !0u64 << (b + 1),
             };
-            let start_sel = sel & (1u64 << start) != 0;
-            if start_sel {
-                Self::scan_word(pending, mask, start, above, cursor, &mut each);
-            }
+            // The start word is read once for both of its parts: a port of
+            // it raised after this read set its selector bit again after our
+            // swap, so the next pass takes it.
+            let start_bits = if sel & (1u64 << start) != 0 {
+                Self::load_word(pending, mask, start)
+            } else {
+                0
+            };
+            Self::offer(start, start_bits & above, cursor, &mut each);
             let mut others = (sel & !(1u64 << start)).rotate_right(start);
             while others != 0 {
                 let w = (others.trailing_zeros() + start) % BITS_PER_WORD;
                 others &= others - 1;
-                Self::scan_word(pending, mask, w, !0, cursor, &mut each);
+                Self::offer(w, Self::load_word(pending, mask, w), cursor, &mut each);
             }
-            if start_sel && !above != 0 {
-                Self::scan_word(pending, mask, start, !above, cursor, &mut each);
-            }
+            Self::offer(start, start_bits & !above, cursor, &mut each);
             // Acquire: pairs with a raiser's swap; its selector bit is then
             // visible to the next pass's swap.
             if vi.evtchn_upcall_pending.load(Acquire) == 0 {

@@ -39,6 +39,10 @@ pub enum Weaken {
     NoResetOnBind,
     /// `close` frees a port at once even while its handler is in flight.
     CloseIgnoresInFlight,
+    /// Removing the last mask reason unmasks the ABI's bit but does not
+    /// re-raise an event skipped while a late EOI (which masks in the
+    /// control word only) was outstanding.
+    NoEoiReraise,
     /// FIFO: moving an event does not invalidate the old queue's tail
     /// when it names the event (Xen's `lastq` fix).
     NoTailInvalidation,

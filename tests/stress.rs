@@ -1,7 +1,12 @@
-//! Native multi-threaded stress test of the control plane over the 2-level
-//! ABI: the contract's C1 (no lost event), C2 (no lost wake-up) and C3
-//! (never concurrent) on real threads, with rebinds, masks and close/re-bind
-//! running all the time.
+//! Native multi-threaded stress test of the control plane over either ABI,
+//! 2-level and FIFO: the contract's C1 (no lost event), C2 (no lost
+//! wake-up) and C3 (never concurrent) on real threads, with rebinds,
+//! priority changes, masks and close/re-bind running all the time.
+//!
+//! `EVTCHN_STRESS_ABI` picks the ABI: `2l`, `fifo`, or `both` (the default:
+//! the 2-level run, then the FIFO run, each with the full configuration
+//! below). The code is one generic run over `PortOps`; the control plane
+//! does not know which ABI it drives.
 //!
 //! Threads:
 //!
@@ -14,10 +19,13 @@
 //! * `EVTCHN_STRESS_SENDERS` (default 2) sender threads, each sending to
 //!   random port numbers through cached handles (so sends on closed lives
 //!   are frequent, and must fail).
-//! * one control thread: `set_affinity` to random vCPUs, `mask`/`unmask`,
-//!   `close` and re-`bind` (both `Bind::XenCompat` and `Bind::Affinity`).
-//!   Close and bind stop after 90% of the sends, so that the lives checked
-//!   at the end have taken sends through rebinds and mask/unmask.
+//! * one control thread: `set_affinity` to random vCPUs, `set_priority` to
+//!   random priorities 0..=15 (on FIFO this moves events between queues
+//!   while they may still be linked on the old one; the 2-level ABI only
+//!   records it), `mask`/`unmask`, `close` and re-`bind` (both
+//!   `Bind::XenCompat` and `Bind::Affinity`). Close and bind stop after 90%
+//!   of the sends, so that the lives checked at the end have taken sends
+//!   through rebinds, priority changes and mask/unmask.
 //!
 //! Accounting, per port life (number + generation), in a [`Ledger`] slot:
 //! `sent` holds `generation << 32 | seq`, which a sender increments *before*
@@ -31,19 +39,32 @@
 //!   after that send.
 //! * C1 mid-run: the control thread *watches* random ports (see [`Watch`]):
 //!   a send still unobserved after [`STUCK_AFTER`] is lost.
+//! * The report names two counts, both must be 0. `lost`: sends no handler
+//!   observed (the ledger at the end, plus stuck watches). `dropped`:
+//!   bound ports still pending after the final drain, i.e. events the raise
+//!   side marked pending but never made reachable to any vCPU (on FIFO:
+//!   never linked on a queue — what Xen does after three queue changes,
+//!   "lost event (too many queue changes)"; on 2-level: a pending bit no
+//!   selector leads to). A dropped event is also lost (its send is never
+//!   observed); `dropped` says how. On FIFO the run also counts event words
+//!   still LINKED and `ready` bits still set after the drain (`stale_links`),
+//!   which must be 0 too: the queues end empty and well formed.
 //! * C3: each port number has an `inside` flag that the handler sets on
 //!   entry and clears on exit; finding it already set is a concurrent run.
 //! * The handler runs counted by the handler must equal those the upcalls
 //!   report; a send on the handle of a closed life must fail (C6).
 //!
-//! Size: `EVTCHN_STRESS_SENDS` successful sends in all (default
-//! [`DEFAULT_SENDS`]); `EVTCHN_STRESS_LIVE` ports bound at most (default 96;
+//! Size: `EVTCHN_STRESS_SENDS` successful sends in all, per ABI (default
+//! [`DEFAULT_SENDS`], so that the default run of both ABIs takes about as
+//! long as one 2-level run of twice as many sends did); 128 port numbers
+//! for either ABI; `EVTCHN_STRESS_LIVE` ports bound at most (default 96;
 //! fewer ports means more contention per port). A watchdog ends the process
-//! if the run takes longer than `EVTCHN_STRESS_TIMEOUT_SECS` (default 600):
+//! if a run takes longer than `EVTCHN_STRESS_TIMEOUT_SECS` (default 600):
 //! a hang is a failure too.
 //!
 //! ```text
 //! EVTCHN_STRESS_SENDS=10000000 cargo test --release --test stress -- --nocapture
+//! EVTCHN_STRESS_ABI=fifo EVTCHN_STRESS_SENDS=1000000 cargo test --release --test stress -- --nocapture
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
@@ -51,15 +72,21 @@ use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use evtchn::{Bind, Channels, Error, Notify, OwnedMemory, Port, TwoLevel};
+use evtchn::abi::fifo::LINKED;
+use evtchn::{
+    Bind, Channels, Error, Fifo, FifoMemory, Notify, OwnedFifo, OwnedMemory, Port, PortOps,
+    TwoLevel,
+};
 
-/// Pending/mask words: 128 port numbers (port 0 is reserved).
+/// Pending/mask words: 128 port numbers (port 0 is reserved); the FIFO run
+/// gets the same 128 port numbers.
 const WORDS: usize = 2;
 /// The control thread keeps at least this many ports bound (or
 /// `EVTCHN_STRESS_LIVE` - 1, if smaller), and at most `EVTCHN_STRESS_LIVE`.
 const MIN_LIVE: usize = 8;
-/// Successful sends in all, unless `EVTCHN_STRESS_SENDS` says otherwise.
-const DEFAULT_SENDS: u64 = 2_000_000;
+/// Successful sends in all per ABI, unless `EVTCHN_STRESS_SENDS` says
+/// otherwise.
+const DEFAULT_SENDS: u64 = 1_000_000;
 /// Safety-net timeout of a halted vCPU.
 const PARK_TIMEOUT: Duration = Duration::from_millis(20);
 /// How long a vCPU that timed out with work pending waits for a kick that
@@ -120,7 +147,8 @@ impl Notify for Kicker {
     }
 }
 
-type Ch = Channels<TwoLevel<OwnedMemory>, Kicker>;
+/// The control plane over ABI `A` (2-level or FIFO).
+type Ch<A> = Channels<A, Kicker>;
 
 /// xorshift64*: a tiny deterministic PRNG, one per thread.
 struct Rng(u64);
@@ -214,7 +242,7 @@ struct VcpuStats {
 }
 
 /// One vCPU: upcall loop with the C2 idle protocol.
-fn run_vcpu(ch: &Ch, id: u32, ledger: &[Ledger], stop: &AtomicBool) -> VcpuStats {
+fn run_vcpu<A: PortOps>(ch: &Ch<A>, id: u32, ledger: &[Ledger], stop: &AtomicBool) -> VcpuStats {
     let wake = &ch.notifier().wakes[id as usize];
     let _ = wake.thread.set(thread::current());
     let mut vcpu = ch.vcpu(id).expect("vCPU index in range");
@@ -285,8 +313,8 @@ struct SenderStats {
 ///
 /// The sender caches a handle per number and keeps using it until it fails,
 /// so sends on stale handles (closed lives) are frequent: those must fail.
-fn run_sender(
-    ch: &Ch,
+fn run_sender<A: PortOps>(
+    ch: &Ch<A>,
     ledger: &[Ledger],
     cfg: &Config,
     progress: &AtomicU64,
@@ -384,6 +412,11 @@ struct ControlStats {
     affinity: u64,
     /// `set_affinity` calls made while the port's handler was running.
     affinity_in_flight: u64,
+    /// `set_priority` calls (random priorities 0..=15).
+    priorities: u64,
+    /// `set_affinity` / `set_priority` calls made while the port was pending
+    /// (on FIFO: its event may be linked on the queue it is moved off).
+    moved_pending: u64,
     masks: u64,
     unmasks: u64,
     /// Watches started / found stuck (see [`Watch`]).
@@ -414,8 +447,8 @@ const STUCK_AFTER: Duration = Duration::from_secs(5);
 /// that the lives checked at the end have lived through affinity changes
 /// and mask/unmask with sends in flight (a close legitimately drops pending
 /// events, and only the events of live ports can be checked).
-fn run_control(
-    ch: &Ch,
+fn run_control<A: PortOps>(
+    ch: &Ch<A>,
     ledger: &[Ledger],
     cfg: &Config,
     progress: &AtomicU64,
@@ -463,7 +496,7 @@ fn run_control(
                 .map(|_| i)
         };
         let churn = progress.load(Relaxed) < churn_until;
-        match rng.below(32) {
+        match rng.below(40) {
             // Bind, in either mode; keep the ledger in step first.
             0..=5 if churn && live.len() < cfg.live => {
                 let mode = if rng.below(2) == 0 {
@@ -504,12 +537,13 @@ fn run_control(
                 };
                 let p = live[i];
                 let v = rng.below(vcpus) as u32;
+                let status = ch.status(p.number());
                 // The seed's case: a rebind while a handler is in flight.
-                if ch
-                    .status(p.number())
-                    .is_ok_and(|s| s.in_flight && s.vcpu != v)
-                {
+                if status.is_ok_and(|s| s.in_flight && s.vcpu != v) {
                     st.affinity_in_flight += 1;
+                }
+                if status.is_ok_and(|s| s.pending && s.vcpu != v) {
+                    st.moved_pending += 1;
                 }
                 match ch.set_affinity(p, v) {
                     Ok(()) => st.affinity += 1,
@@ -556,6 +590,25 @@ fn run_control(
                     });
                 }
             }
+            // A new priority: on FIFO the next link goes to another queue,
+            // while the event may still be linked on the old one.
+            31..=38 => {
+                let Some(i) = pick(&mut rng, &live) else {
+                    continue;
+                };
+                let p = live[i];
+                let prio = rng.below(16) as u8;
+                if ch
+                    .status(p.number())
+                    .is_ok_and(|s| s.pending && s.priority != prio)
+                {
+                    st.moved_pending += 1;
+                }
+                match ch.set_priority(p, prio) {
+                    Ok(()) => st.priorities += 1,
+                    Err(e) => bad(&mut st, "set_priority", Some(p), e),
+                }
+            }
             _ => {}
         }
         if op % 4 == 0 {
@@ -583,6 +636,36 @@ struct Config {
     senders: usize,
     live: usize,
     timeout_secs: u64,
+    abis: Vec<Abi>,
+}
+
+/// The ABI a run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Abi {
+    TwoLevel,
+    Fifo,
+}
+
+impl Abi {
+    fn name(self) -> &'static str {
+        match self {
+            Abi::TwoLevel => "2l",
+            Abi::Fifo => "fifo",
+        }
+    }
+}
+
+/// `EVTCHN_STRESS_ABI`: `2l`, `fifo` or `both` (the default).
+fn abis_from_env() -> Vec<Abi> {
+    match std::env::var("EVTCHN_STRESS_ABI") {
+        Err(_) => vec![Abi::TwoLevel, Abi::Fifo],
+        Ok(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "2l" | "2-level" | "twolevel" | "two-level" => vec![Abi::TwoLevel],
+            "fifo" => vec![Abi::Fifo],
+            "both" | "" => vec![Abi::TwoLevel, Abi::Fifo],
+            other => panic!("EVTCHN_STRESS_ABI={other:?}: expected 2l, fifo or both"),
+        },
+    }
 }
 
 impl Config {
@@ -594,6 +677,7 @@ impl Config {
             senders,
             live: env_u64("EVTCHN_STRESS_LIVE", 96).clamp(1, 64 * WORDS as u64 - 2) as usize,
             timeout_secs: env_u64("EVTCHN_STRESS_TIMEOUT_SECS", 600),
+            abis: abis_from_env(),
         }
     }
 }
@@ -632,21 +716,57 @@ fn watchdog(secs: u64, done: Arc<AtomicBool>) {
 }
 
 #[test]
-fn stress_two_level() {
+fn stress() {
     let cfg = Config::from_env();
+    for &abi in &cfg.abis {
+        let wakes: Arc<[Wake]> = (0..cfg.vcpus).map(|_| Wake::default()).collect();
+        let kicker = Kicker {
+            wakes,
+            bad: AtomicU64::new(0),
+        };
+        match abi {
+            Abi::TwoLevel => run(
+                abi,
+                Channels::new(TwoLevel::new(OwnedMemory::new(WORDS, cfg.vcpus)), kicker),
+                &cfg,
+                |_| 0,
+            ),
+            Abi::Fifo => run(
+                abi,
+                Channels::new(
+                    Fifo::new(OwnedFifo::new(64 * WORDS as u32, cfg.vcpus)),
+                    kicker,
+                ),
+                &cfg,
+                stale_links,
+            ),
+        }
+    }
+}
+
+/// FIFO: event words still LINKED, plus vCPUs with `ready` bits still set,
+/// after the final drain (the queues must end empty).
+fn stale_links(fifo: &Fifo<OwnedFifo>) -> u64 {
+    let mem = fifo.memory();
+    let words = (0..mem.max_ports())
+        .filter_map(|p| mem.event_word(p))
+        .filter(|w| w.load(SeqCst) & LINKED != 0)
+        .count();
+    let ready = (0..mem.nr_vcpus())
+        .filter_map(|v| mem.control_block(v))
+        .filter(|cb| cb.ready.load(SeqCst) != 0)
+        .count();
+    (words + ready) as u64
+}
+
+/// One run over `ch`, whichever ABI it drives; `leftover` counts what the
+/// ABI's memory still holds after the final drain (it must be 0).
+fn run<A: PortOps>(abi: Abi, ch: Ch<A>, cfg: &Config, leftover: impl Fn(&A) -> u64) {
     let total = cfg.sends;
     let (vcpus, senders) = (cfg.vcpus, cfg.senders);
     let done = Arc::new(AtomicBool::new(false));
     watchdog(cfg.timeout_secs, done.clone());
 
-    let wakes: Arc<[Wake]> = (0..vcpus).map(|_| Wake::default()).collect();
-    let ch: Ch = Channels::new(
-        TwoLevel::new(OwnedMemory::new(WORDS, vcpus)),
-        Kicker {
-            wakes,
-            bad: AtomicU64::new(0),
-        },
-    );
     let nr = ch.nr_ports() as usize;
     let ledger: Vec<Ledger> = (0..nr).map(|_| Ledger::default()).collect();
     let ledger = &ledger[..];
@@ -755,6 +875,8 @@ fn stress_two_level() {
     // pending (so a run started after each send).
     // Sends found stuck mid-run count as lost too.
     let mut lost = cs.stuck;
+    // Bound ports still pending after the drain: raised, never reachable.
+    let mut dropped = 0u64;
     let mut live = 0u64;
     for n in 1..ch.nr_ports() {
         let Ok(p) = ch.port(n) else { continue };
@@ -772,7 +894,8 @@ fn stress_two_level() {
             lost += missed;
         }
         if st.pending {
-            eprintln!("port {n}: still pending after quiescing: {st:?}");
+            eprintln!("port {n}: still pending after quiescing (dropped): {st:?}");
+            dropped += 1;
             lost += 1;
         }
         assert!(
@@ -806,15 +929,22 @@ fn stress_two_level() {
     // that carried no new send.
     let coalesced_or_spurious = sends.saturating_sub(hs.fresh) + hs.spurious;
     let rebinds = cs.rebinds;
+    let stale_links = leftover(ch.abi());
 
     println!(
-        "sends={sends} handled={} coalesced-or-spurious={coalesced_or_spurious} lost={lost} \
-         concurrent={} rebinds={rebinds} closes={} lost_wakeups={lost_wakeups}",
-        hs.handled, hs.concurrent, cs.closes
+        "abi={} sends={sends} handled={} coalesced-or-spurious={coalesced_or_spurious} lost={lost} \
+         concurrent={} dropped={dropped} stale_links={stale_links} rebinds={rebinds} closes={} \
+         set_priority={} lost_wakeups={lost_wakeups}",
+        abi.name(),
+        hs.handled,
+        hs.concurrent,
+        cs.closes,
+        cs.priorities
     );
     println!(
         "  vcpus={vcpus} senders={senders} max_live={} ports={} live_at_end={live} fresh={} spurious={} \
-         failed_sends={failed} stale_sends={stale} binds={} set_affinity={} (in flight {}) masks={} unmasks={} watches={} stuck={} kicks={kicks} miscounted={miscounted} \
+         failed_sends={failed} stale_sends={stale} binds={} set_affinity={} (in flight {}) \
+         moves_while_pending={} masks={} unmasks={} watches={} stuck={} kicks={kicks} miscounted={miscounted} \
          parks={parks} idle_timeouts={idle_timeouts} final_runs={final_runs} secs={:.2}",
         cfg.live,
         nr - 1,
@@ -823,6 +953,7 @@ fn stress_two_level() {
         cs.binds,
         cs.affinity,
         cs.affinity_in_flight,
+        cs.moved_pending,
         cs.masks,
         cs.unmasks,
         cs.watches,
@@ -837,6 +968,8 @@ fn stress_two_level() {
     }
 
     assert_eq!(lost, 0, "lost events (C1)");
+    assert_eq!(dropped, 0, "events left pending, never made reachable (C1)");
+    assert_eq!(stale_links, 0, "queue state left after the drain");
     assert_eq!(hs.concurrent, 0, "concurrent handler runs (C3)");
     assert_eq!(lost_wakeups, 0, "lost wake-ups (C2)");
     assert_eq!(unexpected, 0, "unexpected errors from the control plane");
@@ -848,7 +981,7 @@ fn stress_two_level() {
     assert!(sends >= total, "sends short of the quota");
     assert!(cs.closes > 0 && rebinds > 0, "no close/re-bind happened");
     assert!(
-        cs.affinity > 0 && cs.masks > 0,
-        "no set_affinity/mask happened"
+        cs.affinity > 0 && cs.masks > 0 && cs.priorities > 0,
+        "no set_affinity/set_priority/mask happened"
     );
 }

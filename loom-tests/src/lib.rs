@@ -320,6 +320,11 @@ impl<A: Abi> World<A> {
         self.gates[g].store(true, SeqCst);
     }
 
+    /// Closes gate `g` again.
+    pub fn close_gate(&self, g: usize) {
+        self.gates[g].store(false, SeqCst);
+    }
+
     /// Handler runs so far of the life of `port` (any thread, any time).
     pub fn life_runs(&self, port: Port) -> usize {
         let life = (port.generation() as usize).min(3);

@@ -1,0 +1,151 @@
+//! Delivery policy: which vCPU a new port is bound to, which vCPUs are
+//! online, and how hot ports are moved off an overloaded vCPU.
+//!
+//! Everything here runs under the control-plane lock and never on the send
+//! path. The rebalancing plan is a pure function of per-vCPU loads and
+//! per-port event counts, so it is tested deterministically.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+/// How `bind(Bind::Auto)` picks the vCPU of a new port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// vCPU 0, as Xen binds interdomain and pirq channels (the first online
+    /// vCPU if vCPU 0 is offline).
+    #[default]
+    Vcpu0,
+    /// Online vCPUs in turn, as Linux's user-space event-channel driver did.
+    RoundRobin,
+    /// The online vCPU with the fewest bound ports, as Linux does now (ties:
+    /// the lowest-numbered).
+    LeastLoaded,
+}
+
+/// A move the rebalancer made: `port` from vCPU `from` to vCPU `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Move {
+    /// The port moved.
+    pub port: crate::Port,
+    /// Its vCPU before.
+    pub from: u32,
+    /// Its vCPU after.
+    pub to: u32,
+}
+
+/// State of the control plane guarded by its lock.
+pub(crate) struct Plane {
+    pub(crate) policy: Policy,
+    /// Next vCPU for round-robin.
+    pub(crate) rr_next: u32,
+    pub(crate) online: Box<[bool]>,
+    /// Bound ports per vCPU.
+    pub(crate) bound: Box<[u32]>,
+    /// Per port: spurious late EOIs in a row.
+    pub(crate) spurious: Box<[u8]>,
+    /// Per port: the event count at the last rebalance.
+    pub(crate) last_count: Box<[u32]>,
+}
+
+impl Plane {
+    pub(crate) fn new(ports: usize, vcpus: usize) -> Self {
+        Plane {
+            policy: Policy::default(),
+            rr_next: 0,
+            online: (0..vcpus).map(|_| true).collect(),
+            bound: (0..vcpus).map(|_| 0).collect(),
+            spurious: (0..ports).map(|_| 0).collect(),
+            last_count: (0..ports).map(|_| 0).collect(),
+        }
+    }
+
+    pub(crate) fn is_online(&self, vcpu: u32) -> bool {
+        self.online.get(vcpu as usize).copied().unwrap_or(false)
+    }
+
+    /// The vCPU the policy picks for a new port, skipping `except`.
+    pub(crate) fn pick(&mut self, except: Option<u32>) -> Option<u32> {
+        let n = self.online.len() as u32;
+        let ok = |p: &Plane, v: u32| p.is_online(v) && Some(v) != except;
+        match self.policy {
+            Policy::Vcpu0 => (0..n).find(|&v| ok(self, v)),
+            Policy::RoundRobin => {
+                let start = self.rr_next;
+                let v = (0..n)
+                    .map(|i| (start.wrapping_add(i)) % n.max(1))
+                    .find(|&v| ok(self, v))?;
+                self.rr_next = (v + 1) % n.max(1);
+                Some(v)
+            }
+            Policy::LeastLoaded => (0..n)
+                .filter(|&v| ok(self, v))
+                .min_by_key(|&v| (self.bound.get(v as usize).copied().unwrap_or(0), v)),
+        }
+    }
+
+    pub(crate) fn bound_moved(&mut self, from: Option<u32>, to: Option<u32>) {
+        if let Some(c) = from.and_then(|v| self.bound.get_mut(v as usize)) {
+            *c = c.saturating_sub(1);
+        }
+        if let Some(c) = to.and_then(|v| self.bound.get_mut(v as usize)) {
+            *c = c.saturating_add(1);
+        }
+    }
+}
+
+/// Plans moves that even out the load: repeatedly take the busiest and the
+/// least busy online vCPU and move the busiest's hottest port that makes
+/// the pair more even (the moved load `d` must satisfy `d < busiest - idlest`,
+/// so the maximum strictly drops), at most `max_moves` times.
+///
+/// `loads[v]` is vCPU `v`'s load (`None` when offline); `ports` lists
+/// `(port number, vCPU, load)` of the candidate ports. Returns
+/// `(port number, from, to)` triples. Deterministic: ties go to the lowest
+/// vCPU and port numbers.
+pub fn plan_rebalance(
+    loads: &[Option<u64>],
+    ports: &[(u32, u32, u64)],
+    max_moves: usize,
+) -> Vec<(u32, u32, u32)> {
+    let mut loads: Vec<Option<u64>> = loads.to_vec();
+    let mut ports: Vec<(u32, u32, u64)> = ports.to_vec();
+    let mut moves = Vec::new();
+    while moves.len() < max_moves {
+        let online = || {
+            loads
+                .iter()
+                .enumerate()
+                .filter_map(|(v, l)| l.map(|l| (v, l)))
+        };
+        let Some((busy, busy_load)) = online().max_by_key(|&(v, l)| (l, core::cmp::Reverse(v)))
+        else {
+            break;
+        };
+        let Some((idle, idle_load)) = online().min_by_key(|&(v, l)| (l, v)) else {
+            break;
+        };
+        if busy == idle {
+            break;
+        }
+        let gap = busy_load.saturating_sub(idle_load);
+        // The hottest port of the busiest vCPU whose move narrows the gap.
+        let best = ports
+            .iter()
+            .enumerate()
+            .filter(|(_, &(_, v, d))| v as usize == busy && d > 0 && d < gap)
+            .max_by_key(|(_, &(n, _, d))| (d, core::cmp::Reverse(n)))
+            .map(|(i, _)| i);
+        let Some(i) = best else { break };
+        let Some(p) = ports.get_mut(i) else { break };
+        let (number, _, d) = *p;
+        p.1 = idle as u32;
+        if let Some(Some(l)) = loads.get_mut(busy) {
+            *l -= d;
+        }
+        if let Some(Some(l)) = loads.get_mut(idle) {
+            *l += d;
+        }
+        moves.push((number, busy as u32, idle as u32));
+    }
+    moves
+}
