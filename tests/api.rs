@@ -1382,7 +1382,7 @@ fn random_operations_agree_with_a_reference_model() {
     };
     let mut handled_total = 0;
     // Miri runs about a thousand times slower.
-    let steps = if cfg!(miri) { 800 } else { 20_000 };
+    let steps = if cfg!(miri) { 650 } else { 20_000 };
     for step in 0..steps {
         let n = 1 + rnd(u64::from(nr - 1)) as usize;
         let v = rnd(u64::from(VCPUS)) as u32;
