@@ -58,7 +58,7 @@ pub enum Bind {
 }
 
 /// Default FIFO priority (Xen's `EVTCHN_FIFO_PRIORITY_DEFAULT`).
-const DEFAULT_PRIORITY: u64 = 7;
+const DEFAULT_PRIORITY: u8 = 7;
 
 /// An event-channel instance: an ABI's memory plus the port table.
 pub struct Channels<A: PortOps, N: Notify = ()> {
@@ -133,7 +133,8 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
 
     /// Number of port numbers (port 0 is reserved, as in Xen).
     pub fn nr_ports(&self) -> u32 {
-        self.table.len() as u32
+        // The table never exceeds the ABI's u32 port count.
+        u32::try_from(self.table.len()).unwrap_or(u32::MAX)
     }
 
     /// Number of vCPUs.
@@ -235,7 +236,9 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             // reused only after that handler's writes.
             let cw = slot.load(Acquire);
             if port::state(cw) == FREE {
-                found = Some((n as u32, slot, cw));
+                // Below nr_ports(), a u32.
+                let Ok(number) = u32::try_from(n) else { break };
+                found = Some((number, slot, cw));
                 break;
             }
         }
@@ -261,12 +264,12 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         // 3. Default priority; clear what the last life (or a stale sender)
         //    left pending. No sender of the new life exists yet: the state
         //    is not BOUND.
-        self.abi.set_priority(n, DEFAULT_PRIORITY as u8)?;
+        self.abi.set_priority(n, DEFAULT_PRIORITY)?;
         if !self.weak.has(Weaken::NoResetOnBind) {
             self.abi.clear_pending(n)?;
         }
         let cw = port::with_vcpu(BOUND, target)
-            | (DEFAULT_PRIORITY << PRIORITY_SHIFT)
+            | (u64::from(DEFAULT_PRIORITY) << PRIORITY_SHIFT)
             | (u64::from(gen) << GEN_SHIFT);
         plane.bound_moved(None, Some(target));
         if let Some(c) = plane.spurious.get_mut(n as usize) {
@@ -509,14 +512,14 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             *o = false;
         }
         let mut moved = 0usize;
-        for (n, slot) in self.table.iter().enumerate() {
+        for (n, slot) in (0u32..).zip(self.table.iter()) {
             // Acquire: the current binding (the lock keeps it current).
             let cw = slot.load(Acquire);
             if port::state(cw) != BOUND || port::vcpu(cw) != vcpu {
                 continue;
             }
             let port = Port {
-                number: n as u32,
+                number: n,
                 generation: port::generation(cw),
             };
             let to = plane.pick(Some(vcpu)).ok_or(Error::LastOnlineVcpu)?;
@@ -537,15 +540,15 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             .map(|v| plane.is_online(v).then_some(0))
             .collect();
         let mut ports = Vec::new();
-        for (n, slot) in self.table.iter().enumerate() {
+        for (n, slot) in (0u32..).zip(self.table.iter()) {
             // Acquire: the current binding (the lock keeps it current).
             let cw = slot.load(Acquire);
             if port::state(cw) != BOUND {
                 continue;
             }
             // Relaxed: statistics.
-            let now = self.handled.get(n).map_or(0, |h| h.load(Relaxed));
-            let last = plane.last_count.get_mut(n);
+            let now = self.handled.get(n as usize).map_or(0, |h| h.load(Relaxed));
+            let last = plane.last_count.get_mut(n as usize);
             let delta = last.map_or(0, |l| {
                 let d = now.wrapping_sub(*l);
                 *l = now;
@@ -555,7 +558,7 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             if let Some(Some(l)) = loads.get_mut(v as usize) {
                 *l = l.saturating_add(u64::from(delta));
             }
-            ports.push((n as u32, v, u64::from(delta)));
+            ports.push((n, v, u64::from(delta)));
         }
         let mut moves = Vec::new();
         for (n, from, to) in plan_rebalance(&loads, &ports, max_moves) {
@@ -611,7 +614,8 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         } else {
             *count = count.saturating_add(1);
             if *count > 1 {
-                let shift = u32::from(*count - 2).min(10);
+                // count > 1 here: no wrap.
+                let shift = u32::from(count.wrapping_sub(2)).min(10);
                 return Ok(Some((1u32 << shift).min(1000)));
             }
         }

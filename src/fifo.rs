@@ -35,6 +35,11 @@ use crate::sync::{spin_loop, AtomicPtr, AtomicU32, AtomicU8, Lock, Ordering::*};
 use crate::weaken::{Weaken, Weakness};
 use crate::Error;
 
+/// [`MAX_QUEUES`] as a `u32`, and the lowest priority (the highest number).
+const QUEUES: u32 = 16;
+const LOWEST_PRIORITY: u32 = QUEUES - 1;
+const _: () = assert!(QUEUES as usize == MAX_QUEUES);
+
 /// Event words per page of [`OwnedFifo`]: a 4 KiB page natively; a tiny
 /// page under loom, whose every word is a modelled atomic.
 #[cfg(not(loom))]
@@ -346,8 +351,8 @@ impl<M: FifoMemory> Fifo<M> {
         };
         // Relaxed: a priority change races a raise as in Xen: the event may
         // be signalled once more on the old priority.
-        let prio = u32::from(prio_slot.load(Relaxed)).min(MAX_QUEUES as u32 - 1);
-        let q = vcpu.checked_mul(MAX_QUEUES as u32)?.checked_add(prio)?;
+        let prio = u32::from(prio_slot.load(Relaxed)).min(LOWEST_PRIORITY);
+        let q = vcpu.checked_mul(QUEUES)?.checked_add(prio)?;
         let new_q = self.tails.get(q as usize)?;
         // Acquire: pairs with the Release store of `last` by the previous
         // linker (made under that queue's lock).
@@ -659,12 +664,12 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
             cursor.ready |= cb.ready.swap(0, AcqRel);
             while cursor.ready != 0 {
                 // Strict priority: always the highest ready queue.
-                if budget == 0 {
+                let Some(left) = budget.checked_sub(1) else {
                     // Relaxed: the vCPU's own flag; it runs another upcall.
                     vi.evtchn_upcall_pending.store(1, Relaxed);
                     return Ok(());
-                }
-                budget -= 1;
+                };
+                budget = left;
                 let prio = cursor.ready.trailing_zeros();
                 self.consume_one(cb, cursor, prio, &mut each, &mut kick);
                 // Relaxed: only a hint; the swap orders.

@@ -44,13 +44,23 @@
 #![no_std]
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// The core does not panic on any input: no unwrap, expect, panic, indexing,
+// unchecked arithmetic or truncating cast outside the tests. Arithmetic is
+// checked, saturating or wrapping (each wrapping use says why it cannot
+// wrap), slices are read with `get`, and conversions use `try_from`. There
+// are no exceptions: no `allow` of these lints anywhere in `src/`.
 #![cfg_attr(
     not(test),
     deny(
         clippy::unwrap_used,
         clippy::expect_used,
         clippy::panic,
-        clippy::indexing_slicing
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::cast_possible_truncation
     )
 )]
 

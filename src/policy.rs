@@ -65,16 +65,17 @@ impl Plane {
 
     /// The vCPU the policy picks for a new port, skipping `except`.
     pub(crate) fn pick(&mut self, except: Option<u32>) -> Option<u32> {
-        let n = self.online.len() as u32;
+        // One entry per vCPU, and vCPU numbers are u32.
+        let n = u32::try_from(self.online.len()).unwrap_or(u32::MAX);
         let ok = |p: &Plane, v: u32| p.is_online(v) && Some(v) != except;
         match self.policy {
             Policy::Vcpu0 => (0..n).find(|&v| ok(self, v)),
             Policy::RoundRobin => {
                 let start = self.rr_next;
                 let v = (0..n)
-                    .map(|i| (start.wrapping_add(i)) % n.max(1))
+                    .filter_map(|i| start.wrapping_add(i).checked_rem(n))
                     .find(|&v| ok(self, v))?;
-                self.rr_next = (v + 1) % n.max(1);
+                self.rr_next = v.wrapping_add(1).checked_rem(n).unwrap_or(0);
                 Some(v)
             }
             Policy::LeastLoaded => (0..n)
@@ -112,9 +113,8 @@ pub fn plan_rebalance(
     let mut moves = Vec::new();
     while moves.len() < max_moves {
         let online = || {
-            loads
-                .iter()
-                .enumerate()
+            (0u32..)
+                .zip(loads.iter())
                 .filter_map(|(v, l)| l.map(|l| (v, l)))
         };
         let Some((busy, busy_load)) = online().max_by_key(|&(v, l)| (l, core::cmp::Reverse(v)))
@@ -132,20 +132,21 @@ pub fn plan_rebalance(
         let best = ports
             .iter()
             .enumerate()
-            .filter(|(_, &(_, v, d))| v as usize == busy && d > 0 && d < gap)
+            .filter(|(_, &(_, v, d))| v == busy && d > 0 && d < gap)
             .max_by_key(|(_, &(n, _, d))| (d, core::cmp::Reverse(n)))
             .map(|(i, _)| i);
         let Some(i) = best else { break };
         let Some(p) = ports.get_mut(i) else { break };
         let (number, _, d) = *p;
-        p.1 = idle as u32;
-        if let Some(Some(l)) = loads.get_mut(busy) {
-            *l -= d;
+        p.1 = idle;
+        // d < gap: neither load wraps; saturating only says so.
+        if let Some(Some(l)) = loads.get_mut(busy as usize) {
+            *l = l.saturating_sub(d);
         }
-        if let Some(Some(l)) = loads.get_mut(idle) {
-            *l += d;
+        if let Some(Some(l)) = loads.get_mut(idle as usize) {
+            *l = l.saturating_add(d);
         }
-        moves.push((number, busy as u32, idle as u32));
+        moves.push((number, busy, idle));
     }
     moves
 }

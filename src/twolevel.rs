@@ -181,10 +181,13 @@ impl<M: Memory2l> TwoLevel<M> {
     fn offer(w: u32, mut bits: u64, cursor: &mut Cursor, each: &mut impl FnMut(u32)) {
         while bits != 0 {
             let b = bits.trailing_zeros();
-            bits &= bits - 1;
+            // Clears the lowest set bit (bits != 0, so no wrap happens).
+            bits &= bits.wrapping_sub(1);
             cursor.word = w;
             cursor.bit = b;
-            each(w * BITS_PER_WORD + b);
+            // w and b are below 64 (a selector and a word bit): the port is
+            // below 4096 and the shift and or cannot overflow.
+            each(w << BITS_PER_WORD.trailing_zeros() | b);
         }
     }
 
@@ -222,7 +225,8 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
     fn nr_ports(&self) -> u32 {
         // A selector names at most 64 words: ports beyond 4096 are ignored.
         let words = self.mem.pending().len().min(self.mem.mask().len());
-        (words.min(BITS_PER_WORD as usize) as u32) * BITS_PER_WORD
+        u32::try_from(words.min(BITS_PER_WORD as usize))
+            .map_or(0, |w| w.saturating_mul(BITS_PER_WORD))
     }
 
     fn nr_vcpus(&self) -> u32 {
@@ -381,7 +385,7 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
             let start = cursor.word % BITS_PER_WORD;
             let above = match cursor.bit % BITS_PER_WORD {
                 63 => 0,
-                b => !0u64 << (b + 1),
+                b => !0u64 << b << 1,
             };
             // The start word is read once for both of its parts: a port of
             // it raised after this read set its selector bit again after our
@@ -394,8 +398,10 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
             Self::offer(start, start_bits & above, cursor, &mut each);
             let mut others = (sel & !(1u64 << start)).rotate_right(start);
             while others != 0 {
-                let w = (others.trailing_zeros() + start) % BITS_PER_WORD;
-                others &= others - 1;
+                // Both terms are below 64: the sum cannot wrap.
+                let w = others.trailing_zeros().wrapping_add(start) % BITS_PER_WORD;
+                // Clears the lowest set bit (others != 0).
+                others &= others.wrapping_sub(1);
                 Self::offer(w, Self::load_word(pending, mask, w), cursor, &mut each);
             }
             Self::offer(start, start_bits & !above, cursor, &mut each);
