@@ -9,13 +9,13 @@
 //!
 //! To replay one input: `EVTCHN_FUZZ_INPUT=path cargo test --test
 //! fuzz_replay one_input -- --ignored --nocapture` (the target is the
-//! input's parent directory name, `ops` or `guest_memory`).
+//! input's parent directory name, `ops`, `guest_memory` or `fifo_memory`).
 
 mod fuzz_bodies;
 
 use std::path::{Path, PathBuf};
 
-use fuzz_bodies::{guest_memory, ops, seeded_input};
+use fuzz_bodies::{fifo_memory, guest_memory, ops, seeded_input};
 
 /// Seeded inputs per target. Miri runs about a thousand times slower: there
 /// only the corpus's crash inputs run (see `corpus`), and every input is cut
@@ -116,6 +116,16 @@ fn guest_memory_seeded_inputs() {
     replay_seeded("guest_memory", guest_memory::run);
 }
 
+#[test]
+fn fifo_memory_regression_corpus() {
+    replay_corpus("fifo_memory", fifo_memory::run);
+}
+
+#[test]
+fn fifo_memory_seeded_inputs() {
+    replay_seeded("fifo_memory", fifo_memory::run);
+}
+
 /// Every ABI the `ops` target knows is reached by the first input byte.
 #[test]
 fn ops_reaches_every_abi() {
@@ -137,6 +147,7 @@ fn one_input() {
     let target = path.parent().and_then(Path::file_name).unwrap();
     match target.to_str() {
         Some("guest_memory") => guest_memory::run(&data),
+        Some("fifo_memory") => fifo_memory::run(&data),
         _ => ops::run(&data),
     }
 }
@@ -180,6 +191,13 @@ fn ops_catches_a_model_that_frees_a_closing_port() {
 
 #[test]
 #[cfg_attr(miri, ignore = "needs many inputs; the same code runs natively")]
+#[should_panic(expected = "ops:")]
+fn ops_catches_a_fifo_model_without_priorities() {
+    ops_sabotaged(ops::Sabotage::FifoIgnoresPriority);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "needs many inputs; the same code runs natively")]
 // Caught as a write outside A's words (B's page is in the same buffer) or
 // as a change of B's state.
 #[should_panic(expected = "guest_memory:")]
@@ -192,4 +210,24 @@ fn guest_memory_catches_a_write_to_the_other_domain() {
 #[should_panic(expected = "guest_memory:")]
 fn guest_memory_catches_a_foreign_selector_write() {
     guest_memory_sabotaged(guest_memory::Sabotage::ForeignSelector);
+}
+
+fn fifo_memory_sabotaged(s: fifo_memory::Sabotage) {
+    let body = |d: &[u8]| fifo_memory::run_with(d, Some(s));
+    replay_corpus("fifo_memory", body);
+    replay_seeded("fifo_memory", body);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "needs many inputs; the same code runs natively")]
+#[should_panic(expected = "fifo_memory:")]
+fn fifo_memory_catches_a_write_to_the_other_domain() {
+    fifo_memory_sabotaged(fifo_memory::Sabotage::TouchOtherDomain);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "needs many inputs; the same code runs natively")]
+#[should_panic(expected = "fifo_memory:")]
+fn fifo_memory_catches_a_stray_ready_bit() {
+    fifo_memory_sabotaged(fifo_memory::Sabotage::StrayReadyBit);
 }

@@ -14,9 +14,14 @@
 //!   guest-writable word between operations; no panic, bounded work, no
 //!   effect outside the port and vCPU an operation names, nor on a second
 //!   domain.
+//! * [`fifo_memory`]: the same under the FIFO ABI — arbitrary event words,
+//!   links, `ready` and `head[]` between raw or control-plane operations;
+//!   exact effects of each raw call, bounded scans, handlers only for ports
+//!   the control plane would run, and a bystander domain left untouched.
 
 #![allow(dead_code)]
 
+pub mod fifo_memory;
 pub mod guest_memory;
 pub mod ops;
 

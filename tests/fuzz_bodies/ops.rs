@@ -2,10 +2,11 @@
 //!
 //! The input picks an ABI ([`Abi`]) and its size, then decodes into a
 //! sequence of control-plane operations — bind (both modes), send, mask,
-//! unmask, mask-until-EOI, EOI, set_affinity, close, upcall on vCPU k, port
-//! and status look-ups, handles of other instances and lives — run
-//! single-threaded on the real [`Channels`] and on [`Model`], a reference
-//! model of plain per-port records and per-vCPU flags. Handlers run further
+//! unmask, mask-until-EOI, EOI, set_affinity, set_priority, close, upcall on
+//! vCPU k, port and status look-ups, handles of other instances and lives —
+//! run single-threaded on the real [`Channels`] and on [`Model`], a
+//! reference model of plain per-port records and per-vCPU flags (and, for
+//! the FIFO ABI, its queues). Handlers run further
 //! operations, nested up to [`MAX_DEPTH`] deep: that is how a single thread
 //! reaches the in-flight cases (a rebind, send, close or upcall on another
 //! vCPU while a handler runs), as `tests/api.rs` does by hand.
@@ -18,7 +19,8 @@
 //!   unmasked, pending and not in flight (C3, C4, C5, C6); the handle count
 //!   `upcall` returns;
 //! * at the end of an upcall, that no port it should have run is left (C1);
-//!   for an undisturbed upcall, the ABI's fairness order ([`AbiUnderTest`]);
+//!   for an undisturbed upcall, the ABI's order ([`AbiUnderTest`]): one
+//!   round-robin pass (2-level), strict priority and then link order (FIFO);
 //! * every kick, against the upcall flag the model keeps (C2), and that a
 //!   vCPU with work has its upcall flag up;
 //! * every port's status and every vCPU's upcall flag, and between top-level
@@ -30,23 +32,41 @@
 //! boundaries (which the model does not see), the model says "either" (a
 //! [`Flag::Unknown`] upcall flag, a [`Replay::Maybe`]) rather than guess.
 //!
+//! For the FIFO ABI the model keeps the queues the ABI specifies
+//! ([`Queues`]) and follows each upcall's scan head by head, so it knows
+//! everything exactly: an event is linked — at the tail of queue (its vCPU,
+//! its priority *then*), timestamped by the model's clock — when a raise
+//! finds it pending, unmasked and on no queue: a send that makes it
+//! pending, the unmask (or EOI, or rebind) that removes its last mask
+//! reason, a handler's end that replays an event left to it, and the scan
+//! that takes it off the queue of a vCPU it is no longer bound to. An event
+//! still linked is not linked again: a rebind or a priority change applies
+//! from its next link, and it is run once where it is. So each delivery is
+//! compared with the head the model's scan reaches; every kick, flag, ready
+//! bit, queue head and event word (`LINKED` and the link included) is
+//! exact; an event linked on a vCPU it has left is that vCPU's work until
+//! its upcall relinks it, so the final drain runs the vCPUs twice.
+//!
 //! # Adding an ABI
 //!
-//! Add a variant to [`Abi`] and its arm in [`run_with`], and implement
-//! [`AbiUnderTest`] for the new `PortOps` type (its sizes, its raw words,
-//! its delivery order, its quiescent invariants). Operations only one ABI
-//! has (the FIFO ABI's priority) become [`Op`] variants whose model effect
-//! is on [`Slot::priority`], which statuses are already compared against;
-//! [`Ready::priority`] and [`Ready::raised_at`] are what a priority-queue
-//! order check needs.
+//! Add a variant to [`Abi`] (and to [`Abi::ALL`]) and its arm in
+//! [`run_with`], and implement [`AbiUnderTest`] for the new `PortOps` type
+//! (whether it queues, its drain rounds, its sizes, its raw words, its
+//! delivery order, its quiescent invariants). An operation only one ABI
+//! gives meaning to is an [`Op`] both run (`SetPriority`: the 2-level ABI
+//! records the priority and ignores it); its model effect is on [`Slot`],
+//! which statuses are compared against. [`Ready::priority`] and
+//! [`Ready::raised_at`] are what a priority-queue order check needs.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Mutex;
 
+use evtchn::abi::fifo::{BUSY, LINKED, LINK_MASK, MASKED, MAX_QUEUES, PENDING};
 use evtchn::{
-    Bind, Channels, Error, Memory2l, Notify, OwnedMemory, Port, PortOps, State, Status, TwoLevel,
-    Vcpu,
+    Bind, Channels, Error, Fifo, FifoMemory, Memory2l, Notify, OwnedFifo, OwnedMemory, Port,
+    PortOps, State, Status, TwoLevel, Vcpu,
 };
 
 use super::Input;
@@ -65,11 +85,13 @@ const DEFAULT_PRIORITY: u8 = 7;
 pub enum Abi {
     /// The 2-level ABI over crate-owned memory.
     TwoLevel,
+    /// The FIFO ABI over crate-owned memory.
+    Fifo,
 }
 
 impl Abi {
     /// Every ABI the target knows.
-    pub const ALL: [Abi; 1] = [Abi::TwoLevel];
+    pub const ALL: [Abi; 2] = [Abi::TwoLevel, Abi::Fifo];
 
     fn decode(b: u8) -> Abi {
         Self::ALL[usize::from(b) % Self::ALL.len()]
@@ -86,6 +108,9 @@ pub enum Sabotage {
     UnmaskForgetsPending,
     /// The model frees a closed port at once, even with its handler running.
     CloseIgnoresInFlight,
+    /// The model's FIFO queues ignore priorities: every event is linked on
+    /// the default priority's queue.
+    FifoIgnoresPriority,
 }
 
 /// Runs one input on the real core and the model; panics on a divergence.
@@ -98,6 +123,7 @@ pub fn run_with(data: &[u8], sabotage: Option<Sabotage>) {
     let mut input = Input::new(data);
     match Abi::decode(input.byte()) {
         Abi::TwoLevel => drive::<TwoLevel<OwnedMemory>>(input, sabotage),
+        Abi::Fifo => drive::<Fifo<OwnedFifo>>(input, sabotage),
     }
 }
 
@@ -110,9 +136,11 @@ pub fn run_with(data: &[u8], sabotage: Option<Sabotage>) {
 pub struct Ready {
     /// The port number.
     pub port: u32,
-    /// Its priority (FIFO).
+    /// Its priority: for a queued ABI, that of the queue it is linked on
+    /// (a priority changed while linked applies from the next link).
     pub priority: u8,
-    /// When the raise that made it pending happened (a model clock).
+    /// When the raise that made it pending happened (a model clock); for a
+    /// queued ABI, when it was linked.
     pub raised_at: u64,
 }
 
@@ -123,10 +151,34 @@ pub struct PortExpect {
     pub pending: bool,
     /// The ABI's mask: set unless the port is bound with no mask reason.
     pub masked: bool,
+    /// Never bound: its words are as the memory started (the 2-level mask
+    /// is set by `Channels::new`; a FIFO event word is zero from the
+    /// mapping of its page).
+    pub fresh: bool,
+    /// Queued ABIs: linked on a queue, and the port linked after it (0 for
+    /// the last).
+    pub linked: Option<u32>,
+}
+
+/// What the model expects of one vCPU's queues (queued ABIs only).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VcpuExpect {
+    /// Priorities whose queue is ready (the control block's `ready`).
+    pub ready: u32,
+    /// Per priority, the port the control block's `head` must name: the
+    /// first of a queue none of which has been taken off yet.
+    pub heads: [Option<u32>; MAX_QUEUES],
 }
 
 /// What the target needs of an ABI beyond [`PortOps`].
 pub trait AbiUnderTest: PortOps + Sized {
+    /// Whether events are linked on per-(vCPU, priority) queues (the FIFO
+    /// ABI), which the model then keeps too.
+    const QUEUED: bool;
+    /// Upcalls on every vCPU in turn that drain everything once no mask
+    /// is left: a queued event linked on a vCPU it is no longer bound to
+    /// reaches its own vCPU only through that vCPU's upcall.
+    const DRAIN_ROUNDS: usize;
     /// An instance sized from the input (a few ports and vCPUs).
     fn build(input: &mut Input) -> Self;
     /// Every shared word, to show that a failed operation changed nothing.
@@ -135,11 +187,15 @@ pub trait AbiUnderTest: PortOps + Sized {
     /// (in no particular order), in the order `delivered`.
     fn check_order(ready: &[Ready], delivered: &[u32]) -> Result<(), String>;
     /// Checks the ABI's words between top-level operations (no handler
-    /// running): `ports[n]` is what the model expects of port `n`.
-    fn check_quiescent(&self, ports: &[PortExpect]) -> Result<(), String>;
+    /// running): `ports[n]` is what the model expects of port `n`,
+    /// `vcpus[v]` of vCPU `v`'s queues.
+    fn check_quiescent(&self, ports: &[PortExpect], vcpus: &[VcpuExpect]) -> Result<(), String>;
 }
 
 impl AbiUnderTest for TwoLevel<OwnedMemory> {
+    const QUEUED: bool = false;
+    const DRAIN_ROUNDS: usize = 1;
+
     fn build(input: &mut Input) -> Self {
         let words = 1 + input.below(2) as usize;
         let vcpus = 1 + input.below(4) as usize;
@@ -183,7 +239,7 @@ impl AbiUnderTest for TwoLevel<OwnedMemory> {
         }
     }
 
-    fn check_quiescent(&self, ports: &[PortExpect]) -> Result<(), String> {
+    fn check_quiescent(&self, ports: &[PortExpect], _: &[VcpuExpect]) -> Result<(), String> {
         let m = self.memory();
         for (n, e) in ports.iter().enumerate() {
             let (w, bit) = (n / 64, 1u64 << (n % 64));
@@ -202,6 +258,104 @@ impl AbiUnderTest for TwoLevel<OwnedMemory> {
                 // A selector bit behind a clear flag is a word no upcall
                 // will look at until something else raises this vCPU.
                 return Err(format!("vCPU {v}: selector {sel:#x} under a clear flag"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AbiUnderTest for Fifo<OwnedFifo> {
+    const QUEUED: bool = true;
+    const DRAIN_ROUNDS: usize = 2;
+
+    fn build(input: &mut Input) -> Self {
+        // Few enough ports that `Fill` and the per-step comparisons stay
+        // cheap; all of them on the event array's first page.
+        let max_ports = 64 + input.below(137);
+        let vcpus = 1 + input.below(4) as usize;
+        Fifo::new(OwnedFifo::new(max_ports, vcpus))
+    }
+
+    fn raw(&self) -> Vec<u64> {
+        let m = self.memory();
+        let words = (0..m.max_ports()).map(|p| {
+            // An event word not mapped yet reads as the zero it will be.
+            m.event_word(p).map_or(0, |w| u64::from(w.load(SeqCst)))
+        });
+        let vcpus = (0..m.nr_vcpus()).flat_map(|v| {
+            let cb = m.control_block(v).unwrap();
+            let vi = m.vcpu_info(v).unwrap();
+            [
+                u64::from(cb.ready.load(SeqCst)),
+                vi.evtchn_pending_sel.load(SeqCst),
+                u64::from(vi.evtchn_upcall_pending.load(SeqCst)),
+                u64::from(vi.evtchn_upcall_mask.load(SeqCst)),
+            ]
+            .into_iter()
+            .chain(cb.head.iter().map(|h| u64::from(h.load(SeqCst))))
+        });
+        words.chain(vcpus).collect()
+    }
+
+    /// Strict priority (0 first), and within one priority the order the
+    /// events were linked in.
+    fn check_order(ready: &[Ready], delivered: &[u32]) -> Result<(), String> {
+        let mut want = ready.to_vec();
+        want.sort_unstable_by_key(|r| (r.priority, r.raised_at));
+        let want: Vec<u32> = want.iter().map(|r| r.port).collect();
+        if want == delivered {
+            Ok(())
+        } else {
+            Err(format!(
+                "not by priority, then link order: want {want:?}, ran {delivered:?} \
+                 (ready {ready:?})"
+            ))
+        }
+    }
+
+    fn check_quiescent(&self, ports: &[PortExpect], vcpus: &[VcpuExpect]) -> Result<(), String> {
+        let m = self.memory();
+        for (n, e) in ports.iter().enumerate() {
+            let want = if e.fresh {
+                0
+            } else {
+                let mut w = 0;
+                if e.pending {
+                    w |= PENDING;
+                }
+                if e.masked {
+                    w |= MASKED;
+                }
+                if let Some(next) = e.linked {
+                    w |= LINKED | (next & LINK_MASK);
+                }
+                w
+            };
+            let got = m.event_word(n as u32).map(|w| w.load(SeqCst));
+            match got {
+                Some(got) if got == want => {}
+                None if e.fresh => {}
+                _ => {
+                    return Err(format!(
+                        "port {n}: event word {got:#x?}, model {want:#x} \
+                         (PENDING|MASKED|LINKED|BUSY = {PENDING:#x}|{MASKED:#x}|{LINKED:#x}|{BUSY:#x}; {e:?})"
+                    ))
+                }
+            }
+        }
+        for (v, e) in vcpus.iter().enumerate() {
+            let cb = m.control_block(v as u32).unwrap();
+            let ready = cb.ready.load(SeqCst);
+            if ready != e.ready {
+                return Err(format!("vCPU {v}: ready {ready:#x}, model {:#x}", e.ready));
+            }
+            for (prio, want) in e.heads.iter().enumerate() {
+                let head = cb.head[prio].load(SeqCst);
+                if want.is_some_and(|w| w != head) {
+                    return Err(format!(
+                        "vCPU {v}: head of priority {prio} is {head}, model {want:?}"
+                    ));
+                }
             }
         }
         Ok(())
@@ -293,21 +447,102 @@ struct KickExpect {
     may: Vec<u32>,
 }
 
-/// The reference model: plain per-port records and per-vCPU flags.
+/// The queue a port is linked on (queued ABIs).
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    vcpu: u32,
+    priority: u8,
+    /// When it was linked (the model's clock).
+    at: u64,
+}
+
+/// Where an upcall's scan is, between the handlers the core runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The flag is cleared and the ready queues taken.
+    PassStart,
+    /// The next queue is chosen, or the pass ends.
+    Next,
+    /// A queue's head was taken; queues made ready meanwhile are taken.
+    Taken,
+    Done,
+}
+
+/// One upcall's scan of the queues (queued ABIs).
+#[derive(Debug)]
+struct Scan {
+    vcpu: u32,
+    /// Ready queues taken and not yet emptied.
+    ready: u32,
+    /// Heads it may still take before it leaves the rest to the next upcall.
+    budget: u32,
+    phase: Phase,
+    /// On the vCPU's own handle, whose ready queues outlive the upcall.
+    persistent: bool,
+}
+
+/// The FIFO ABI's queues as its specification states them: a raised event
+/// that is pending, unmasked and not already on a queue is linked at the
+/// tail of queue (its vCPU, its priority); a queue that was empty becomes
+/// ready (the control block's `ready` bit), and a ready bit that was clear
+/// raises the vCPU's upcall flag. An upcall takes the ready queues, then
+/// always the head of the highest-priority one, runs it if it is pending,
+/// unmasked and bound here, relinks it on its vCPU if it is bound elsewhere,
+/// and takes queues made ready meanwhile after every head.
+struct Queues {
+    /// Per port: the queue it is linked on.
+    linked: Vec<Option<Link>>,
+    /// Per vCPU and priority: the linked ports, oldest first.
+    queues: Vec<Vec<VecDeque<u32>>>,
+    /// Per vCPU: queues whose control-block head names a port already
+    /// taken off (the queue is then followed through the links only).
+    taken_from: Vec<u32>,
+    /// Per vCPU: the control block's ready bits.
+    ready: Vec<u32>,
+    /// Per vCPU: ready queues its own handle took and did not empty (after
+    /// an upcall ran out of budget).
+    held: Vec<u32>,
+    /// The scans of the upcalls running, innermost last.
+    scans: Vec<Scan>,
+    /// Heads one upcall takes at most.
+    budget: u32,
+}
+
+impl Queues {
+    fn new(nr_ports: u32, nr_vcpus: u32) -> Self {
+        let v = nr_vcpus as usize;
+        Queues {
+            linked: vec![None; nr_ports as usize],
+            queues: (0..v)
+                .map(|_| (0..MAX_QUEUES).map(|_| VecDeque::new()).collect())
+                .collect(),
+            taken_from: vec![0; v],
+            ready: vec![0; v],
+            held: vec![0; v],
+            scans: Vec::new(),
+            budget: nr_ports.saturating_mul(2).max(64),
+        }
+    }
+}
+
+/// The reference model: plain per-port records and per-vCPU flags, and for
+/// a queued ABI the queues.
 pub struct Model {
     slots: Vec<Slot>,
     flags: Vec<Flag>,
     clock: u64,
     sabotage: Option<Sabotage>,
+    queues: Option<Queues>,
 }
 
 impl Model {
-    fn new(nr_ports: u32, nr_vcpus: u32, sabotage: Option<Sabotage>) -> Self {
+    fn new(nr_ports: u32, nr_vcpus: u32, queued: bool, sabotage: Option<Sabotage>) -> Self {
         Model {
             slots: vec![Slot::NEVER_BOUND; nr_ports as usize],
             flags: vec![Flag::Clear; nr_vcpus as usize],
             clock: 0,
             sabotage,
+            queues: queued.then(|| Queues::new(nr_ports, nr_vcpus)),
         }
     }
 
@@ -356,9 +591,18 @@ impl Model {
     }
 
     /// Makes port `n` visible to its vCPU: that vCPU's flag goes up, and a
-    /// flag that was clear is a kick.
+    /// flag that was clear is a kick. A queued ABI links it instead.
     fn raise(&mut self, n: usize, k: &mut KickExpect) {
         let v = self.slots[n].vcpu;
+        if self.queues.is_some() {
+            self.link(n, v, k);
+            return;
+        }
+        self.flag_up(v, k);
+    }
+
+    /// Raises `v`'s upcall flag; a flag that was clear is a kick.
+    fn flag_up(&mut self, v: u32, k: &mut KickExpect) {
         let f = &mut self.flags[v as usize];
         match *f {
             Flag::Clear => k.must.push(v),
@@ -394,6 +638,177 @@ impl Model {
         if !s.masked() {
             self.raise(n, k);
         }
+    }
+
+    /// Links port `n` at the tail of queue (`v`, its priority) if it is
+    /// pending, unmasked and on no queue.
+    fn link(&mut self, n: usize, v: u32, k: &mut KickExpect) {
+        let s = self.slots[n];
+        let priority = if self.sabotaged(Sabotage::FifoIgnoresPriority) {
+            DEFAULT_PRIORITY
+        } else {
+            s.priority
+        };
+        let Some(q) = self.queues.as_mut() else {
+            return;
+        };
+        if !s.pending || s.life != Life::Bound || s.masked() || q.linked[n].is_some() {
+            return;
+        }
+        q.linked[n] = Some(Link {
+            vcpu: v,
+            priority,
+            at: self.clock,
+        });
+        self.clock += 1;
+        let (vi, bit) = (v as usize, 1u32 << priority);
+        let queue = &mut q.queues[vi][usize::from(priority)];
+        queue.push_back(n as u32);
+        if queue.len() > 1 {
+            return; // appended after a linked tail
+        }
+        q.taken_from[vi] &= !bit;
+        if q.ready[vi] & bit != 0 {
+            return;
+        }
+        q.ready[vi] |= bit;
+        self.flag_up(v, k);
+    }
+
+    /// An upcall on `v` starts; `persistent`: on the vCPU's own handle.
+    fn upcall_started(&mut self, v: u32, persistent: bool) {
+        self.flags[v as usize] = Flag::Clear;
+        if let Some(q) = self.queues.as_mut() {
+            let ready = if persistent {
+                std::mem::take(&mut q.held[v as usize])
+            } else {
+                0
+            };
+            q.scans.push(Scan {
+                vcpu: v,
+                ready,
+                budget: q.budget,
+                phase: Phase::PassStart,
+                persistent,
+            });
+        }
+    }
+
+    /// Runs the innermost upcall's scan to the next port it must run (or
+    /// to its end: `None`), taking off and relinking what it passes.
+    fn next_delivery(&mut self, k: &mut KickExpect) -> Option<u32> {
+        loop {
+            let q = self.queues.as_mut()?;
+            let sc = q.scans.last_mut()?;
+            let vi = sc.vcpu as usize;
+            match sc.phase {
+                Phase::PassStart => {
+                    self.flags[vi] = Flag::Clear;
+                    sc.ready |= std::mem::take(&mut q.ready[vi]);
+                    sc.phase = Phase::Next;
+                }
+                Phase::Next => {
+                    if sc.ready == 0 {
+                        sc.phase = if self.flags[vi] == Flag::Clear {
+                            Phase::Done
+                        } else {
+                            Phase::PassStart
+                        };
+                        continue;
+                    }
+                    if sc.budget == 0 {
+                        // The rest is left to the next upcall, which the
+                        // flag asks for.
+                        self.flags[vi] = Flag::Set;
+                        sc.phase = Phase::Done;
+                        return None;
+                    }
+                    sc.budget -= 1;
+                    sc.phase = Phase::Taken;
+                    let prio = sc.ready.trailing_zeros() as usize;
+                    if let Some(n) = self.take_head(prio, k) {
+                        return Some(n);
+                    }
+                }
+                Phase::Taken => {
+                    sc.ready |= std::mem::take(&mut q.ready[vi]);
+                    sc.phase = Phase::Next;
+                }
+                Phase::Done => return None,
+            }
+        }
+    }
+
+    /// The innermost scan takes the head of its queue `prio`: returns it if
+    /// its handler must run.
+    fn take_head(&mut self, prio: usize, k: &mut KickExpect) -> Option<u32> {
+        let q = self.queues.as_mut()?;
+        let sc = q.scans.last_mut()?;
+        let (v, bit) = (sc.vcpu, 1u32 << prio);
+        let queue = &mut q.queues[v as usize][prio];
+        let head = queue.pop_front();
+        if queue.is_empty() {
+            sc.ready &= !bit;
+            q.taken_from[v as usize] &= !bit;
+        } else {
+            q.taken_from[v as usize] |= bit;
+        }
+        let n = head? as usize;
+        q.linked[n] = None;
+        let s = self.slots[n];
+        if !s.pending || s.life != Life::Bound || s.masked() {
+            return None;
+        }
+        if s.vcpu != v {
+            // Bound elsewhere since it was linked here.
+            self.link(n, s.vcpu, k);
+            return None;
+        }
+        if s.in_flight {
+            // Left to the runner, which re-raises it when it ends.
+            self.slots[n].replay = Replay::Yes;
+            return None;
+        }
+        Some(n as u32)
+    }
+
+    /// The innermost upcall's scan ends (its handlers all ran).
+    fn scan_ended(&mut self) -> Result<(), String> {
+        let Some(q) = self.queues.as_mut() else {
+            return Ok(());
+        };
+        let Some(sc) = q.scans.pop() else {
+            return Ok(());
+        };
+        let v = sc.vcpu as usize;
+        if sc.persistent {
+            q.held[v] = sc.ready;
+        } else if sc.ready != 0 {
+            let ports: Vec<&VecDeque<u32>> = q.queues[v].iter().filter(|q| !q.is_empty()).collect();
+            return Err(format!(
+                "lost events (C1): an upcall on a transient handle of vCPU {v} ran out \
+                 of budget holding ready queues {:#x}; no ready bit or later link reaches \
+                 them: {ports:?}",
+                sc.ready
+            ));
+        }
+        Ok(())
+    }
+
+    /// What an upcall on `v` must leave in its upcall flag.
+    fn flag_after_upcall(&self, v: u32) -> bool {
+        self.queues.is_some() && self.flags[v as usize] == Flag::Set
+    }
+
+    fn set_priority(&mut self, p: Port, priority: u8) -> Result<(), Error> {
+        if priority > 15 {
+            return Err(Error::PriorityOutOfRange);
+        }
+        let n = self.check(p)?;
+        // An event already linked stays on its queue; the next link uses
+        // the new priority (the 2-level ABI only records it).
+        self.slots[n].priority = priority;
+        Ok(())
     }
 
     fn bind(&mut self, mode: Bind, k: &mut KickExpect) -> Result<(u32, u32), Error> {
@@ -492,16 +907,25 @@ impl Model {
         Ok((n, s.generation))
     }
 
-    /// What an upcall on `v` must run, now.
+    /// What an upcall on `v` must run, now. For a queued ABI, only what is
+    /// linked on `v`'s queues (an event linked on another vCPU reaches `v`
+    /// through that vCPU's upcall).
     fn ready(&self, v: u32) -> Vec<Ready> {
         self.slots
             .iter()
             .enumerate()
             .filter(|(_, s)| s.ready_on(v))
-            .map(|(n, s)| Ready {
-                port: n as u32,
-                priority: s.priority,
-                raised_at: s.raised_at,
+            .filter_map(|(n, s)| match &self.queues {
+                None => Some(Ready {
+                    port: n as u32,
+                    priority: s.priority,
+                    raised_at: s.raised_at,
+                }),
+                Some(q) => q.linked[n].filter(|l| l.vcpu == v).map(|l| Ready {
+                    port: n as u32,
+                    priority: l.priority,
+                    raised_at: l.at,
+                }),
             })
             .collect()
     }
@@ -528,7 +952,7 @@ impl Model {
         }
         s.pending = false;
         s.in_flight = true;
-        if self.flags[v as usize] == Flag::Set {
+        if self.queues.is_none() && self.flags[v as usize] == Flag::Set {
             // The scan may have started a new pass, clearing the flag.
             self.flags[v as usize] = Flag::Unknown;
         }
@@ -555,6 +979,12 @@ impl Model {
     /// An upcall on `v` ended. `outermost`: no other upcall on `v` is still
     /// running (one would own the raises this one's scan did not see).
     fn upcall_ended(&mut self, v: u32, outermost: bool) -> Result<(), String> {
+        if self.queues.is_some() {
+            // The scan was followed step by step: it ran everything its
+            // queues held (else `next_delivery` said what it missed), and
+            // the flag is known.
+            return self.scan_ended();
+        }
         for (n, s) in self.slots.iter_mut().enumerate() {
             if s.life != Life::Bound || s.vcpu != v || s.masked() || !s.pending {
                 continue;
@@ -579,16 +1009,50 @@ impl Model {
     }
 
     fn expect_ports(&self, nr_abi_ports: u32) -> Vec<PortExpect> {
+        let mut next = vec![None; nr_abi_ports as usize];
+        if let Some(q) = &self.queues {
+            for queue in q.queues.iter().flatten() {
+                for (i, &n) in queue.iter().enumerate() {
+                    if let Some(x) = next.get_mut(n as usize) {
+                        *x = Some(queue.get(i + 1).copied().unwrap_or(0));
+                    }
+                }
+            }
+        }
         (0..nr_abi_ports as usize)
             .map(|n| match self.slots.get(n) {
                 Some(s) if n > 0 => PortExpect {
                     pending: s.pending,
                     masked: s.life != Life::Bound || s.masked(),
+                    fresh: s.generation == 0,
+                    linked: next[n],
                 },
                 _ => PortExpect {
                     pending: false,
                     masked: true,
+                    fresh: true,
+                    linked: None,
                 },
+            })
+            .collect()
+    }
+
+    fn expect_vcpus(&self) -> Vec<VcpuExpect> {
+        let Some(q) = &self.queues else {
+            return Vec::new();
+        };
+        (0..self.flags.len())
+            .map(|v| {
+                let mut e = VcpuExpect {
+                    ready: q.ready[v],
+                    ..VcpuExpect::default()
+                };
+                for (prio, queue) in q.queues[v].iter().enumerate() {
+                    if q.taken_from[v] & (1 << prio) == 0 {
+                        e.heads[prio] = queue.front().copied();
+                    }
+                }
+                e
             })
             .collect()
     }
@@ -626,6 +1090,8 @@ enum Op {
     MaskUntilEoi(Port),
     Eoi(Port),
     SetAffinity(Port, u32),
+    /// Any value up to 20 (above 15 is out of range).
+    SetPriority(Port, u8),
     Close(Port),
     Upcall(u32),
     Lookup(u32),
@@ -742,7 +1208,11 @@ impl St<'_> {
                 None => Op::Bind(Bind::Affinity(0)),
             },
             10 => with(self, Op::Close),
-            11 | 12 => Op::Upcall(self.vcpu_arg()),
+            11 => Op::Upcall(self.vcpu_arg()),
+            12 => match self.pick(current) {
+                Some(p) => Op::SetPriority(p, self.input.byte() % 21),
+                None => Op::Bind(Bind::Affinity(0)),
+            },
             13 => match self.input.byte() % 3 {
                 0 => Op::Lookup(self.number_arg()),
                 1 => Op::Status(self.number_arg()),
@@ -813,7 +1283,8 @@ impl St<'_> {
     /// has its flag up (else a vCPU could halt on work: C2).
     fn check_quiescent<A: AbiUnderTest>(&mut self, ch: &Ch<A>) {
         let expect = self.model.expect_ports(ch.abi().nr_ports());
-        if let Err(msg) = ch.abi().check_quiescent(&expect) {
+        let vcpus = self.model.expect_vcpus();
+        if let Err(msg) = ch.abi().check_quiescent(&expect, &vcpus) {
             self.fail(msg);
         }
         for v in 0..self.model.nr_vcpus() {
@@ -855,7 +1326,7 @@ fn status_agrees(got: &Status, s: &Slot) -> Result<(), String> {
 fn drive<A: AbiUnderTest>(mut input: Input, sabotage: Option<Sabotage>) {
     let abi = A::build(&mut input);
     let ch: Ch<A> = Channels::new(abi, KickLog::default());
-    let model = Model::new(ch.nr_ports(), ch.nr_vcpus(), sabotage);
+    let model = Model::new(ch.nr_ports(), ch.nr_vcpus(), A::QUEUED, sabotage);
     let mut st = St {
         input,
         model,
@@ -885,12 +1356,19 @@ fn drive<A: AbiUnderTest>(mut input: Input, sabotage: Option<Sabotage>) {
             }
         }
     }
-    for v in 0..st.model.nr_vcpus() {
-        exec(&ch, &mut st, Op::Upcall(v), 0, Some(&mut vcpus));
+    for _ in 0..A::DRAIN_ROUNDS {
+        for v in 0..st.model.nr_vcpus() {
+            exec(&ch, &mut st, Op::Upcall(v), 0, Some(&mut vcpus));
+        }
     }
     for v in 0..st.model.nr_vcpus() {
         if !st.model.ready(v).is_empty() {
             st.fail(format!("vCPU {v} still has work after the drain"));
+        }
+    }
+    for (n, s) in st.model.slots.iter().enumerate() {
+        if s.life == Life::Bound && s.pending {
+            st.fail(format!("port {n} still pending after the drain: {s:?}"));
         }
     }
     st.check_quiescent(&ch);
@@ -953,6 +1431,17 @@ fn exec<'c, A: AbiUnderTest>(
         Op::SetAffinity(p, v) => {
             let want = st.model.set_affinity(p, v, &mut k);
             let _ = compare(ch, st, "set_affinity", want, || ch.set_affinity(p, v), same);
+        }
+        Op::SetPriority(p, prio) => {
+            let want = st.model.set_priority(p, prio);
+            let _ = compare(
+                ch,
+                st,
+                "set_priority",
+                want,
+                || ch.set_priority(p, prio),
+                same,
+            );
         }
         Op::Close(p) => {
             let want = st.model.close(p);
@@ -1055,9 +1544,11 @@ fn upcall<'c, A: AbiUnderTest>(
     vcpus: Option<&mut [Vcpu<'c, A, KickLog>]>,
 ) {
     let mut fresh;
+    let mut persistent = true;
     let handle = match vcpus.and_then(|hs| hs.get_mut(v as usize)) {
         Some(h) => h,
         None => {
+            persistent = false;
             let want = st.model.check_vcpu(v);
             match (ch.vcpu(v), want) {
                 (Ok(h), Ok(())) => {
@@ -1074,13 +1565,23 @@ fn upcall<'c, A: AbiUnderTest>(
     };
     let outermost = !st.active.contains(&v);
     let ready = st.model.ready(v);
-    st.model.flags[v as usize] = Flag::Clear;
+    st.model.upcall_started(v, persistent);
     st.active.push(v);
     let mut delivered = Vec::new();
     let mut disturbed = false;
     let got = handle.upcall(|p| {
+        // A queued ABI: what the scan took off and relinked on the way.
+        let mut k = KickExpect::default();
+        let next = st.model.next_delivery(&mut k);
+        st.expect.must.append(&mut k.must);
+        st.expect.may.append(&mut k.may);
         // The kicks of the previous handler's end (a replay's re-raise).
         st.settle(ch);
+        if st.model.queues.is_some() && next != Some(p.number()) {
+            st.fail(format!(
+                "upcall({v}) ran {p:?}, but the head the model's queues give is {next:?}"
+            ));
+        }
         if let Err(msg) = st.model.deliver(v, p) {
             st.fail(msg);
         }
@@ -1110,9 +1611,23 @@ fn upcall<'c, A: AbiUnderTest>(
             delivered.len()
         )),
     }
+    let mut k = KickExpect::default();
+    if let Some(n) = st.model.next_delivery(&mut k) {
+        st.fail(format!(
+            "lost event (C1): upcall({v}) returned, but its queues still hold \
+             port {n}, ready to run"
+        ));
+    }
+    st.expect.must.append(&mut k.must);
+    st.expect.may.append(&mut k.may);
     st.settle(ch);
-    if ch.upcall_pending(v) != Ok(false) {
-        st.fail(format!("upcall({v}) returned with its upcall flag up"));
+    // Down, unless a FIFO scan ran out of budget (the next upcall goes on).
+    let up = st.model.flag_after_upcall(v);
+    let got = ch.upcall_pending(v);
+    if got != Ok(up) {
+        st.fail(format!(
+            "upcall({v}) returned with its upcall flag {got:?}, model {up}"
+        ));
     }
     if let Err(msg) = st.model.upcall_ended(v, outermost) {
         st.fail(msg);
