@@ -476,6 +476,39 @@ impl<M: FifoMemory> Fifo<M> {
     }
 
     /// Takes the head of queue `prio` off the queue and offers it to `each`.
+    /// Returns the queues `cursor` holds to the control block, so that the
+    /// next upcall resumes them whatever cursor it uses (a dropped cursor
+    /// must not strand a queue whose `ready` bit it took).
+    ///
+    /// Writing `head[q]` races no raiser: a queue the cursor holds with a
+    /// local head is not empty (that head is still LINKED, and only this
+    /// vCPU's consumer unlinks), so a raiser appends behind its tail and
+    /// writes no head.
+    fn hand_back(cb: &ControlBlock, cursor: &mut FifoCursor) {
+        let mut held = cursor.ready;
+        while held != 0 {
+            let prio = held.trailing_zeros();
+            // Clears the lowest set bit (held != 0).
+            held &= held.wrapping_sub(1);
+            let (Some(local), Some(shared)) = (
+                cursor.head.get_mut(prio as usize),
+                cb.head.get(prio as usize),
+            ) else {
+                continue;
+            };
+            if *local != 0 {
+                // Release: the consumer that reads it (Acquire) sees the
+                // words this cursor unlinked before it.
+                shared.store(*local, Release);
+                *local = 0;
+            }
+        }
+        // Release: after the heads; pairs with the AcqRel swap of the next
+        // upcall, which then reads the heads written above.
+        cb.ready.fetch_or(cursor.ready, Release);
+        cursor.ready = 0;
+    }
+
     fn consume_one(
         &self,
         cb: &ControlBlock,
@@ -665,6 +698,7 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
             while cursor.ready != 0 {
                 // Strict priority: always the highest ready queue.
                 let Some(left) = budget.checked_sub(1) else {
+                    Self::hand_back(cb, cursor);
                     // Relaxed: the vCPU's own flag; it runs another upcall.
                     vi.evtchn_upcall_pending.store(1, Relaxed);
                     return Ok(());

@@ -1577,3 +1577,36 @@ fn upcall_returns_when_a_garbage_chain_leads_into_another_vcpus_queue() {
     let runs = drain(ch);
     assert!(runs.iter().all(|&(v, _)| v == 1), "{runs:?}");
 }
+
+/// An upcall that runs out of budget hands the queues it took back to the
+/// control block: a new handle's upcall resumes them (nothing is stranded
+/// in a dropped cursor).
+#[test]
+fn an_upcall_out_of_budget_leaves_its_queues_to_any_later_handle() {
+    let ch = new_ch(64, 1);
+    let a = ch.bind(Bind::Affinity(0)).unwrap();
+    let b = ch.bind(Bind::Affinity(0)).unwrap();
+    ch.send(a).unwrap();
+    let runs = Cell::new(0u32);
+    // A handler that re-sends its own port: every head is a new event, so
+    // the scan stops at its budget (2 × 64 heads) with the queue held.
+    ch.vcpu(0)
+        .unwrap()
+        .upcall(|p| {
+            runs.set(runs.get() + 1);
+            if runs.get() < 10_000 {
+                ch.send(p).unwrap();
+            }
+        })
+        .unwrap();
+    assert_eq!(runs.get(), 128, "the budget bounds the upcall");
+    assert_eq!(ch.upcall_pending(0), Ok(true), "the rest is left for later");
+    ch.send(b).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.extend(upcall(&ch, 0));
+    }
+    assert_eq!(seen, vec![a.number(), b.number()]);
+    assert!(!status(&ch, a).pending && !status(&ch, b).pending);
+    assert_eq!(ch.upcall_pending(0), Ok(false));
+}

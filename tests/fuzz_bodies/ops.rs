@@ -781,17 +781,11 @@ impl Model {
             return Ok(());
         };
         let v = sc.vcpu as usize;
-        if sc.persistent {
-            q.held[v] = sc.ready;
-        } else if sc.ready != 0 {
-            let ports: Vec<&VecDeque<u32>> = q.queues[v].iter().filter(|q| !q.is_empty()).collect();
-            return Err(format!(
-                "lost events (C1): an upcall on a transient handle of vCPU {v} ran out \
-                 of budget holding ready queues {:#x}; no ready bit or later link reaches \
-                 them: {ports:?}",
-                sc.ready
-            ));
-        }
+        // A scan that ran out of budget hands the queues it held back to
+        // the control block: their ready bits, and heads naming their
+        // current fronts, so any handle's next upcall resumes them.
+        q.ready[v] |= sc.ready;
+        q.taken_from[v] &= !sc.ready;
         Ok(())
     }
 
