@@ -477,8 +477,6 @@ struct Scan {
     /// Heads it may still take before it leaves the rest to the next upcall.
     budget: u32,
     phase: Phase,
-    /// On the vCPU's own handle, whose ready queues outlive the upcall.
-    persistent: bool,
 }
 
 /// The FIFO ABI's queues as its specification states them: a raised event
@@ -499,9 +497,6 @@ struct Queues {
     taken_from: Vec<u32>,
     /// Per vCPU: the control block's ready bits.
     ready: Vec<u32>,
-    /// Per vCPU: ready queues its own handle took and did not empty (after
-    /// an upcall ran out of budget).
-    held: Vec<u32>,
     /// The scans of the upcalls running, innermost last.
     scans: Vec<Scan>,
     /// Heads one upcall takes at most.
@@ -518,7 +513,6 @@ impl Queues {
                 .collect(),
             taken_from: vec![0; v],
             ready: vec![0; v],
-            held: vec![0; v],
             scans: Vec::new(),
             budget: nr_ports.saturating_mul(2).max(64),
         }
@@ -675,21 +669,17 @@ impl Model {
         self.flag_up(v, k);
     }
 
-    /// An upcall on `v` starts; `persistent`: on the vCPU's own handle.
-    fn upcall_started(&mut self, v: u32, persistent: bool) {
+    /// An upcall on `v` starts.
+    fn upcall_started(&mut self, v: u32) {
         self.flags[v as usize] = Flag::Clear;
         if let Some(q) = self.queues.as_mut() {
-            let ready = if persistent {
-                std::mem::take(&mut q.held[v as usize])
-            } else {
-                0
-            };
+            // Every scan starts holding nothing: one that ran out of budget
+            // handed its queues back to the control block.
             q.scans.push(Scan {
                 vcpu: v,
-                ready,
+                ready: 0,
                 budget: q.budget,
                 phase: Phase::PassStart,
-                persistent,
             });
         }
     }
@@ -1538,11 +1528,9 @@ fn upcall<'c, A: AbiUnderTest>(
     vcpus: Option<&mut [Vcpu<'c, A, KickLog>]>,
 ) {
     let mut fresh;
-    let mut persistent = true;
     let handle = match vcpus.and_then(|hs| hs.get_mut(v as usize)) {
         Some(h) => h,
         None => {
-            persistent = false;
             let want = st.model.check_vcpu(v);
             match (ch.vcpu(v), want) {
                 (Ok(h), Ok(())) => {
@@ -1559,7 +1547,7 @@ fn upcall<'c, A: AbiUnderTest>(
     };
     let outermost = !st.active.contains(&v);
     let ready = st.model.ready(v);
-    st.model.upcall_started(v, persistent);
+    st.model.upcall_started(v);
     st.active.push(v);
     let mut delivered = Vec::new();
     let mut disturbed = false;
