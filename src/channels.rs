@@ -710,6 +710,12 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     }
 
     /// The deliver side of `vcpu`: run its upcalls through the handle.
+    ///
+    /// Keep one handle per vCPU for as long as the vCPU runs: the handle
+    /// holds the scan position, so budgeted upcalls
+    /// ([`Vcpu::upcall_budget`]) take turns over the pending ports. A fresh
+    /// handle starts a 2-level scan at port 0 again, and under a storm of a
+    /// low port a fresh handle per upcall would never reach the others.
     pub fn vcpu(&self, vcpu: u32) -> Result<Vcpu<'_, A, N>, Error> {
         self.check_vcpu(vcpu)?;
         Ok(Vcpu {
@@ -891,23 +897,70 @@ impl<A: PortOps, N: Notify> Vcpu<'_, A, N> {
     /// round-robin order and runs `handler` once for every pending, unmasked
     /// port bound here, repeating while new work was flagged. Returns how
     /// many handler runs it made.
-    pub fn upcall(&mut self, mut handler: impl FnMut(Port)) -> Result<usize, Error> {
+    ///
+    /// Under a storm that re-raises ports as fast as they are handled this
+    /// call does not return; bound it with [`Vcpu::upcall_budget`] or
+    /// [`Vcpu::upcall_until`].
+    pub fn upcall(&mut self, handler: impl FnMut(Port)) -> Result<usize, Error> {
+        self.upcall_until(|_| false, handler)
+    }
+
+    /// One upcall that makes at most `max_runs` handler runs, as Linux
+    /// bounds its event loop since XSA-332. What it leaves stays pending
+    /// where the next upcall finds it, and the upcall flag stays set
+    /// ([`Vcpu::upcall_pending`] says `true`), so the vCPU's loop runs
+    /// another upcall before it halts: nothing is lost, and the vCPU gets
+    /// to do other work in between. The next upcall resumes after the last
+    /// port offered (2-level round-robin; FIFO keeps its strict priority).
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let ports: Vec<_> = (0..3).map(|_| ch.bind(Bind::Affinity(0)).unwrap()).collect();
+    /// for &p in &ports {
+    ///     ch.send(p).unwrap();
+    /// }
+    /// let mut vcpu = ch.vcpu(0).unwrap();
+    /// assert_eq!(vcpu.upcall_budget(2, |_| {}).unwrap(), 2);
+    /// assert!(vcpu.upcall_pending(), "the third event is deferred, not lost");
+    /// assert_eq!(vcpu.upcall_budget(2, |_| {}).unwrap(), 1);
+    /// assert!(!vcpu.upcall_pending());
+    /// ```
+    pub fn upcall_budget(
+        &mut self,
+        max_runs: usize,
+        handler: impl FnMut(Port),
+    ) -> Result<usize, Error> {
+        self.upcall_until(|ran| ran >= max_runs, handler)
+    }
+
+    /// One upcall that stops once `stop(runs so far)` says `true`; it is
+    /// asked before each port is taken. A time budget is
+    /// `|_| clock() >= deadline` (the core has no clock of its own). What is
+    /// left is deferred as by [`Vcpu::upcall_budget`].
+    pub fn upcall_until(
+        &mut self,
+        mut stop: impl FnMut(usize) -> bool,
+        mut handler: impl FnMut(Port),
+    ) -> Result<usize, Error> {
         let channels = self.channels;
         let id = self.id;
-        let mut ran = 0usize;
-        channels.abi.scan(
+        let ran = core::cell::Cell::new(0usize);
+        channels.abi.scan_bounded(
             id,
             &mut self.cursor,
+            || !stop(ran.get()),
             |number| {
                 let d = channels.deliver(id, number, &mut handler);
                 if d == Delivery::Handled {
-                    ran = ran.saturating_add(1);
+                    ran.set(ran.get().saturating_add(1));
                 }
                 d
             },
             |v| channels.notify.kick(v),
         )?;
-        Ok(ran)
+        Ok(ran.get())
     }
 
     /// Whether an upcall is pending here; halt only after `false`.

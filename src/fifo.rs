@@ -673,10 +673,11 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
         Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
     }
 
-    fn scan(
+    fn scan_bounded(
         &self,
         vcpu: u32,
         cursor: &mut FifoCursor,
+        mut more: impl FnMut() -> bool,
         mut each: impl FnMut(u32) -> Delivery,
         mut kick: impl FnMut(u32),
     ) -> Result<(), Error> {
@@ -697,10 +698,20 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
             cursor.ready |= cb.ready.swap(0, AcqRel);
             while cursor.ready != 0 {
                 // Strict priority: always the highest ready queue.
-                let Some(left) = budget.checked_sub(1) else {
-                    Self::hand_back(cb, cursor);
-                    // Relaxed: the vCPU's own flag; it runs another upcall.
-                    vi.evtchn_upcall_pending.store(1, Relaxed);
+                let left = budget.checked_sub(1).filter(|_| more());
+                let Some(left) = left else {
+                    // Out of budget (ours or the caller's): the queues we
+                    // hold go back to the control block, so that whichever
+                    // cursor runs the next upcall resumes them.
+                    if !self.weak.has(Weaken::BudgetNoHandBack) {
+                        Self::hand_back(cb, cursor);
+                    }
+                    if !self.weak.has(Weaken::BudgetNoUpcallFlag) {
+                        // Release: after the hand-back; pairs with
+                        // `upcall_pending`'s Acquire. The vCPU's own flag:
+                        // it runs another upcall before it halts.
+                        vi.evtchn_upcall_pending.store(1, Release);
+                    }
                     return Ok(());
                 };
                 budget = left;

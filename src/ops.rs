@@ -137,5 +137,24 @@ pub trait PortOps: Sync {
         cursor: &mut Self::Cursor,
         each: impl FnMut(u32) -> Delivery,
         kick: impl FnMut(u32),
+    ) -> Result<(), Error> {
+        self.scan_bounded(vcpu, cursor, || true, each, kick)
+    }
+
+    /// [`PortOps::scan`] with a budget: `more` is asked before each port is
+    /// taken, and once it says `false` the scan stops, leaves every port it
+    /// did not offer where the next scan finds it (the 2-level selector
+    /// bits, the FIFO queues), and sets the vCPU's upcall-pending flag, so
+    /// that a vCPU which halts only after seeing no upcall pending runs
+    /// another upcall for the rest. No port is lost; the cursor resumes at
+    /// the first port not offered. (The FIFO ABI also bounds an upcall by
+    /// itself, at twice the ports it can hold, against a guest's cycles.)
+    fn scan_bounded(
+        &self,
+        vcpu: u32,
+        cursor: &mut Self::Cursor,
+        more: impl FnMut() -> bool,
+        each: impl FnMut(u32) -> Delivery,
+        kick: impl FnMut(u32),
     ) -> Result<(), Error>;
 }

@@ -176,10 +176,20 @@ impl<M: Memory2l> TwoLevel<M> {
     }
 
     /// Offers the ports `bits` of word `w` to `each`, lowest first, moving
-    /// the cursor along.
+    /// the cursor along; asks `more` before each and returns `false` as soon
+    /// as it says no (the cursor then names the last port offered).
     #[inline]
-    fn offer(w: u32, mut bits: u64, cursor: &mut Cursor, each: &mut impl FnMut(u32)) {
+    fn offer(
+        w: u32,
+        mut bits: u64,
+        cursor: &mut Cursor,
+        more: &mut impl FnMut() -> bool,
+        each: &mut impl FnMut(u32),
+    ) -> bool {
         while bits != 0 {
+            if !more() {
+                return false;
+            }
             let b = bits.trailing_zeros();
             // Clears the lowest set bit (bits != 0, so no wrap happens).
             bits &= bits.wrapping_sub(1);
@@ -188,6 +198,27 @@ impl<M: Memory2l> TwoLevel<M> {
             // w and b are below 64 (a selector and a word bit): the port is
             // below 4096 and the shift and or cannot overflow.
             each(w << BITS_PER_WORD.trailing_zeros() | b);
+        }
+        true
+    }
+
+    /// Ends a scan out of budget: gives back the selector bits `sel` its
+    /// pass took (a word fully offered comes back too and costs the next
+    /// pass one load; the ports not offered are still pending in their
+    /// words, so their selector bits are all the next pass needs), then sets
+    /// the vCPU's own upcall flag so that it runs another upcall before it
+    /// halts (no kick: the vCPU is running).
+    #[inline]
+    fn defer(&self, vi: &VcpuInfo, sel: u64) {
+        if !self.weak.has(Weaken::BudgetDropsSelector) {
+            // Release: a scan on another handle of this vCPU whose Acquire
+            // swap reads these bits also sees the pending bits we acquired.
+            vi.evtchn_pending_sel.fetch_or(sel, Release);
+        }
+        if !self.weak.has(Weaken::BudgetNoUpcallFlag) {
+            // Release: after the selector bits; pairs with `upcall_pending`'s
+            // Acquire load, so a vCPU that sees the flag finds the bits.
+            vi.evtchn_upcall_pending.store(1, Release);
         }
     }
 
@@ -341,10 +372,11 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
         Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
     }
 
-    fn scan(
+    fn scan_bounded(
         &self,
         vcpu: u32,
         cursor: &mut Cursor,
+        mut more: impl FnMut() -> bool,
         mut each: impl FnMut(u32) -> Delivery,
         _kick: impl FnMut(u32),
     ) -> Result<(), Error> {
@@ -395,16 +427,21 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
             } else {
                 0
             };
-            Self::offer(start, start_bits & above, cursor, &mut each);
+            let mut done = Self::offer(start, start_bits & above, cursor, &mut more, &mut each);
             let mut others = (sel & !(1u64 << start)).rotate_right(start);
-            while others != 0 {
+            while done && others != 0 {
                 // Both terms are below 64: the sum cannot wrap.
                 let w = others.trailing_zeros().wrapping_add(start) % BITS_PER_WORD;
                 // Clears the lowest set bit (others != 0).
                 others &= others.wrapping_sub(1);
-                Self::offer(w, Self::load_word(pending, mask, w), cursor, &mut each);
+                let bits = Self::load_word(pending, mask, w);
+                done = Self::offer(w, bits, cursor, &mut more, &mut each);
             }
-            Self::offer(start, start_bits & !above, cursor, &mut each);
+            done = done && Self::offer(start, start_bits & !above, cursor, &mut more, &mut each);
+            if !done {
+                self.defer(vi, sel);
+                return Ok(());
+            }
             // Acquire: pairs with a raiser's swap; its selector bit is then
             // visible to the next pass's swap.
             if vi.evtchn_upcall_pending.load(Acquire) == 0 {

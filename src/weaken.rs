@@ -52,6 +52,15 @@ pub enum Weaken {
     /// FIFO: a vCPU that takes an event bound elsewhere off its queue does
     /// not link it on the vCPU it is bound to now.
     NoForeignRelink,
+    /// 2-level: an upcall out of budget sets its upcall flag but does not
+    /// give back the selector bits its pass took.
+    BudgetDropsSelector,
+    /// An upcall out of budget leaves the ports it did not offer where the
+    /// next scan finds them but does not set its own upcall flag.
+    BudgetNoUpcallFlag,
+    /// FIFO: an upcall out of budget keeps the queues it took in its
+    /// cursor instead of handing them back to the control block.
+    BudgetNoHandBack,
 }
 
 /// The weakness a core object was built with; zero-sized natively.

@@ -183,6 +183,8 @@ pub struct World<A: Abi = TwoL> {
     observed: Vec<AtomicBool>,
     done: AtomicBool,
     expect_done: bool,
+    budget: Option<usize>,
+    fresh_handles: bool,
 }
 
 /// Builder options of a [`World`].
@@ -199,6 +201,11 @@ pub struct Config {
     /// [`ANY`] (binds hand out the lowest free number, so a model knows its
     /// numbers).
     pub sends: Vec<u32>,
+    /// Handler runs per upcall (`Vcpu::upcall_budget`); unbounded if `None`.
+    pub budget: Option<usize>,
+    /// The vCPU loops take a fresh `Vcpu` handle for every upcall (a
+    /// dropped handle must strand nothing).
+    pub fresh_handles: bool,
 }
 
 impl Default for Config {
@@ -208,6 +215,8 @@ impl Default for Config {
             weaken: None,
             gates: 0,
             sends: Vec::new(),
+            budget: None,
+            fresh_handles: false,
         }
     }
 }
@@ -250,6 +259,8 @@ impl<A: Abi> World<A> {
             done: AtomicBool::new(cfg.sends.is_empty()),
             expect_done: !cfg.sends.is_empty(),
             expect: cfg.sends,
+            budget: cfg.budget,
+            fresh_handles: cfg.fresh_handles,
         })
     }
 
@@ -372,8 +383,15 @@ pub fn spawn_vcpu<A: Abi>(world: &Arc<World<A>>, v: u32) -> JoinHandle<()> {
     let h = thread::spawn(move || {
         let mut cpu = w.ch.vcpu(v).expect("vCPU in range");
         loop {
+            if w.fresh_handles {
+                cpu = w.ch.vcpu(v).expect("vCPU in range");
+            }
             tr(format!("upcall v{v} start"));
-            cpu.upcall(|p| w.handle(v, p)).expect("upcall");
+            match w.budget {
+                Some(b) => cpu.upcall_budget(b, |p| w.handle(v, p)),
+                None => cpu.upcall(|p| w.handle(v, p)),
+            }
+            .expect("upcall");
             tr(format!("upcall v{v} end pending={}", cpu.upcall_pending()));
             if w.done() {
                 break;
