@@ -1,193 +1,340 @@
-//! The seed's story on real threads: an event storm on vCPU 0, then the same
-//! storm spread over every vCPU by rebinding ports while events fly.
+//! An event storm on real threads, and what the delivery policies make of
+//! it: the seed's story of a storm that lands on vCPU 0 and soft-locks it.
 //!
 //! ```text
-//! cargo run --release --example storm [-- --abi fifo|2l|both --secs N --vcpus N]
+//! cargo run --release --example storm              # five runs side by side, ~17 s
+//! cargo run --release --example storm -- --help    # the options
 //! ```
 //!
-//! `--abi` picks the event-channel ABI under the control plane: the 2-level
-//! ABI, the FIFO ABI, or both one after the other (the default). The run is
-//! the same generic code over `PortOps` for either. On FIFO the rebinder
-//! also changes port priorities (0..=15) in the spread phase, so events
-//! move between queues while they may still be linked.
+//! Threads: one per vCPU, each running upcalls and halting when idle (it
+//! parks only after seeing no upcall pending; the `Notify` hook unparks
+//! it); sender threads that send to random storm ports at a paced rate; in
+//! the `+rebalance` runs a rebalancer calling `Channels::rebalance`. Every
+//! handler run does a fixed amount of work (`--work`, 5 µs).
 //!
-//! Threads: one per vCPU, each looping `upcall` and halting when idle (it
-//! parks only after seeing no upcall pending; the `Notify` unparks it);
-//! sender threads sending to the storm ports as fast as they can; one
-//! rebinder thread. Two phases of equal length:
+//! The offered load is set against what one vCPU can handle (`--load`, in
+//! multiples of one vCPU's capacity, measured first on this machine): 1.5
+//! by default, more than one vCPU can take and less than two. Each run binds
+//! the storm ports with `Bind::Auto` under one policy:
 //!
-//! 1. **storm** — every storm port is bound Xen-compatibly (`Bind::XenCompat`),
-//!    so all of them, and each bind's spurious event, land on vCPU 0. The
-//!    rebinder closes and re-binds ports the same way: they stay on vCPU 0.
-//!    vCPU 0 takes all the load, and its upcall runs for as long as the
-//!    storm lasts (the soft lockup of the seed).
-//! 2. **spread** — the rebinder moves the ports round-robin over the vCPUs
-//!    with `set_affinity`, and keeps rotating them while events fly; ports
-//!    it closes are re-bound atomically to their vCPU (`Bind::Affinity`).
+//! * `xen` (`Policy::Vcpu0`): every port on vCPU 0, as Xen binds them. vCPU 0
+//!   is overloaded, its upcall never finds the ports drained and does not
+//!   return for the whole run: the soft lockup.
+//! * `rr` (`Policy::RoundRobin`) and `ll` (`Policy::LeastLoaded`): spread
+//!   over the online vCPUs; every vCPU is below capacity and its upcalls are
+//!   short. (With nothing else bound they place the ports the same way;
+//!   they differ when vCPUs already carry ports, see `tests/policy.rs`.)
+//! * `xen+budget`: as `xen`, but each upcall makes at most `--budget` handler
+//!   runs (`Vcpu::upcall_budget`) and defers the rest: upcalls stay short, the
+//!   vCPU gets back control between them, but the load stays on vCPU 0.
+//! * `xen+rebalance`: as `xen`, while a rebalancer moves hot ports off the
+//!   busy vCPU every `--rebalance-ms` (50 ms) with `set_affinity`, as
+//!   events fly: the storm lasts until its first moves.
 //!
-//! For each phase it prints, per vCPU, the handler runs and their share and
-//! the longest single upcall, and the events handled per second. At the end
-//! it checks, as `tests/stress.rs` does, that no event was lost and no
-//! handler ever ran on two vCPUs at once, and exits non-zero otherwise.
+//! Per run it prints a table per vCPU (handler runs, share, upcalls, the
+//! longest single upcall in the thread's CPU time — the soft-lockup
+//! measure, which a preempted thread does not inflate — and the busiest
+//! port), the send-to-handle latency (p50/p99/p99.9: from the oldest send a
+//! handler run observes to the start of that run), events handled per
+//! second, and the checks: `lost` (a send no handler observed, or a port
+//! left pending), `concurrent` (a handler entered while it ran elsewhere),
+//! `spurious` (handler runs that found no new send: the racing coalesced
+//! kind), lost wake-ups. It ends with the runs side by side and exits
+//! non-zero if any check failed.
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::OnceLock;
-use std::thread::{self, Scope, ScopedJoinHandle, Thread};
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use evtchn::{
-    Bind, Channels, Error, Fifo, Notify, OwnedFifo, OwnedMemory, Port, PortOps, TwoLevel,
+    Bind, Channels, Fifo, Notify, OwnedFifo, OwnedMemory, Policy, Port, PortOps, TwoLevel,
 };
 
-/// Ports in the storm.
-const STORM_PORTS: usize = 32;
-/// Sender threads.
-const SENDERS: usize = 2;
-/// Safety-net timeout of a halted vCPU (kicks wake it; this only bounds the
-/// damage of a lost one, which is counted).
-const PARK_TIMEOUT: Duration = Duration::from_millis(20);
-/// Time a vCPU that timed out with work pending waits for a kick still on
-/// its way before calling the wake-up lost.
-const KICK_GRACE: Duration = Duration::from_secs(1);
-/// The rebinder's pace.
-const REBIND_EVERY: Duration = Duration::from_micros(200);
-
 const USAGE: &str = "\
-storm: an event storm on vCPU 0, then spread by rebinds while events fly
+storm: an event storm on vCPU 0, and what the delivery policies make of it
 
 usage: cargo run --release --example storm [-- OPTIONS]
 
 options:
-  --abi A     fifo, 2l or both (default both: 2-level, then FIFO)
-  --secs N    run time in seconds per ABI, split into two phases (default 6)
-  --vcpus N   number of vCPU threads, at least 2 (default 4)
-  --help      print this help";
+  --policy LIST   comma-separated runs, each a policy with optional +budget
+                  and +rebalance: xen (all on vCPU 0, as Xen), rr (round-robin),
+                  ll (least-loaded), e.g. xen+rebalance, rr+budget
+                  (default: xen,rr,ll,xen+budget,xen+rebalance)
+  --abi A         2l or fifo (default 2l)
+  --vcpus N       vCPU threads, 2..=64 (default 4)
+  --ports N       storm ports, 1..=4000 (default 256)
+  --senders N     sender threads, 1..=16 (default 2)
+  --secs S        seconds per run, decimals allowed (default 3)
+  --load X        offered load in multiples of one vCPU's capacity (default 1.5)
+  --work US       handler work per event in microseconds (default 5)
+  --budget N      handler runs per upcall in +budget runs (default 64)
+  --rebalance-ms N  period of the rebalancer in +rebalance runs (default 50)
+  --help          print this help";
 
-/// The event-channel ABI a run drives.
+/// Park timeout of a halted vCPU: kicks wake it; this only bounds the
+/// damage of a lost one, which is counted.
+const PARK_TIMEOUT: Duration = Duration::from_millis(20);
+/// How long a vCPU that timed out with work pending waits for a kick still
+/// on its way before it calls the wake-up lost.
+const KICK_GRACE: Duration = Duration::from_secs(1);
+
+/// The ABI a run drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Abi {
     TwoLevel,
     Fifo,
 }
 
-impl Abi {
-    fn name(self) -> &'static str {
-        match self {
-            Abi::TwoLevel => "2-level",
-            Abi::Fifo => "FIFO",
-        }
-    }
+/// One run: a policy and its throttles.
+#[derive(Clone, Debug)]
+struct RunSpec {
+    name: String,
+    policy: Policy,
+    budget: Option<usize>,
+    rebalance: bool,
 }
 
 /// Command-line options.
 struct Args {
-    secs: u64,
+    runs: Vec<RunSpec>,
+    abi: Abi,
     vcpus: usize,
-    abis: Vec<Abi>,
+    ports: usize,
+    senders: usize,
+    secs: f64,
+    load: f64,
+    work_us: f64,
+    budget: usize,
+    rebalance_ms: u64,
 }
 
-/// Parses the command line by hand; `Err` carries the message to print.
+fn parse_runs(list: &str, budget: usize) -> Result<Vec<RunSpec>, String> {
+    list.split(',')
+        .map(|item| {
+            let mut parts = item.trim().split('+');
+            let base = parts.next().unwrap_or("");
+            let policy = match base {
+                "xen" | "vcpu0" => Policy::Vcpu0,
+                "rr" | "round-robin" => Policy::RoundRobin,
+                "ll" | "least-loaded" => Policy::LeastLoaded,
+                other => return Err(format!("--policy: unknown policy {other:?}")),
+            };
+            let mut spec = RunSpec {
+                name: item.trim().to_string(),
+                policy,
+                budget: None,
+                rebalance: false,
+            };
+            for m in parts {
+                match m {
+                    "budget" => spec.budget = Some(budget),
+                    "rebalance" => spec.rebalance = true,
+                    other => return Err(format!("--policy: unknown modifier +{other}")),
+                }
+            }
+            Ok(spec)
+        })
+        .collect()
+}
+
+/// Parses the command line by hand; `Ok(None)` asks for the help text.
 fn parse_args() -> Result<Option<Args>, String> {
+    let mut policy = "xen,rr,ll,xen+budget,xen+rebalance".to_string();
     let mut args = Args {
-        secs: 6,
+        runs: Vec::new(),
+        abi: Abi::TwoLevel,
         vcpus: 4,
-        abis: vec![Abi::TwoLevel, Abi::Fifo],
+        ports: 256,
+        senders: 2,
+        secs: 3.0,
+        load: 1.5,
+        work_us: 5.0,
+        budget: 64,
+        rebalance_ms: 50,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        let mut text = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        let number = |name: &str, v: String| -> Result<u64, String> {
-            v.parse()
-                .map_err(|e| format!("{name} {v:?}: not a number ({e})"))
+        if a == "--help" || a == "-h" {
+            return Ok(None);
+        }
+        let value = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+        let int = |lo: u64, hi: u64| -> Result<u64, String> {
+            match value.parse::<u64>() {
+                Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+                _ => Err(format!(
+                    "{a} {value:?}: expected a whole number in {lo}..={hi}"
+                )),
+            }
+        };
+        let real = |lo: f64, hi: f64| -> Result<f64, String> {
+            match value.parse::<f64>() {
+                Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+                _ => Err(format!("{a} {value:?}: expected a number in {lo}..={hi}")),
+            }
         };
         match a.as_str() {
-            "--help" | "-h" => return Ok(None),
-            "--secs" => args.secs = number("--secs", text("--secs")?)?,
-            "--vcpus" => args.vcpus = number("--vcpus", text("--vcpus")?)? as usize,
+            "--policy" => policy = value.clone(),
             "--abi" => {
-                args.abis = match text("--abi")?.to_ascii_lowercase().as_str() {
-                    "fifo" => vec![Abi::Fifo],
-                    "2l" | "2-level" | "twolevel" => vec![Abi::TwoLevel],
-                    "both" => vec![Abi::TwoLevel, Abi::Fifo],
-                    other => return Err(format!("--abi {other:?}: expected fifo, 2l or both")),
+                args.abi = match value.to_ascii_lowercase().as_str() {
+                    "2l" | "2-level" | "twolevel" => Abi::TwoLevel,
+                    "fifo" => Abi::Fifo,
+                    other => return Err(format!("--abi {other:?}: expected 2l or fifo")),
                 }
             }
-            other => return Err(format!("unknown argument {other:?}")),
+            "--vcpus" => args.vcpus = int(2, 64)? as usize,
+            "--ports" => args.ports = int(1, 4000)? as usize,
+            "--senders" => args.senders = int(1, 16)? as usize,
+            "--secs" => args.secs = real(0.1, 3600.0)?,
+            "--load" => args.load = real(0.01, 100.0)?,
+            "--work" => args.work_us = real(0.0, 10_000.0)?,
+            "--budget" => args.budget = int(1, 1 << 20)? as usize,
+            "--rebalance-ms" => args.rebalance_ms = int(1, 60_000)?,
+            other => return Err(format!("unknown option {other:?}")),
         }
     }
-    if args.secs == 0 || args.secs > 3600 {
-        return Err("--secs must be in 1..=3600".into());
-    }
-    if !(2..=64).contains(&args.vcpus) {
-        return Err("--vcpus must be in 2..=64".into());
-    }
+    args.runs = parse_runs(&policy, args.budget)?;
     Ok(Some(args))
 }
 
-/// Per-vCPU state shared with the kick hook and the main thread, on its own
-/// cache lines.
+/// The calling thread's CPU time in nanoseconds: what an upcall cost its
+/// vCPU, not counting the time the thread was preempted.
+#[cfg(unix)]
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, exclusively borrowed timespec for the call to
+    // write; CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Without a per-thread CPU clock, wall time (preemption included).
+#[cfg(not(unix))]
+fn thread_cpu_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A log-linear latency histogram: 16 buckets per power of two (about 6 %
+/// resolution), in nanoseconds.
+struct Histogram(Vec<u64>);
+
+impl Histogram {
+    const SUB: u32 = 4;
+
+    fn new() -> Self {
+        Histogram(vec![0; 64 << Self::SUB])
+    }
+
+    fn index(v: u64) -> usize {
+        if v < 1 << Self::SUB {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros();
+        let sub = (v >> (e - Self::SUB)) & ((1 << Self::SUB) - 1);
+        (((e - Self::SUB + 1) << Self::SUB) as u64 + sub) as usize
+    }
+
+    /// The middle of bucket `i`'s range.
+    fn value(i: usize) -> u64 {
+        let i = i as u64;
+        if i < 1 << Self::SUB {
+            return i;
+        }
+        let e = (i >> Self::SUB) + u64::from(Self::SUB) - 1;
+        let sub = i & ((1 << Self::SUB) - 1);
+        let lo = (1u64 << e) | (sub << (e - u64::from(Self::SUB)));
+        lo + (1u64 << (e - u64::from(Self::SUB))) / 2
+    }
+
+    fn record(&mut self, v: u64) {
+        if let Some(b) = self.0.get_mut(Self::index(v)) {
+            *b += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a += b;
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The value below which a fraction `q` of the samples lie.
+    fn quantile(&self, q: f64) -> Option<u64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let want = ((n as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &c) in self.0.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some(Self::value(i));
+            }
+        }
+        None
+    }
+}
+
+/// Per-vCPU state shared with the kick hook and the progress line, on its
+/// own cache lines.
 #[repr(align(128))]
 #[derive(Default)]
-struct VcpuShared {
+struct VcpuLive {
     thread: OnceLock<Thread>,
-    /// Kicks received (incremented before the unpark).
+    /// Kicks received (counted before the unpark).
     kicks: AtomicU64,
-    /// Handler runs.
+    /// Handler runs so far.
     handled: AtomicU64,
-    /// Longest finished upcall in this phase, in nanoseconds.
-    longest_ns: AtomicU64,
-    /// Start of the upcall running now, in nanoseconds since `epoch` plus
-    /// one; 0 when none runs (so that main sees an upcall that never ends).
+    /// Wall-clock start of the upcall running now (ns since the epoch, plus
+    /// one); 0 when none runs.
     running_since: AtomicU64,
     /// Wake-ups that never came (C2).
     lost_wakeups: AtomicU64,
 }
 
-/// Accounting of one port number, as in `tests/stress.rs`: `sent` is
-/// `generation << 32 | seq` of the last send claimed (before the send),
-/// `seen` the highest value a handler observed, `inside` set while a
-/// handler of the port runs.
+/// Accounting of one storm port: `sent` counts sends claimed (before each
+/// send), `seen` the highest count a handler observed, `first` the time
+/// of the oldest send no handler run has observed yet (ns since the epoch,
+/// plus one; 0 when none), `inside` is set while a handler runs.
+#[repr(align(64))]
 #[derive(Default)]
 struct Ledger {
     sent: AtomicU64,
     seen: AtomicU64,
+    first: AtomicU64,
     inside: AtomicBool,
 }
 
-const SEQ: u64 = 0xffff_ffff;
-
-fn tag(p: Port) -> u64 {
-    u64::from(p.generation()) << 32
-}
-
-/// Everything the threads share.
+/// What the threads of one run share.
 struct World {
     epoch: Instant,
-    vcpus: Vec<VcpuShared>,
+    vcpus: Vec<VcpuLive>,
+    /// Indexed by port number.
     ledger: Vec<Ledger>,
-    /// Handler runs that found their port's handler already running (C3).
+    /// Spin iterations of one handler's work.
+    work_iters: u64,
     concurrent: AtomicU64,
-    /// Successful sends, per sender (each on its own line).
-    sends: Vec<Padded>,
-    /// Sends refused because the port was closed meanwhile.
-    failed_sends: AtomicU64,
-    /// 0: storm, 1: spread, 2: stop senders and rebinder.
-    phase: AtomicUsize,
-    stop_vcpus: AtomicBool,
-    rebinds: AtomicU64,
-    closes: AtomicU64,
-    /// `set_affinity` calls.
-    moves: AtomicU64,
-    /// `set_priority` calls (FIFO run only).
-    priorities: AtomicU64,
-    /// Unexpected errors from the control plane.
     errors: AtomicU64,
+    stop_senders: AtomicBool,
+    stop_vcpus: AtomicBool,
+    moves: AtomicU64,
 }
-
-#[repr(align(128))]
-#[derive(Default)]
-struct Padded(AtomicU64);
 
 impl World {
     fn now_ns(&self) -> u64 {
@@ -201,6 +348,8 @@ struct Kicker<'w>(&'w World);
 impl Notify for Kicker<'_> {
     fn kick(&self, vcpu: u32) {
         if let Some(v) = self.0.vcpus.get(vcpu as usize) {
+            // SeqCst: the vCPU reads the count before its last look for
+            // work and after its park (see `run_vcpu`).
             v.kicks.fetch_add(1, SeqCst);
             if let Some(t) = v.thread.get() {
                 t.unpark();
@@ -209,7 +358,6 @@ impl Notify for Kicker<'_> {
     }
 }
 
-/// The control plane over ABI `A`, kicking through the world `'w`.
 type Ch<'w, A> = Channels<A, Kicker<'w>>;
 
 /// xorshift64*.
@@ -227,45 +375,99 @@ impl Rng {
     }
 }
 
-/// The event handler: counts the run, checks C3, records what it observed.
-fn handle(w: &World, vcpu: &VcpuShared, p: Port) {
-    vcpu.handled.fetch_add(1, Relaxed);
-    let Some(l) = w.ledger.get(p.number() as usize) else {
-        return;
-    };
+/// The handler's work: `iters` turns of a loop the optimiser keeps.
+fn work(iters: u64) {
+    let mut x = 0u64;
+    for i in 0..iters {
+        x = std::hint::black_box(x.wrapping_add(i));
+    }
+    std::hint::black_box(x);
+}
+
+/// Spin iterations per microsecond on this machine.
+fn calibrate_work() -> f64 {
+    let n = 2_000_000;
+    work(n / 10);
+    let t = Instant::now();
+    work(n);
+    n as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+/// What one vCPU thread measured, returned when it ends.
+struct VcpuReport {
+    handled: u64,
+    upcalls: u64,
+    longest_cpu_ns: u64,
+    longest_wall_ns: u64,
+    spurious: u64,
+    per_port: Vec<u64>,
+    latency: Histogram,
+}
+
+/// The handler: checks C3, measures the latency of the oldest send it
+/// observes, records what it saw, and does its work.
+fn handle(w: &World, live: &VcpuLive, r: &mut VcpuReport, p: Port) {
+    r.handled += 1;
+    // Relaxed: a statistic for the progress line, on this vCPU's own line.
+    live.handled.fetch_add(1, Relaxed);
+    let n = p.number() as usize;
+    if let Some(c) = r.per_port.get_mut(n) {
+        *c += 1;
+    }
+    let Some(l) = w.ledger.get(n) else { return };
     if l.inside.swap(true, AcqRel) {
         w.concurrent.fetch_add(1, Relaxed);
     }
-    // Acquire: the core's clear of the pending bit synchronised with the
-    // send, so this sees the sequence number claimed before it.
-    let sent = l.sent.load(Acquire);
-    if sent & !SEQ == tag(p) {
-        l.seen.fetch_max(sent, AcqRel);
+    // AcqRel: the core's clear of the pending bit (Acquire) synchronised
+    // with the send, so the stamp and count claimed before it are visible.
+    let first = l.first.swap(0, AcqRel);
+    let now = w.now_ns();
+    if first == 0 {
+        r.spurious += 1;
+    } else {
+        r.latency.record(now.saturating_sub(first - 1));
     }
-    // A little work, as a real handler does.
-    for _ in 0..64 {
-        std::hint::spin_loop();
-    }
+    l.seen.fetch_max(l.sent.load(Acquire), AcqRel);
+    work(w.work_iters);
     l.inside.store(false, Release);
 }
 
 /// One vCPU: the upcall loop with the idle protocol of C2.
-fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32) {
+fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, budget: Option<usize>) -> VcpuReport {
     let me = &w.vcpus[id as usize];
     let _ = me.thread.set(thread::current());
-    let mut vcpu = ch.vcpu(id).expect("vCPU index is in range");
+    let mut r = VcpuReport {
+        handled: 0,
+        upcalls: 0,
+        longest_cpu_ns: 0,
+        longest_wall_ns: 0,
+        spurious: 0,
+        per_port: vec![0; w.ledger.len()],
+        latency: Histogram::new(),
+    };
+    let Ok(mut vcpu) = ch.vcpu(id) else {
+        w.errors.fetch_add(1, Relaxed);
+        return r;
+    };
     loop {
-        let t0 = w.now_ns();
-        me.running_since.store(t0 + 1, Relaxed);
-        if let Err(e) = vcpu.upcall(|p| handle(w, me, p)) {
+        let wall0 = w.now_ns();
+        let cpu0 = thread_cpu_ns();
+        me.running_since.store(wall0 + 1, Relaxed);
+        let res = match budget {
+            Some(b) => vcpu.upcall_budget(b, |p| handle(w, me, &mut r, p)),
+            None => vcpu.upcall(|p| handle(w, me, &mut r, p)),
+        };
+        let cpu = thread_cpu_ns().saturating_sub(cpu0);
+        me.running_since.store(0, Relaxed);
+        if let Err(e) = res {
             eprintln!("vcpu{id}: upcall failed: {e}");
             w.errors.fetch_add(1, Relaxed);
         }
-        me.running_since.store(0, Relaxed);
-        me.longest_ns
-            .fetch_max(w.now_ns().saturating_sub(t0), Relaxed);
+        r.upcalls += 1;
+        r.longest_cpu_ns = r.longest_cpu_ns.max(cpu);
+        r.longest_wall_ns = r.longest_wall_ns.max(w.now_ns().saturating_sub(wall0));
         if w.stop_vcpus.load(Acquire) {
-            return;
+            return r;
         }
         // The kick count before the last look: a raise after that look
         // kicks after this read.
@@ -292,264 +494,429 @@ fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32) {
     }
 }
 
-/// One sender: sends to random storm ports as fast as it can until the
-/// phase says stop, claiming a sequence number before each send.
-fn run_sender<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: usize) {
-    let mut rng = Rng::new(0x5e2d + id as u64);
-    // A re-bind takes the lowest free number, which may lie past the storm
-    // ports while a closed one still finishes a handler: look a bit further.
-    let span = STORM_PORTS as u64 + 8;
-    let mut cache: Vec<Option<Port>> = vec![None; span as usize + 1];
-    let mine = &w.sends[id].0;
-    let mut n_ok = 0u64;
-    while w.phase.load(Relaxed) < 2 {
-        let n = 1 + rng.below(span) as usize;
-        let p = match cache[n] {
-            Some(p) => p,
-            None => match ch.port(n as u32) {
-                Ok(p) => *cache[n].insert(p),
-                Err(_) => continue,
-            },
-        };
-        let l = &w.ledger[n];
-        let mut cur = l.sent.load(Acquire);
-        let claimed = loop {
-            if cur & !SEQ != tag(p) {
-                break false;
-            }
-            match l.sent.compare_exchange_weak(cur, cur + 1, AcqRel, Acquire) {
-                Ok(_) => break true,
-                Err(now) => cur = now,
-            }
-        };
-        if !claimed {
-            cache[n] = None;
+/// One sender: sends to random storm ports at `rate` per second, in small
+/// bursts between short sleeps (so that senders leave the CPUs to the
+/// vCPUs). Returns its sends.
+fn run_sender<A: PortOps>(w: &World, ch: &Ch<'_, A>, ports: &[Port], rate: f64, id: u64) -> u64 {
+    let mut rng = Rng::new(0x5e2d + id);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while !w.stop_senders.load(Relaxed) {
+        let due = (start.elapsed().as_secs_f64() * rate) as u64;
+        if sent >= due {
+            thread::sleep(Duration::from_micros(50));
             continue;
         }
-        match ch.send(p) {
-            Ok(()) => {
-                n_ok += 1;
-                if n_ok % 64 == 0 {
-                    mine.fetch_add(64, Relaxed);
-                }
-            }
-            Err(Error::Stale | Error::NotBound) => {
-                cache[n] = None;
-                w.failed_sends.fetch_add(1, Relaxed);
-            }
-            Err(e) => {
+        // A sender that fell behind (a long sleep) catches up in bursts of
+        // at most 256.
+        for _ in 0..(due - sent).min(256) {
+            let p = ports[rng.below(ports.len() as u64) as usize];
+            let Some(l) = w.ledger.get(p.number() as usize) else {
+                continue;
+            };
+            // Release (both): published by the send's Release raise.
+            l.sent.fetch_add(1, Release);
+            let _ = l
+                .first
+                .compare_exchange(0, w.now_ns() + 1, Release, Relaxed);
+            if let Err(e) = ch.send(p) {
                 eprintln!("sender{id}: send({p:?}): {e}");
                 w.errors.fetch_add(1, Relaxed);
             }
+            sent += 1;
         }
     }
-    mine.fetch_add(n_ok % 64, Relaxed);
+    sent
 }
 
-/// Binds a storm port and resets its ledger for the new life.
-fn bind<A: PortOps>(w: &World, ch: &Ch<'_, A>, mode: Bind) -> Option<Port> {
-    match ch.bind(mode) {
-        Ok(p) => {
-            // Release: a sender that reads this tag sends on the new life.
-            w.ledger[p.number() as usize].sent.store(tag(p), Release);
-            Some(p)
-        }
-        Err(e) => {
-            eprintln!("bind({mode:?}): {e}");
-            w.errors.fetch_add(1, Relaxed);
-            None
-        }
-    }
-}
-
-/// The rebinder. Storm phase: closes a port and re-binds it Xen-compatibly
-/// (it lands on vCPU 0 again, with bind's spurious event). Spread phase:
-/// moves each port to its round-robin vCPU, rotating the assignment all the
-/// time, and re-binds closed ports atomically to their vCPU; with
-/// `priorities` (the FIFO run) it also gives ports random priorities.
-fn run_rebinder<A: PortOps>(
-    w: &World,
-    ch: &Ch<'_, A>,
-    mut ports: Vec<Port>,
-    priorities: bool,
-) -> Vec<Port> {
-    let mut rng = Rng::new(0xc0de);
-    let vcpus = w.vcpus.len();
-    let mut rotation = 0usize;
-    let mut op = 0usize;
-    loop {
-        let phase = w.phase.load(Relaxed);
-        if phase >= 2 {
-            return ports;
-        }
-        op += 1;
-        let i = rng.below(ports.len() as u64) as usize;
-        if phase == 0 || op % 16 == 0 {
-            // Close and re-bind: the handle changes, senders see `Stale`.
-            match ch.close(ports[i]) {
-                Ok(()) => {
-                    w.closes.fetch_add(1, Relaxed);
-                }
-                Err(e) => {
-                    eprintln!("close({:?}): {e}", ports[i]);
-                    w.errors.fetch_add(1, Relaxed);
-                }
-            }
-            let mode = if phase == 0 {
-                Bind::XenCompat
-            } else {
-                Bind::Affinity(((i + rotation) % vcpus) as u32)
-            };
-            // The lowest free number: the one just closed, or another one
-            // closed behind a handler still in flight.
-            if let Some(p) = bind(w, ch, mode) {
-                ports[i] = p;
-                w.rebinds.fetch_add(1, Relaxed);
-            }
-        } else if priorities && op % 4 == 0 {
-            // A new priority: the port's next event joins another queue,
-            // while the last one may still be linked on the old queue.
-            let prio = rng.below(16) as u8;
-            match ch.set_priority(ports[i], prio) {
-                Ok(()) => {
-                    w.priorities.fetch_add(1, Relaxed);
-                }
-                Err(e) => {
-                    eprintln!("set_priority({:?}, {prio}): {e}", ports[i]);
-                    w.errors.fetch_add(1, Relaxed);
-                }
-            }
-        } else {
-            // Rotate: every pass over the ports shifts the assignment by one.
-            if op % ports.len() == 0 {
-                rotation += 1;
-            }
-            let v = ((i + rotation) % vcpus) as u32;
-            match ch.set_affinity(ports[i], v) {
-                Ok(()) => {
-                    w.moves.fetch_add(1, Relaxed);
-                }
-                Err(e) => {
-                    eprintln!("set_affinity({:?}, {v}): {e}", ports[i]);
-                    w.errors.fetch_add(1, Relaxed);
-                }
-            }
-        }
-        thread::sleep(REBIND_EVERY);
-    }
-}
-
-/// Stops every thread when dropped: senders and rebinder by the phase, the
-/// vCPUs by their flag and an unpark.
-struct StopAll<'w>(&'w World);
-
-impl Drop for StopAll<'_> {
-    fn drop(&mut self) {
-        self.0.phase.store(2, Relaxed);
-        self.0.stop_vcpus.store(true, Release);
-        for v in &self.0.vcpus {
-            if let Some(t) = v.thread.get() {
-                t.unpark();
-            }
-        }
-    }
-}
-
-/// Spawns a named scoped thread.
-fn spawn<'s, 'e, T: Send + 's>(
-    s: &'s Scope<'s, 'e>,
+/// What one run measured.
+struct RunResult {
     name: String,
-    f: impl FnOnce() -> T + Send + 's,
-) -> ScopedJoinHandle<'s, T> {
-    thread::Builder::new()
-        .name(name)
-        .spawn_scoped(s, f)
-        .expect("cannot spawn a thread")
-}
-
-/// What main samples at a phase boundary.
-struct Snapshot {
-    at: Instant,
-    handled: Vec<u64>,
+    vcpus: Vec<VcpuReport>,
+    latency: Histogram,
+    handled_per_s: f64,
+    offered_per_s: f64,
     sends: u64,
-}
-
-fn snapshot(w: &World) -> Snapshot {
-    Snapshot {
-        at: Instant::now(),
-        handled: w.vcpus.iter().map(|v| v.handled.load(Relaxed)).collect(),
-        sends: w.sends.iter().map(|s| s.0.load(Relaxed)).sum(),
-    }
-}
-
-/// The longest upcall of each vCPU since the last call (an upcall still
-/// running counts with its length so far), and starts a new period.
-fn take_longest(w: &World) -> Vec<Duration> {
-    let now = w.now_ns();
-    w.vcpus
-        .iter()
-        .map(|v| {
-            let done = v.longest_ns.swap(0, Relaxed);
-            let since = v.running_since.load(Relaxed);
-            let running = if since == 0 {
-                0
-            } else {
-                now.saturating_sub(since - 1)
-            };
-            Duration::from_nanos(done.max(running))
-        })
-        .collect()
-}
-
-/// Prints a phase's table; returns the events handled per second.
-fn report(title: &str, from: &Snapshot, to: &Snapshot, longest: &[Duration]) -> f64 {
-    let secs = to.at.duration_since(from.at).as_secs_f64().max(1e-9);
-    let handled: Vec<u64> = to
-        .handled
-        .iter()
-        .zip(&from.handled)
-        .map(|(a, b)| a - b)
-        .collect();
-    let total: u64 = handled.iter().sum();
-    println!("{title}");
-    println!("  vcpu     handled   share  longest upcall");
-    for (i, (h, l)) in handled.iter().zip(longest).enumerate() {
-        let share = if total == 0 {
-            0.0
-        } else {
-            100.0 * *h as f64 / total as f64
-        };
-        println!("  {i:>4} {h:>11} {share:>6.1}%  {l:>14.3?}");
-    }
-    let sends = to.sends - from.sends;
-    println!(
-        "  events handled: {:.2} M/s   sends: {:.2} M/s ({:.0}% coalesced)",
-        total as f64 / secs / 1e6,
-        sends as f64 / secs / 1e6,
-        if sends == 0 {
-            0.0
-        } else {
-            100.0 * (1.0 - (total as f64 / sends as f64).min(1.0))
-        }
-    );
-    total as f64 / secs
-}
-
-/// What one run ends with.
-struct Outcome {
-    abi: Abi,
+    moves: u64,
     lost: u64,
     concurrent: u64,
     lost_wakeups: u64,
     errors: u64,
-    /// Events handled per second in the storm and the spread phase.
-    rates: [f64; 2],
 }
 
-impl Outcome {
+impl RunResult {
     fn ok(&self) -> bool {
         self.lost == 0 && self.concurrent == 0 && self.lost_wakeups == 0 && self.errors == 0
     }
+    fn spurious(&self) -> u64 {
+        self.vcpus.iter().map(|v| v.spurious).sum()
+    }
+    fn handled(&self) -> u64 {
+        self.vcpus.iter().map(|v| v.handled).sum()
+    }
+    fn share(&self, v: usize) -> f64 {
+        let total = self.handled();
+        match self.vcpus.get(v) {
+            Some(r) if total > 0 => 100.0 * r.handled as f64 / total as f64,
+            _ => 0.0,
+        }
+    }
+}
+
+/// Handler capacity of one vCPU: events per second of upcall time, every
+/// port pending, with the handler's work (the sends are not counted: the
+/// senders make them).
+fn capacity<A: PortOps>(ops: A, ports: usize, work_iters: u64) -> f64 {
+    let w = world(1, ports + 1, work_iters);
+    let ch: Ch<'_, A> = Channels::new(ops, Kicker(&w));
+    let ports: Vec<Port> = (0..ports)
+        .filter_map(|_| ch.bind(Bind::Affinity(0)).ok())
+        .collect();
+    let Ok(mut vcpu) = ch.vcpu(0) else { return 0.0 };
+    let mut r = VcpuReport {
+        handled: 0,
+        upcalls: 0,
+        longest_cpu_ns: 0,
+        longest_wall_ns: 0,
+        spurious: 0,
+        per_port: vec![0; w.ledger.len()],
+        latency: Histogram::new(),
+    };
+    let t = Instant::now();
+    let mut in_upcalls = Duration::ZERO;
+    while t.elapsed() < Duration::from_millis(300) {
+        for &p in &ports {
+            let _ = ch.send(p);
+        }
+        let u = Instant::now();
+        let _ = vcpu.upcall(|p| handle(&w, &w.vcpus[0], &mut r, p));
+        in_upcalls += u.elapsed();
+    }
+    r.handled as f64 / in_upcalls.as_secs_f64().max(1e-9)
+}
+
+fn world(vcpus: usize, ports: usize, work_iters: u64) -> World {
+    World {
+        epoch: Instant::now(),
+        vcpus: (0..vcpus).map(|_| VcpuLive::default()).collect(),
+        ledger: (0..ports).map(|_| Ledger::default()).collect(),
+        work_iters,
+        concurrent: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        stop_senders: AtomicBool::new(false),
+        stop_vcpus: AtomicBool::new(false),
+        moves: AtomicU64::new(0),
+    }
+}
+
+/// Prints the live progress line (a terminal only).
+fn progress(w: &World, name: &str, elapsed: Duration, secs: f64, last: &mut (u64, Instant)) {
+    let handled: u64 = w.vcpus.iter().map(|v| v.handled.load(Relaxed)).sum();
+    let rate = (handled - last.0) as f64 / last.1.elapsed().as_secs_f64().max(1e-3);
+    *last = (handled, Instant::now());
+    let shares: Vec<String> = w
+        .vcpus
+        .iter()
+        .map(|v| {
+            let h = v.handled.load(Relaxed);
+            if handled == 0 {
+                "  -".into()
+            } else {
+                format!("{:>3.0}", 100.0 * h as f64 / handled as f64)
+            }
+        })
+        .collect();
+    let since = w.vcpus[0].running_since.load(Relaxed);
+    let in_upcall = if since == 0 {
+        "idle".to_string()
+    } else {
+        ms(w.now_ns().saturating_sub(since - 1))
+    };
+    let mut err = std::io::stderr().lock();
+    let _ = write!(
+        err,
+        "\r\x1b[2K  {name:<14} {:>4.1}/{secs:.1} s  {:>6.0}k events/s  shares % [{}]  vCPU0 in its upcall: {in_upcall}",
+        elapsed.as_secs_f64(),
+        rate / 1e3,
+        shares.join(" "),
+    );
+    let _ = err.flush();
+}
+
+/// `ns` as a short duration.
+fn ms(ns: u64) -> String {
+    let ms = ns as f64 / 1e6;
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else if ms >= 1.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.0} µs", ms * 1000.0)
+    }
+}
+
+fn opt_ms(ns: Option<u64>) -> String {
+    ns.map_or_else(|| "-".into(), ms)
+}
+
+/// One run of `spec` over `ops`.
+fn run<A: PortOps>(
+    args: &Args,
+    spec: &RunSpec,
+    ops: A,
+    rate: f64,
+    work_iters: u64,
+) -> Result<RunResult, String> {
+    let w = world(args.vcpus, ops.nr_ports() as usize, work_iters);
+    let w = &w;
+    let ch: Ch<'_, A> = Channels::new(ops, Kicker(w));
+    let ch = &ch;
+    ch.set_policy(spec.policy);
+    let ports: Vec<Port> = (0..args.ports)
+        .map(|_| ch.bind(Bind::Auto).map_err(|e| format!("bind: {e}")))
+        .collect::<Result<_, _>>()?;
+    let ports = &ports;
+    let period = Duration::from_secs_f64(args.secs);
+    let live = std::io::stderr().is_terminal();
+
+    let (reports, sends) = thread::scope(|s| {
+        let vcpus: Vec<_> = (0..args.vcpus as u32)
+            .map(|id| {
+                thread::Builder::new()
+                    .name(format!("vcpu{id}"))
+                    .spawn_scoped(s, move || run_vcpu(w, ch, id, spec.budget))
+                    .expect("spawn a vCPU thread")
+            })
+            .collect();
+        let senders: Vec<_> = (0..args.senders as u64)
+            .map(|id| {
+                let r = rate / args.senders as f64;
+                thread::Builder::new()
+                    .name(format!("sender{id}"))
+                    .spawn_scoped(s, move || run_sender(w, ch, ports, r, id))
+                    .expect("spawn a sender thread")
+            })
+            .collect();
+        let rebalancer = spec.rebalance.then(|| {
+            let every = Duration::from_millis(args.rebalance_ms);
+            let max_moves = (args.ports / 4).max(1);
+            thread::Builder::new()
+                .name("rebalancer".into())
+                .spawn_scoped(s, move || {
+                    while !w.stop_senders.load(Relaxed) {
+                        thread::sleep(every);
+                        match ch.rebalance(max_moves) {
+                            Ok(m) => {
+                                w.moves.fetch_add(m.len() as u64, Relaxed);
+                            }
+                            Err(e) => {
+                                eprintln!("rebalance: {e}");
+                                w.errors.fetch_add(1, Relaxed);
+                            }
+                        }
+                    }
+                })
+                .expect("spawn the rebalancer")
+        });
+
+        let t0 = Instant::now();
+        let mut last = (0u64, Instant::now());
+        while t0.elapsed() < period {
+            thread::sleep(Duration::from_millis(100).min(period.saturating_sub(t0.elapsed())));
+            if live {
+                progress(w, &spec.name, t0.elapsed(), args.secs, &mut last);
+            }
+        }
+        if live {
+            eprint!("\r\x1b[2K");
+        }
+        // Quiesce: senders (and the rebalancer) stop, the vCPUs drain what
+        // is pending, then stop.
+        w.stop_senders.store(true, Relaxed);
+        let sends: u64 = senders.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+        if let Some(t) = rebalancer {
+            let _ = t.join();
+        }
+        let drain = Instant::now();
+        while (0..args.vcpus as u32).any(|v| ch.upcall_pending(v).unwrap_or(true))
+            && drain.elapsed() < Duration::from_secs(10)
+        {
+            thread::sleep(Duration::from_millis(2));
+        }
+        w.stop_vcpus.store(true, Release);
+        for v in &w.vcpus {
+            if let Some(t) = v.thread.get() {
+                t.unpark();
+            }
+        }
+        let reports: Vec<VcpuReport> = vcpus.into_iter().filter_map(|t| t.join().ok()).collect();
+        (reports, sends)
+    });
+    if reports.len() != args.vcpus {
+        return Err("a vCPU thread panicked".into());
+    }
+
+    // C1: every send was observed by a handler run, and no port is left
+    // pending.
+    let mut lost = 0u64;
+    for &p in ports {
+        let Some(l) = w.ledger.get(p.number() as usize) else {
+            continue;
+        };
+        let (sent, seen) = (l.sent.load(Acquire), l.seen.load(Acquire));
+        if seen < sent {
+            eprintln!(
+                "port {}: {} send(s) never observed",
+                p.number(),
+                sent - seen
+            );
+            lost += sent - seen;
+        }
+        if ch.status(p.number()).map_or(true, |s| s.pending) {
+            eprintln!("port {}: still pending after quiescing", p.number());
+            lost += 1;
+        }
+    }
+    let mut latency = Histogram::new();
+    for r in &reports {
+        latency.merge(&r.latency);
+    }
+    let handled: u64 = reports.iter().map(|r| r.handled).sum();
+    Ok(RunResult {
+        name: spec.name.clone(),
+        handled_per_s: handled as f64 / args.secs,
+        offered_per_s: rate,
+        latency,
+        vcpus: reports,
+        sends,
+        moves: w.moves.load(Relaxed),
+        lost,
+        concurrent: w.concurrent.load(Relaxed),
+        lost_wakeups: w.vcpus.iter().map(|v| v.lost_wakeups.load(Relaxed)).sum(),
+        errors: w.errors.load(Relaxed),
+    })
+}
+
+fn describe(spec: &RunSpec, args: &Args) -> String {
+    let mut s = match spec.policy {
+        Policy::Vcpu0 => "Policy::Vcpu0 (Xen): every port on vCPU 0".to_string(),
+        Policy::RoundRobin => "Policy::RoundRobin: ports spread in turn".to_string(),
+        Policy::LeastLoaded => "Policy::LeastLoaded: ports to the vCPU with fewest".to_string(),
+    };
+    if let Some(b) = spec.budget {
+        s += &format!("; upcalls of at most {b} handler runs");
+    }
+    if spec.rebalance {
+        s += &format!("; rebalance every {} ms", args.rebalance_ms);
+    }
+    s
+}
+
+fn print_run(r: &RunResult, spec: &RunSpec, args: &Args) {
+    println!("\n== {} — {}", r.name, describe(spec, args));
+    println!("  vcpu     handled   share   upcalls   longest upcall (CPU / wall)   busiest port (its share)");
+    let total = r.handled();
+    for (v, rep) in r.vcpus.iter().enumerate() {
+        let busiest = rep
+            .per_port
+            .iter()
+            .enumerate()
+            .max_by_key(|&(n, &c)| (c, std::cmp::Reverse(n)))
+            .filter(|&(_, &c)| c > 0)
+            .map_or_else(
+                || "-".to_string(),
+                |(n, &c)| format!("{n} ({:.1}%)", 100.0 * c as f64 / rep.handled.max(1) as f64),
+            );
+        println!(
+            "  {v:>4} {:>11} {:>6.1}% {:>9}   {:>12} / {:<12}   {busiest}",
+            rep.handled,
+            if total == 0 {
+                0.0
+            } else {
+                100.0 * rep.handled as f64 / total as f64
+            },
+            rep.upcalls,
+            ms(rep.longest_cpu_ns),
+            ms(rep.longest_wall_ns),
+        );
+    }
+    println!(
+        "  latency send→handle: p50 {}  p99 {}  p99.9 {}   events {:.0}k/s (offered {:.0}k/s, {} sends{})",
+        opt_ms(r.latency.quantile(0.5)),
+        opt_ms(r.latency.quantile(0.99)),
+        opt_ms(r.latency.quantile(0.999)),
+        r.handled_per_s / 1e3,
+        r.offered_per_s / 1e3,
+        r.sends,
+        if spec.rebalance { format!(", {} ports moved", r.moves) } else { String::new() },
+    );
+    println!(
+        "  lost={} concurrent={} spurious={} lost_wakeups={} errors={}",
+        r.lost,
+        r.concurrent,
+        r.spurious(),
+        r.lost_wakeups,
+        r.errors
+    );
+}
+
+fn print_summary(results: &[RunResult]) {
+    let col = |f: &dyn Fn(&RunResult) -> String| {
+        results
+            .iter()
+            .map(|r| format!("{:>15}", f(r)))
+            .collect::<Vec<_>>()
+            .join("")
+    };
+    println!("\n== side by side");
+    println!("  {:<28}{}", "", col(&|r| r.name.clone()));
+    println!(
+        "  {:<28}{}",
+        "vCPU0 longest upcall (CPU)",
+        col(&|r| ms(r.vcpus[0].longest_cpu_ns))
+    );
+    println!(
+        "  {:<28}{}",
+        "longest upcall, any vCPU",
+        col(&|r| ms(r.vcpus.iter().map(|v| v.longest_cpu_ns).max().unwrap_or(0)))
+    );
+    println!(
+        "  {:<28}{}",
+        "vCPU0 share",
+        col(&|r| format!("{:.1}%", r.share(0)))
+    );
+    println!(
+        "  {:<28}{}",
+        "events handled/s",
+        col(&|r| format!("{:.0}k", r.handled_per_s / 1e3))
+    );
+    println!(
+        "  {:<28}{}",
+        "latency p50",
+        col(&|r| opt_ms(r.latency.quantile(0.5)))
+    );
+    println!(
+        "  {:<28}{}",
+        "latency p99",
+        col(&|r| opt_ms(r.latency.quantile(0.99)))
+    );
+    println!(
+        "  {:<28}{}",
+        "latency p99.9",
+        col(&|r| opt_ms(r.latency.quantile(0.999)))
+    );
+    println!("  {:<28}{}", "lost", col(&|r| r.lost.to_string()));
+    println!(
+        "  {:<28}{}",
+        "concurrent",
+        col(&|r| r.concurrent.to_string())
+    );
+    println!("  {:<28}{}", "spurious", col(&|r| r.spurious().to_string()));
+    println!(
+        "  {:<28}{}",
+        "lost wake-ups",
+        col(&|r| r.lost_wakeups.to_string())
+    );
 }
 
 fn main() -> ExitCode {
@@ -564,226 +931,68 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut outcomes = Vec::new();
-    for (i, &abi) in args.abis.iter().enumerate() {
-        if i > 0 {
-            println!();
-        }
+    // Enough port numbers for the storm (port 0 is never bound).
+    let nr_ports = args.ports + 1;
+    let words = nr_ports.div_ceil(64);
+    let make_2l = || TwoLevel::new(OwnedMemory::new(words, args.vcpus));
+    let make_fifo = || Fifo::new(OwnedFifo::new(nr_ports as u32, args.vcpus));
+
+    let per_us = calibrate_work();
+    let work_iters = (args.work_us * per_us).round() as u64;
+    let cap = match args.abi {
+        Abi::TwoLevel => capacity(make_2l(), args.ports, work_iters),
+        Abi::Fifo => capacity(make_fifo(), args.ports, work_iters),
+    };
+    let rate = args.load * cap;
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "storm: {} ABI, {} vCPUs, {} ports, {} senders, {} s per run; {cores} cores here",
+        match args.abi {
+            Abi::TwoLevel => "2-level",
+            Abi::Fifo => "FIFO",
+        },
+        args.vcpus,
+        args.ports,
+        args.senders,
+        args.secs
+    );
+    println!(
+        "  handler work {} µs; one vCPU handles {:.0}k events/s; offered {:.0}k sends/s = {:.2}x that",
+        args.work_us,
+        cap / 1e3,
+        rate / 1e3,
+        args.load
+    );
+    if cores != 0 && cores < args.vcpus + 1 {
         println!(
-            "==================== {} ABI ====================",
-            abi.name()
+            "  (fewer cores than vCPU threads: wall times include preemption; the CPU times do not)"
         );
-        // 64 port numbers (63 usable), more than the storm needs.
-        let run = match abi {
-            Abi::TwoLevel => storm(&args, abi, TwoLevel::new(OwnedMemory::new(1, args.vcpus))),
-            Abi::Fifo => storm(&args, abi, Fifo::new(OwnedFifo::new(64, args.vcpus))),
+    }
+
+    let mut results = Vec::new();
+    for spec in &args.runs {
+        let r = match args.abi {
+            Abi::TwoLevel => run(&args, spec, make_2l(), rate, work_iters),
+            Abi::Fifo => run(&args, spec, make_fifo(), rate, work_iters),
         };
-        match run {
-            Ok(o) => outcomes.push(o),
+        match r {
+            Ok(r) => {
+                print_run(&r, spec, &args);
+                results.push(r);
+            }
             Err(msg) => {
-                eprintln!("storm ({}): {msg}", abi.name());
+                eprintln!("storm ({}): {msg}", spec.name);
                 return ExitCode::FAILURE;
             }
         }
     }
-    if outcomes.len() > 1 {
-        println!("\nsummary");
-        println!("  abi      storm M/s  spread M/s  lost  concurrent  lost_wakeups  errors");
-        for o in &outcomes {
-            println!(
-                "  {:<7} {:>10.2} {:>11.2} {:>5} {:>11} {:>13} {:>7}",
-                o.abi.name(),
-                o.rates[0] / 1e6,
-                o.rates[1] / 1e6,
-                o.lost,
-                o.concurrent,
-                o.lost_wakeups,
-                o.errors
-            );
-        }
+    if results.len() > 1 {
+        print_summary(&results);
     }
-    if outcomes.iter().all(Outcome::ok) {
+    if results.iter().all(RunResult::ok) {
         ExitCode::SUCCESS
     } else {
         eprintln!("storm: contract violated");
         ExitCode::FAILURE
     }
-}
-
-/// One run of both phases over `ops`; `Err` if it could not run to the end.
-fn storm<A: PortOps>(args: &Args, abi: Abi, ops: A) -> Result<Outcome, String> {
-    let phase_len = Duration::from_millis(args.secs * 500);
-
-    let world = World {
-        epoch: Instant::now(),
-        vcpus: (0..args.vcpus).map(|_| VcpuShared::default()).collect(),
-        ledger: (0..64).map(|_| Ledger::default()).collect(),
-        concurrent: AtomicU64::new(0),
-        sends: (0..SENDERS).map(|_| Padded::default()).collect(),
-        failed_sends: AtomicU64::new(0),
-        phase: AtomicUsize::new(0),
-        stop_vcpus: AtomicBool::new(false),
-        rebinds: AtomicU64::new(0),
-        closes: AtomicU64::new(0),
-        moves: AtomicU64::new(0),
-        priorities: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-    };
-    let w = &world;
-    let ch: Ch<'_, A> = Channels::new(ops, Kicker(w));
-    let ch = &ch;
-    if ch.nr_ports() as usize > w.ledger.len() {
-        return Err("more ports than ledger slots".into());
-    }
-
-    println!(
-        "storm: {} ABI, {} vCPUs, {SENDERS} senders, {STORM_PORTS} ports, {} s ({:?} per phase)\n",
-        abi.name(),
-        args.vcpus,
-        args.secs,
-        phase_len
-    );
-
-    let outcome = thread::scope(|s| {
-        // Whichever way this closure ends (an early error, a panic), the
-        // other threads stop, or the scope would wait for them forever.
-        let _guard = StopAll(w);
-        let vcpu_threads: Vec<_> = (0..args.vcpus as u32)
-            .map(|id| spawn(s, format!("vcpu{id}"), move || run_vcpu(w, ch, id)))
-            .collect();
-
-        // The storm ports: Xen-compatible binds, all on vCPU 0.
-        let ports: Vec<Port> = (0..STORM_PORTS)
-            .filter_map(|_| bind(w, ch, Bind::XenCompat))
-            .collect();
-        if ports.len() != STORM_PORTS {
-            return Err("could not bind the storm ports".to_string());
-        }
-        let priorities = abi == Abi::Fifo;
-        let rebinder = spawn(s, "rebinder".into(), move || {
-            run_rebinder(w, ch, ports, priorities)
-        });
-        let senders: Vec<_> = (0..SENDERS)
-            .map(|i| spawn(s, format!("sender{i}"), move || run_sender(w, ch, i)))
-            .collect();
-
-        // Phase 1: the storm on vCPU 0.
-        let s0 = snapshot(w);
-        take_longest(w);
-        thread::sleep(phase_len);
-        let s1 = snapshot(w);
-        let l1 = take_longest(w);
-        // Phase 2: spread by rebinds while events fly.
-        w.phase.store(1, Relaxed);
-        thread::sleep(phase_len);
-        let s2 = snapshot(w);
-        let l2 = take_longest(w);
-        let storm_rate = report(
-            "phase 1 — storm: all ports bound Xen-compatibly, on vCPU 0 (re-binds stay there)",
-            &s0,
-            &s1,
-            &l1,
-        );
-        println!();
-        let spread_rate = report(
-            if priorities {
-                "phase 2 — spread: ports moved round-robin by set_affinity, rotating while events \
-                 fly, and given random priorities"
-            } else {
-                "phase 2 — spread: ports moved round-robin by set_affinity, rotating while events fly"
-            },
-            &s1,
-            &s2,
-            &l2,
-        );
-
-        // Quiesce: senders and rebinder stop, the vCPUs drain, then final
-        // upcalls until no upcall is pending anywhere.
-        w.phase.store(2, Relaxed);
-        for t in senders {
-            t.join().map_err(|_| "a sender panicked".to_string())?;
-        }
-        rebinder
-            .join()
-            .map_err(|_| "the rebinder panicked".to_string())?;
-        let drain = Instant::now();
-        while (0..args.vcpus as u32).any(|v| ch.upcall_pending(v).unwrap_or(true))
-            && drain.elapsed() < Duration::from_secs(5)
-        {
-            thread::sleep(Duration::from_millis(5));
-        }
-        w.stop_vcpus.store(true, Release);
-        for v in &w.vcpus {
-            if let Some(t) = v.thread.get() {
-                t.unpark();
-            }
-        }
-        for t in vcpu_threads {
-            t.join().map_err(|_| "a vCPU thread panicked".to_string())?;
-        }
-        let mut handles: Vec<_> = (0..args.vcpus as u32)
-            .filter_map(|v| ch.vcpu(v).ok())
-            .collect();
-        for _round in 0..1000 {
-            for (v, h) in handles.iter_mut().enumerate() {
-                if let Err(e) = h.upcall(|p| handle(w, &w.vcpus[v], p)) {
-                    return Err(format!("final upcall on vcpu{v}: {e}"));
-                }
-            }
-            if !handles.iter().any(|h| h.upcall_pending()) {
-                return Ok([storm_rate, spread_rate]);
-            }
-        }
-        Err("upcalls still pending after 1000 final rounds".to_string())
-    });
-    let rates = outcome?;
-
-    // C1: every bound port's last send was observed by a handler, and none
-    // is left pending (a pending one was raised but never made reachable:
-    // dropped; it counts as lost too).
-    let mut lost = 0u64;
-    let mut dropped = 0u64;
-    for n in 1..ch.nr_ports() {
-        let Ok(p) = ch.port(n) else { continue };
-        let Some(l) = w.ledger.get(n as usize) else {
-            continue;
-        };
-        let (sent, seen) = (l.sent.load(Acquire), l.seen.load(Acquire));
-        if sent & !SEQ == tag(p) && sent & SEQ != 0 && seen < sent {
-            let missed = (sent & SEQ) - (seen.max(tag(p)) & SEQ);
-            eprintln!("port {n}: {missed} send(s) never observed");
-            lost += missed;
-        }
-        if ch.status(n).map_or(true, |s| s.pending) {
-            eprintln!("port {n}: still pending after quiescing");
-            lost += 1;
-            dropped += 1;
-        }
-    }
-    let concurrent = w.concurrent.load(Relaxed);
-    let lost_wakeups: u64 = w.vcpus.iter().map(|v| v.lost_wakeups.load(Relaxed)).sum();
-    let errors = w.errors.load(Relaxed);
-    let sends: u64 = w.sends.iter().map(|s| s.0.load(Relaxed)).sum();
-    let handled: u64 = w.vcpus.iter().map(|v| v.handled.load(Relaxed)).sum();
-    println!(
-        "\nchecks: lost={lost} concurrent={concurrent} dropped={dropped} \
-         lost_wakeups={lost_wakeups} errors={errors}"
-    );
-    println!(
-        "        (sends={sends} failed_sends={} handled={handled} set_affinity={} \
-         set_priority={} closes={} rebinds={})",
-        w.failed_sends.load(Relaxed),
-        w.moves.load(Relaxed),
-        w.priorities.load(Relaxed),
-        w.closes.load(Relaxed),
-        w.rebinds.load(Relaxed)
-    );
-    Ok(Outcome {
-        abi,
-        lost,
-        concurrent,
-        lost_wakeups,
-        errors,
-        rates,
-    })
 }

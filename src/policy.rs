@@ -97,7 +97,9 @@ impl Plane {
 /// Plans moves that even out the load: repeatedly take the busiest and the
 /// least busy online vCPU and move the busiest's hottest port that makes
 /// the pair more even (the moved load `d` must satisfy `d < busiest - idlest`,
-/// so the maximum strictly drops), at most `max_moves` times.
+/// so the maximum strictly drops), at most `max_moves` times. It stops once
+/// the busiest and the least busy differ by at most an eighth of the mean
+/// load: loads that even are noise, and moving ports for noise only churns.
 ///
 /// `loads[v]` is vCPU `v`'s load (`None` when offline); `ports` lists
 /// `(port number, vCPU, load)` of the candidate ports. Returns
@@ -110,6 +112,11 @@ pub fn plan_rebalance(
 ) -> Vec<(u32, u32, u32)> {
     let mut loads: Vec<Option<u64>> = loads.to_vec();
     let mut ports: Vec<(u32, u32, u64)> = ports.to_vec();
+    let (sum, online) = loads.iter().flatten().fold((0u64, 0u64), |(s, n), &l| {
+        (s.saturating_add(l), n.saturating_add(1))
+    });
+    // An eighth of the mean; no online vCPU: nothing to plan.
+    let tolerance = sum.checked_div(online).unwrap_or(0) / 8;
     let mut moves = Vec::new();
     while moves.len() < max_moves {
         let online = || {
@@ -128,6 +135,9 @@ pub fn plan_rebalance(
             break;
         }
         let gap = busy_load.saturating_sub(idle_load);
+        if gap <= tolerance {
+            break;
+        }
         // The hottest port of the busiest vCPU whose move narrows the gap.
         let best = ports
             .iter()

@@ -140,6 +140,16 @@ fn plan_moves_the_hottest_port_that_narrows_the_gap() {
     assert_eq!(plan_rebalance(&loads, &ports, 8), [(1, 0, 1), (2, 0, 2)]);
     // A port as hot as the gap would only swap the roles: not moved.
     assert_eq!(plan_rebalance(&[Some(50), Some(0)], &[(1, 0, 50)], 8), []);
+    // Loads within an eighth of the mean (105) are left alone, though the
+    // port (4 < gap 10) would narrow the gap: noise is not moved.
+    assert_eq!(
+        plan_rebalance(&[Some(110), Some(100)], &[(1, 0, 4)], 8),
+        Vec::<(u32, u32, u32)>::new()
+    );
+    assert_eq!(
+        plan_rebalance(&[Some(130), Some(100)], &[(1, 0, 4)], 8),
+        [(1, 0, 1)]
+    );
     // Offline vCPUs take nothing.
     assert_eq!(
         plan_rebalance(&[Some(100), None], &[(1, 0, 10)], 8),
