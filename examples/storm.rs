@@ -27,6 +27,9 @@
 //! * `xen+budget`: as `xen`, but each upcall makes at most `--budget` handler
 //!   runs (`Vcpu::upcall_budget`) and defers the rest: upcalls stay short, the
 //!   vCPU gets back control between them, but the load stays on vCPU 0.
+//!   On `--abi fifo` every upcall is bounded anyway, by the ABI's own limit
+//!   of twice its ports (a guard against a guest's link cycles), so there
+//!   the `xen` run looks like `xen+budget` with a budget of 514.
 //! * `xen+rebalance`: as `xen`, while a rebalancer moves hot ports off the
 //!   busy vCPU every `--rebalance-ms` (50 ms) with `set_affinity`, as
 //!   events fly: the storm lasts until its first moves.
@@ -467,6 +470,11 @@ fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, budget: Option<usize
         r.longest_cpu_ns = r.longest_cpu_ns.max(cpu);
         r.longest_wall_ns = r.longest_wall_ns.max(w.now_ns().saturating_sub(wall0));
         if w.stop_vcpus.load(Acquire) {
+            // The senders have stopped: finish what a budgeted upcall
+            // deferred, then stop.
+            if vcpu.upcall_pending() {
+                continue;
+            }
             return r;
         }
         // The kick count before the last look: a raise after that look
