@@ -2,7 +2,7 @@
 //! it: the seed's story of a storm that lands on vCPU 0 and soft-locks it.
 //!
 //! ```text
-//! cargo run --release --example storm              # five runs side by side, ~17 s
+//! cargo run --release --example storm              # six runs side by side, ~17 s
 //! cargo run --release --example storm -- --help    # the options
 //! ```
 //!
@@ -30,6 +30,12 @@
 //!   On `--abi fifo` every upcall is bounded anyway, by the ABI's own limit
 //!   of twice its ports (a guard against a guest's link cycles), so there
 //!   the `xen` run looks like `xen+budget` with a budget of 514.
+//! * `xen+lateeoi`: as `xen`, with late-EOI ports (`Channels::set_lateeoi`,
+//!   Linux's lateeoi of XSA-332): a port stays masked from its handler's
+//!   start until the vCPU ends the EOI with `Channels::lateeoi` after the
+//!   upcall, so an upcall runs each port at most once and sends to a masked
+//!   port coalesce; a port whose runs keep finding nothing is held masked for
+//!   a growing delay.
 //! * `xen+rebalance`: as `xen`, while a rebalancer moves hot ports off the
 //!   busy vCPU every `--rebalance-ms` (50 ms) with `set_affinity`, as
 //!   events fly: the storm lasts until its first moves.
@@ -62,15 +68,15 @@ storm: an event storm on vCPU 0, and what the delivery policies make of it
 usage: cargo run --release --example storm [-- OPTIONS]
 
 options:
-  --policy LIST   comma-separated runs, each a policy with optional +budget
-                  and +rebalance: xen (all on vCPU 0, as Xen), rr (round-robin),
-                  ll (least-loaded), e.g. xen+rebalance, rr+budget
-                  (default: xen,rr,ll,xen+budget,xen+rebalance)
+  --policy LIST   comma-separated runs, each a policy with optional +budget,
+                  +lateeoi and +rebalance: xen (all on vCPU 0, as Xen),
+                  rr (round-robin), ll (least-loaded), e.g. xen+rebalance,
+                  rr+budget (default: xen,rr,ll,xen+budget,xen+lateeoi,xen+rebalance)
   --abi A         2l or fifo (default 2l)
   --vcpus N       vCPU threads, 2..=64 (default 4)
   --ports N       storm ports, 1..=4000 (default 256)
   --senders N     sender threads, 1..=16 (default 2)
-  --secs S        seconds per run, decimals allowed (default 3)
+  --secs S        seconds per run, decimals allowed (default 2.5)
   --load X        offered load in multiples of one vCPU's capacity (default 1.5)
   --work US       handler work per event in microseconds (default 5)
   --budget N      handler runs per upcall in +budget runs (default 64)
@@ -98,6 +104,7 @@ struct RunSpec {
     policy: Policy,
     budget: Option<usize>,
     rebalance: bool,
+    lateeoi: bool,
 }
 
 /// Command-line options.
@@ -130,11 +137,13 @@ fn parse_runs(list: &str, budget: usize) -> Result<Vec<RunSpec>, String> {
                 policy,
                 budget: None,
                 rebalance: false,
+                lateeoi: false,
             };
             for m in parts {
                 match m {
                     "budget" => spec.budget = Some(budget),
                     "rebalance" => spec.rebalance = true,
+                    "lateeoi" => spec.lateeoi = true,
                     other => return Err(format!("--policy: unknown modifier +{other}")),
                 }
             }
@@ -145,14 +154,14 @@ fn parse_runs(list: &str, budget: usize) -> Result<Vec<RunSpec>, String> {
 
 /// Parses the command line by hand; `Ok(None)` asks for the help text.
 fn parse_args() -> Result<Option<Args>, String> {
-    let mut policy = "xen,rr,ll,xen+budget,xen+rebalance".to_string();
+    let mut policy = "xen,rr,ll,xen+budget,xen+lateeoi,xen+rebalance".to_string();
     let mut args = Args {
         runs: Vec::new(),
         abi: Abi::TwoLevel,
         vcpus: 4,
         ports: 256,
         senders: 2,
-        secs: 3.0,
+        secs: 2.5,
         load: 1.5,
         work_us: 5.0,
         budget: 64,
@@ -398,6 +407,9 @@ fn calibrate_work() -> f64 {
 
 /// What one vCPU thread measured, returned when it ends.
 struct VcpuReport {
+    /// Late-EOI runs: the ports this upcall ran, and whether each found
+    /// no new send (spurious), to end with `lateeoi` after the upcall.
+    to_eoi: Option<Vec<(Port, bool)>>,
     handled: u64,
     upcalls: u64,
     longest_cpu_ns: u64,
@@ -430,16 +442,20 @@ fn handle(w: &World, live: &VcpuLive, r: &mut VcpuReport, p: Port) {
     } else {
         r.latency.record(now.saturating_sub(first - 1));
     }
+    if let Some(list) = &mut r.to_eoi {
+        list.push((p, first == 0));
+    }
     l.seen.fetch_max(l.sent.load(Acquire), AcqRel);
     work(w.work_iters);
     l.inside.store(false, Release);
 }
 
 /// One vCPU: the upcall loop with the idle protocol of C2.
-fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, budget: Option<usize>) -> VcpuReport {
+fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, spec: &RunSpec) -> VcpuReport {
     let me = &w.vcpus[id as usize];
     let _ = me.thread.set(thread::current());
     let mut r = VcpuReport {
+        to_eoi: None,
         handled: 0,
         upcalls: 0,
         longest_cpu_ns: 0,
@@ -448,6 +464,11 @@ fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, budget: Option<usize
         per_port: vec![0; w.ledger.len()],
         latency: Histogram::new(),
     };
+    if spec.lateeoi {
+        r.to_eoi = Some(Vec::new());
+    }
+    // Late EOIs the back-off delayed: (port, when to end it).
+    let mut delayed: Vec<(Port, Instant)> = Vec::new();
     let Ok(mut vcpu) = ch.vcpu(id) else {
         w.errors.fetch_add(1, Relaxed);
         return r;
@@ -456,7 +477,7 @@ fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, budget: Option<usize
         let wall0 = w.now_ns();
         let cpu0 = thread_cpu_ns();
         me.running_since.store(wall0 + 1, Relaxed);
-        let res = match budget {
+        let res = match spec.budget {
             Some(b) => vcpu.upcall_budget(b, |p| handle(w, me, &mut r, p)),
             None => vcpu.upcall(|p| handle(w, me, &mut r, p)),
         };
@@ -466,10 +487,36 @@ fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, budget: Option<usize
             eprintln!("vcpu{id}: upcall failed: {e}");
             w.errors.fetch_add(1, Relaxed);
         }
+        // Late EOI, after the upcall: each port ran at most once in it (it
+        // stayed masked from its handler's start), and a port that keeps
+        // firing for nothing is held masked for a growing delay.
+        let stopping = w.stop_vcpus.load(Acquire);
+        for (p, spurious) in r.to_eoi.as_mut().map(std::mem::take).unwrap_or_default() {
+            match ch.lateeoi(p, spurious) {
+                Ok(None) => {}
+                Ok(Some(ms)) => {
+                    delayed.push((p, Instant::now() + Duration::from_millis(ms.into())))
+                }
+                Err(e) => {
+                    eprintln!("vcpu{id}: lateeoi({p:?}): {e}");
+                    w.errors.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        delayed.retain(|&(p, due)| {
+            if due > Instant::now() && !stopping {
+                return true;
+            }
+            if let Err(e) = ch.eoi(p) {
+                eprintln!("vcpu{id}: eoi({p:?}): {e}");
+                w.errors.fetch_add(1, Relaxed);
+            }
+            false
+        });
         r.upcalls += 1;
         r.longest_cpu_ns = r.longest_cpu_ns.max(cpu);
         r.longest_wall_ns = r.longest_wall_ns.max(w.now_ns().saturating_sub(wall0));
-        if w.stop_vcpus.load(Acquire) {
+        if stopping {
             // The senders have stopped: finish what a budgeted upcall
             // deferred, then stop.
             if vcpu.upcall_pending() {
@@ -484,6 +531,11 @@ fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, budget: Option<usize
             continue;
         }
         let parked = Instant::now();
+        if let Some(due) = delayed.iter().map(|&(_, due)| due).min() {
+            // A delayed EOI to end first: nap until it is due.
+            thread::park_timeout(due.saturating_duration_since(parked).min(PARK_TIMEOUT));
+            continue;
+        }
         thread::park_timeout(PARK_TIMEOUT);
         if me.kicks.load(SeqCst) != k0 || parked.elapsed() < PARK_TIMEOUT || !vcpu.upcall_pending()
         {
@@ -582,6 +634,7 @@ fn capacity<A: PortOps>(ops: A, ports: usize, work_iters: u64) -> f64 {
         .collect();
     let Ok(mut vcpu) = ch.vcpu(0) else { return 0.0 };
     let mut r = VcpuReport {
+        to_eoi: None,
         handled: 0,
         upcalls: 0,
         longest_cpu_ns: 0,
@@ -683,6 +736,12 @@ fn run<A: PortOps>(
     let ports: Vec<Port> = (0..args.ports)
         .map(|_| ch.bind(Bind::Auto).map_err(|e| format!("bind: {e}")))
         .collect::<Result<_, _>>()?;
+    if spec.lateeoi {
+        for &p in &ports {
+            ch.set_lateeoi(p, true)
+                .map_err(|e| format!("set_lateeoi: {e}"))?;
+        }
+    }
     let ports = &ports;
     let period = Duration::from_secs_f64(args.secs);
     let live = std::io::stderr().is_terminal();
@@ -692,7 +751,7 @@ fn run<A: PortOps>(
             .map(|id| {
                 thread::Builder::new()
                     .name(format!("vcpu{id}"))
-                    .spawn_scoped(s, move || run_vcpu(w, ch, id, spec.budget))
+                    .spawn_scoped(s, move || run_vcpu(w, ch, id, spec))
                     .expect("spawn a vCPU thread")
             })
             .collect();
@@ -813,6 +872,9 @@ fn describe(spec: &RunSpec, args: &Args) -> String {
     };
     if let Some(b) = spec.budget {
         s += &format!("; upcalls of at most {b} handler runs");
+    }
+    if spec.lateeoi {
+        s += "; late EOI after each upcall (a port runs at most once per upcall)";
     }
     if spec.rebalance {
         s += &format!("; rebalance every {} ms", args.rebalance_ms);
