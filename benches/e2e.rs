@@ -9,7 +9,11 @@
 //!   every row runs one handler per send;
 //! * `e2e/hot port` — every send goes to port 1 (a storm).
 //!
-//! The three rows do the same handler work under the same idle protocol
+//! evtchn runs twice: over the 2-level ABI (`evtchn`) and over the FIFO ABI
+//! (`evtchn fifo`: `Fifo` over `OwnedFifo`, 4096 ports, every port at the
+//! default priority, so the distinct-port row keeps one queue busy).
+//!
+//! The four rows do the same handler work under the same idle protocol
 //! (the vCPU thread parks when idle; the sender unparks it when the
 //! transport says to kick): see `benches/transports/mod.rs`.
 //!
@@ -157,9 +161,17 @@ fn e2e(c: &mut Criterion) {
                 &Evtchn::new(&wake, NR_VCPUS),
             );
         }
-        // FIFO: a row named "evtchn fifo" (a `Transport` over `Channels`
-        // with the FIFO ABI, in benches/transports) belongs here; report.py
-        // already lists its id.
+        {
+            let wake = Wake::default();
+            row(
+                &mut g,
+                &mut stats,
+                scenario,
+                "evtchn fifo",
+                pattern,
+                &Evtchn::fifo(&wake, NR_VCPUS),
+            );
+        }
         {
             let wake = Wake::default();
             let t = Crossbeam::new(&wake, NR_VCPUS);

@@ -112,9 +112,10 @@ class Row:
     note: str = ""
 
 
-# Rows whose ids do not exist yet print as "not measured": the FIFO rows
-# below are the place for the FIFO ABI's figures once its benches exist
-# (same groups, function `evtchn fifo`).
+# Rows whose ids do not exist (a bench filtered out, or not run) print as
+# "not measured". The FIFO ABI's rows use the function `evtchn fifo` in the
+# same groups; their baselines are FIFO floors (`floor fifo`, `hand walk`)
+# where the ABI has its own, and the same queue transports end to end.
 TIMING = [
     ("Send (issue item 1)", [
         Row("send, fresh raise (2-level)", "send/fresh/evtchn", "send/fresh/floor",
@@ -126,18 +127,35 @@ TIMING = [
         Row("`set_pending` alone, coalesced", "send/coalesced/raw set_pending",
             "send/coalesced/floor", "time"),
         Row("send, fresh raise (FIFO)", "send/fresh/evtchn fifo", "send/fresh/floor fifo",
-            "time", ("<=", 1.25), "FIFO: rows to come with the FIFO benches"),
-        Row("send, coalesced (FIFO)", "send/coalesced/evtchn fifo", "send/coalesced/floor",
-            "time", ("<=", 1.25), "FIFO: rows to come with the FIFO benches"),
+            "time", ("<=", 1.25),
+            "floor: `lock bts` PENDING, `lock cmpxchg` LINKED, store `head`, `lock bts` "
+            "`ready`, `xchg` upcall; tail in a plain cell"),
+        Row("send, fresh raise (FIFO), vs the floor with a queue lock",
+            "send/fresh/evtchn fifo", "send/fresh/floor fifo + queue lock", "time", None,
+            "the same floor with the tail behind a `parking_lot::Mutex` (Xen's `q->lock`)"),
+        Row("`set_pending` alone, fresh (FIFO raise side)", "send/fresh/raw fifo set_pending",
+            "send/fresh/floor fifo", "time"),
+        Row("send, coalesced (FIFO)", "send/coalesced/evtchn fifo", "send/coalesced/floor fifo",
+            "time", ("<=", 1.25), "floor: one `fetch_or` of PENDING on the event word"),
+        Row("`set_pending` alone, coalesced (FIFO)", "send/coalesced/raw fifo set_pending",
+            "send/coalesced/floor fifo", "time"),
     ]),
     ("Upcall drain (issue item 2)", [
         Row("drain, 1 pending of 4096", "drain/1 of 4096/evtchn", "drain/1 of 4096/hand scan",
             "time", ("<=", 1.5)),
         Row("drain, all 4095 pending (per drain)", "drain/4095 of 4096/evtchn",
             "drain/4095 of 4096/hand scan", "time"),
-        Row("drain, 1 pending (FIFO)", "drain/1 of 4096/evtchn fifo",
-            "drain/1 of 4096/hand scan", "time", ("<=", 1.5),
-            "FIFO: rows to come with the FIFO benches"),
+        Row("drain, 1 pending of 4096 (FIFO)", "drain/1 of 4096/evtchn fifo",
+            "drain/1 of 4096/hand walk", "time", ("<=", 1.5),
+            "hand walk: swap `ready`, per event a `cmpxchg` off the queue, a `fetch_and` "
+            "of PENDING"),
+        Row("drain, all 4095 pending (FIFO, per drain)", "drain/4095 of 4096/evtchn fifo",
+            "drain/4095 of 4096/hand walk", "time"),
+        Row("FIFO hand walk vs 2-level hand scan, 1 pending", "drain/1 of 4096/hand walk",
+            "drain/1 of 4096/hand scan", "time", None, "the ABIs' floors compared"),
+        Row("FIFO hand walk vs 2-level hand scan, all pending",
+            "drain/4095 of 4096/hand walk", "drain/4095 of 4096/hand scan", "time", None,
+            "the ABIs' floors compared"),
     ]),
     ("End to end, 2 threads, time per send (issue item 3)", [
         Row("distinct ports, vs crossbeam-channel", "e2e/distinct ports/evtchn",
@@ -149,11 +167,13 @@ TIMING = [
         Row("hot-port storm, vs mutex+vecdeque", "e2e/hot port/evtchn",
             "e2e/hot port/mutex+vecdeque", "thrpt"),
         Row("distinct ports (FIFO), vs crossbeam-channel", "e2e/distinct ports/evtchn fifo",
-            "e2e/distinct ports/crossbeam-channel", "thrpt", (">=", 2.0),
-            "FIFO: rows to come with the FIFO benches"),
+            "e2e/distinct ports/crossbeam-channel", "thrpt", (">=", 2.0)),
+        Row("distinct ports (FIFO), vs mutex+vecdeque", "e2e/distinct ports/evtchn fifo",
+            "e2e/distinct ports/mutex+vecdeque", "thrpt"),
         Row("hot-port storm (FIFO), vs crossbeam-channel", "e2e/hot port/evtchn fifo",
-            "e2e/hot port/crossbeam-channel", "thrpt", (">=", 10.0),
-            "FIFO: rows to come with the FIFO benches"),
+            "e2e/hot port/crossbeam-channel", "thrpt", (">=", 10.0)),
+        Row("hot-port storm (FIFO), vs mutex+vecdeque", "e2e/hot port/evtchn fifo",
+            "e2e/hot port/mutex+vecdeque", "thrpt"),
     ]),
     ("Rebind (issue item 4)", [
         Row("`set_affinity` (mask, rebind, unmask)", "rebind/set_affinity/evtchn",
@@ -333,6 +353,7 @@ def callgrind_table(target: Path) -> list[str]:
         ["cargo", "build", "--release", "--example", "callgrind_send",
          "--example", "callgrind_drain"],
         cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "CARGO_TARGET_DIR": str(target)},
     )
     if build.returncode != 0:
         print(build.stderr[-3000:], file=sys.stderr)
@@ -346,29 +367,43 @@ def callgrind_table(target: Path) -> list[str]:
         c = callgrind("callgrind_drain", "drain_loop_", mode, DRAIN_N, target)
         return None if c is None else c / DRAIN_N / per
 
-    rearm = send("rearm")
+    rearm = {"2l": send("rearm"), "fifo": send("rearm_fifo")}
     rows = []
-    for what, ev_mode, fl_mode, sub in [
-        ("send, fresh raise (per send)", "fresh_evtchn", "fresh_floor", True),
-        ("`set_pending` alone, fresh", "fresh_raw", "fresh_floor", True),
-        ("send, coalesced (per send)", "coalesced_evtchn", "coalesced_floor", False),
+    for what, ev_mode, fl_mode, sub, base in [
+        ("send, fresh raise (per send)", "fresh_evtchn", "fresh_floor", "2l", "floor"),
+        ("`set_pending` alone, fresh", "fresh_raw", "fresh_floor", "2l", "floor"),
+        ("send, coalesced (per send)", "coalesced_evtchn", "coalesced_floor", None, "floor"),
+        ("send, fresh raise (FIFO)", "fresh_fifo_evtchn", "fresh_fifo_floor", "fifo",
+         "floor fifo"),
+        ("send, fresh raise (FIFO), vs the floor with a queue lock", "fresh_fifo_evtchn",
+         "fresh_fifo_floor_locked", "fifo", "floor fifo + queue lock"),
+        ("`set_pending` alone, fresh (FIFO)", "fresh_fifo_raw", "fresh_fifo_floor", "fifo",
+         "floor fifo"),
+        ("send, coalesced (FIFO)", "coalesced_fifo_evtchn", "coalesced_fifo_floor", None,
+         "floor fifo"),
     ]:
         e, f = send(ev_mode), send(fl_mode)
-        if None in (e, f) or (sub and rearm is None):
+        r = rearm[sub] if sub else 0.0
+        if None in (e, f, r):
             continue
-        if sub:
-            e, f = e - rearm, f - rearm
-        rows.append((what, e, f, "floor"))
+        rows.append((what, e - r, f - r, base))
     r1 = drain("rearm_one", 1)
     ra = drain("rearm_all", PORTS_ALL)
-    for what, ev_mode, fl_mode, sub, per in [
-        ("drain, 1 pending of 4096 (per drain)", "one_evtchn", "one_hand", r1, 1),
-        ("drain, all 4095 pending (per port)", "all_evtchn", "all_hand", ra, PORTS_ALL),
+    f1 = drain("rearm_fifo_one", 1)
+    fa = drain("rearm_fifo_all", PORTS_ALL)
+    for what, ev_mode, fl_mode, sub, per, base in [
+        ("drain, 1 pending of 4096 (per drain)", "one_evtchn", "one_hand", r1, 1, "hand scan"),
+        ("drain, all 4095 pending (per port)", "all_evtchn", "all_hand", ra, PORTS_ALL,
+         "hand scan"),
+        ("drain, 1 pending of 4096 (FIFO, per drain)", "one_fifo", "one_walk", f1, 1,
+         "hand walk"),
+        ("drain, all 4095 pending (FIFO, per port)", "all_fifo", "all_walk", fa, PORTS_ALL,
+         "hand walk"),
     ]:
         e, f = drain(ev_mode, per), drain(fl_mode, per)
         if None in (e, f, sub):
             continue
-        rows.append((what, e - sub, f - sub, "hand scan"))
+        rows.append((what, e - sub, f - sub, base))
     lines = head + [
         "Instructions executed (valgrind's `Ir`), net of the loop and re-arming stores "
         f"(measured alone and subtracted); {SEND_N:,} sends, {DRAIN_N:,} drains per mode.",

@@ -13,22 +13,56 @@
 //!
 //! * `rearm_one`, `rearm_all` — the re-arming stores alone (subtracted);
 //! * `one_hand`, `one_evtchn` — re-arm + drain of 1 pending port of 4096;
-//! * `all_hand`, `all_evtchn` — re-arm + drain of all 4095 bindable ports.
+//! * `all_hand`, `all_evtchn` — re-arm + drain of all 4095 bindable ports;
+//! * FIFO (`Fifo` over `OwnedFifo`, with the hand walk of `benches/floor`):
+//!   `rearm_fifo_one`, `rearm_fifo_all`; `one_walk`, `one_fifo`;
+//!   `all_walk`, `all_fifo`.
 
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::*;
 
-use evtchn::{Bind, Channels, Memory2l, OwnedMemory, TwoLevel, Vcpu};
+use evtchn::abi::fifo::PRIORITY_DEFAULT;
+use evtchn::{Bind, Channels, Fifo, FifoMemory, Memory2l, OwnedFifo, OwnedMemory, TwoLevel, Vcpu};
 
 #[path = "../benches/floor/mod.rs"]
 mod floor;
 
-use floor::{hand_scan, rearm_drain};
+use floor::{hand_scan, hand_walk, rearm_drain, FifoDrain, FifoPlain};
 
 const WORDS: usize = 64;
+const PORTS: u32 = WORDS as u32 * 64;
 
 type V<'a> = Vcpu<'a, TwoLevel<OwnedMemory>, ()>;
+type FifoV<'a> = Vcpu<'a, Fifo<OwnedFifo>, ()>;
+
+#[inline(never)]
+fn drain_loop_rearm_fifo(d: &FifoDrain<'_>, all: bool, n: u64) {
+    for _ in 0..n {
+        d.rearm(all);
+        black_box(());
+    }
+}
+
+#[inline(never)]
+fn drain_loop_walk(d: &FifoDrain<'_>, plain: &FifoPlain, all: bool, n: u64) {
+    for _ in 0..n {
+        d.rearm(all);
+        hand_walk(&plain.words, &plain.cb, &plain.vcpu, |p| {
+            black_box(p);
+        });
+    }
+}
+
+#[inline(never)]
+fn drain_loop_fifo(d: &FifoDrain<'_>, vcpu: &mut FifoV<'_>, all: bool, n: u64) {
+    for _ in 0..n {
+        d.rearm(all);
+        let _ = vcpu.upcall(|p| {
+            black_box(p);
+        });
+    }
+}
 
 #[inline(never)]
 fn drain_loop_rearm(mem: &OwnedMemory, all: bool, n: u64) {
@@ -79,6 +113,24 @@ fn main() -> ExitCode {
     let fl = OwnedMemory::new(WORDS, 2);
     fl.mask()[0].store(1, Relaxed);
 
+    let fch = Channels::new(Fifo::new(OwnedFifo::new(PORTS, 2)), ());
+    for _ in 1..PORTS {
+        fch.bind(Bind::Affinity(0)).expect("bind");
+    }
+    let mut fvcpu = fch.vcpu(0).expect("vcpu");
+    let fmem = fch.abi().memory();
+    let prio = u32::from(PRIORITY_DEFAULT);
+    let fev = FifoDrain::of(
+        (0..PORTS)
+            .map(|p| fmem.event_word(p).expect("mapped"))
+            .collect(),
+        fmem.control_block(0).expect("cb"),
+        fmem.vcpu_info(0).expect("vcpu_info"),
+        prio,
+    );
+    let plain = FifoPlain::new(PORTS);
+    let ffl = FifoDrain::of(plain.words.iter().collect(), &plain.cb, &plain.vcpu, prio);
+
     match mode.as_str() {
         "rearm_one" => drain_loop_rearm(&fl, false, n),
         "rearm_all" => drain_loop_rearm(&fl, true, n),
@@ -86,10 +138,17 @@ fn main() -> ExitCode {
         "one_evtchn" => drain_loop_evtchn(ev, &mut vcpu, false, n),
         "all_hand" => drain_loop_hand(&fl, true, n),
         "all_evtchn" => drain_loop_evtchn(ev, &mut vcpu, true, n),
+        "rearm_fifo_one" => drain_loop_rearm_fifo(&ffl, false, n),
+        "rearm_fifo_all" => drain_loop_rearm_fifo(&ffl, true, n),
+        "one_walk" => drain_loop_walk(&ffl, &plain, false, n),
+        "one_fifo" => drain_loop_fifo(&fev, &mut fvcpu, false, n),
+        "all_walk" => drain_loop_walk(&ffl, &plain, true, n),
+        "all_fifo" => drain_loop_fifo(&fev, &mut fvcpu, true, n),
         _ => {
             eprintln!(
                 "usage: callgrind_drain MODE [N]\n\
-                 MODE: rearm_one, rearm_all, one_hand, one_evtchn, all_hand, all_evtchn"
+                 MODE: rearm_one, rearm_all, one_hand, one_evtchn, all_hand, all_evtchn, \
+                 rearm_fifo_one, rearm_fifo_all, one_walk, one_fifo, all_walk, all_fifo"
             );
             return ExitCode::FAILURE;
         }

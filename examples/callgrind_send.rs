@@ -14,23 +14,31 @@
 //! * `rearm` — the re-arming stores alone (subtracted from the fresh modes);
 //! * `fresh_floor`, `fresh_evtchn`, `fresh_raw` — re-arm + fresh raise;
 //! * `coalesced_floor`, `coalesced_evtchn`, `coalesced_raw` — a send to a
-//!   port already pending.
+//!   port already pending;
+//! * FIFO (`Fifo` over `OwnedFifo`, as in `benches/send.rs`): `rearm_fifo`;
+//!   `fresh_fifo_floor`, `fresh_fifo_floor_locked`, `fresh_fifo_evtchn`,
+//!   `fresh_fifo_raw`; `coalesced_fifo_floor`, `coalesced_fifo_evtchn`,
+//!   `coalesced_fifo_raw`.
 
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::*;
 
-use evtchn::{Bind, Channels, OwnedMemory, Port, PortOps, TwoLevel};
+use evtchn::abi::fifo::PRIORITY_DEFAULT;
+use evtchn::{Bind, Channels, Fifo, FifoMemory, OwnedFifo, OwnedMemory, Port, PortOps, TwoLevel};
 
 #[path = "../benches/floor/mod.rs"]
 mod floor;
 
-use floor::Words;
+use floor::{FifoWords, Words};
 
 const PORT: u32 = 65;
 const VCPU: u32 = 1;
+const FIFO_PORTS: u32 = 4096;
 
 type Ch = Channels<TwoLevel<OwnedMemory>>;
+type FifoCh = Channels<Fifo<OwnedFifo>>;
+type Fw<'a> = FifoWords<'a, OwnedFifo>;
 
 #[inline(never)]
 fn send_loop_rearm(w: &Words<'_>, n: u64) {
@@ -85,6 +93,74 @@ fn send_loop_coalesced_raw(raw: &TwoLevel<OwnedMemory>, n: u64) {
     }
 }
 
+#[inline(never)]
+fn send_loop_rearm_fifo(w: &Fw<'_>, n: u64) {
+    for _ in 0..n {
+        w.rearm();
+        black_box(());
+    }
+}
+
+#[inline(never)]
+fn send_loop_fresh_fifo_floor(w: &Fw<'_>, n: u64) {
+    for _ in 0..n {
+        w.rearm();
+        black_box(w.floor_raise(black_box(PORT)));
+    }
+}
+
+#[inline(never)]
+fn send_loop_fresh_fifo_floor_locked(w: &Fw<'_>, n: u64) {
+    for _ in 0..n {
+        w.rearm();
+        black_box(w.floor_raise_locked(black_box(PORT)));
+    }
+}
+
+#[inline(never)]
+fn send_loop_fresh_fifo_evtchn(w: &Fw<'_>, ch: &FifoCh, port: Port, n: u64) {
+    for _ in 0..n {
+        w.rearm();
+        let _ = black_box(ch.send(black_box(port)));
+    }
+}
+
+#[inline(never)]
+fn send_loop_fresh_fifo_raw(w: &Fw<'_>, raw: &Fifo<OwnedFifo>, n: u64) {
+    for _ in 0..n {
+        w.rearm();
+        let _ = black_box(raw.set_pending(black_box(PORT), || VCPU));
+    }
+}
+
+#[inline(never)]
+fn send_loop_coalesced_fifo_floor(w: &Fw<'_>, n: u64) {
+    for _ in 0..n {
+        black_box(w.floor_coalesce());
+    }
+}
+
+#[inline(never)]
+fn send_loop_coalesced_fifo_evtchn(ch: &FifoCh, port: Port, n: u64) {
+    for _ in 0..n {
+        let _ = black_box(ch.send(black_box(port)));
+    }
+}
+
+#[inline(never)]
+fn send_loop_coalesced_fifo_raw(raw: &Fifo<OwnedFifo>, n: u64) {
+    for _ in 0..n {
+        let _ = black_box(raw.set_pending(black_box(PORT), || VCPU));
+    }
+}
+
+/// FIFO memory with the port's page mapped, every word clear.
+fn fifo_memory() -> OwnedFifo {
+    let mem = OwnedFifo::new(FIFO_PORTS, 2);
+    mem.expand(PORT).expect("expand");
+    mem
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_default();
@@ -110,6 +186,19 @@ fn main() -> ExitCode {
     let rw = Words::of(raw.memory(), PORT, VCPU);
     let bit = 1u64 << (PORT % 64);
 
+    let prio = u32::from(PRIORITY_DEFAULT);
+    let fch: FifoCh = Channels::new(Fifo::new(OwnedFifo::new(FIFO_PORTS, 2)), ());
+    let mut fport = None;
+    for _ in 1..=PORT {
+        fport = Some(fch.bind(Bind::Affinity(VCPU)).expect("bind"));
+    }
+    let fport = fport.expect("port");
+    let fev = FifoWords::of(fch.abi().memory(), PORT, VCPU, prio);
+    let ffl_mem = fifo_memory();
+    let ffl = FifoWords::of(&ffl_mem, PORT, VCPU, prio);
+    let fraw = Fifo::new(fifo_memory());
+    let frw = FifoWords::of(fraw.memory(), PORT, VCPU, prio);
+
     match mode.as_str() {
         "rearm" => send_loop_rearm(&fl, n),
         "fresh_floor" => send_loop_fresh_floor(&fl, n),
@@ -127,11 +216,31 @@ fn main() -> ExitCode {
             rw.pending.store(bit, Relaxed);
             send_loop_coalesced_raw(&raw, n)
         }
+        "rearm_fifo" => send_loop_rearm_fifo(&ffl, n),
+        "fresh_fifo_floor" => send_loop_fresh_fifo_floor(&ffl, n),
+        "fresh_fifo_floor_locked" => send_loop_fresh_fifo_floor_locked(&ffl, n),
+        "fresh_fifo_evtchn" => send_loop_fresh_fifo_evtchn(&fev, &fch, fport, n),
+        "fresh_fifo_raw" => send_loop_fresh_fifo_raw(&frw, &fraw, n),
+        "coalesced_fifo_floor" => {
+            ffl.floor_raise(PORT);
+            send_loop_coalesced_fifo_floor(&ffl, n)
+        }
+        "coalesced_fifo_evtchn" => {
+            fch.send(fport).expect("send");
+            send_loop_coalesced_fifo_evtchn(&fch, fport, n)
+        }
+        "coalesced_fifo_raw" => {
+            fraw.set_pending(PORT, || VCPU).expect("set_pending");
+            send_loop_coalesced_fifo_raw(&fraw, n)
+        }
         _ => {
             eprintln!(
                 "usage: callgrind_send MODE [N]\n\
                  MODE: rearm, fresh_floor, fresh_evtchn, fresh_raw, \
-                 coalesced_floor, coalesced_evtchn, coalesced_raw"
+                 coalesced_floor, coalesced_evtchn, coalesced_raw, \
+                 rearm_fifo, fresh_fifo_floor, fresh_fifo_floor_locked, \
+                 fresh_fifo_evtchn, fresh_fifo_raw, coalesced_fifo_floor, \
+                 coalesced_fifo_evtchn, coalesced_fifo_raw"
             );
             return ExitCode::FAILURE;
         }

@@ -1,14 +1,18 @@
-//! The hand-written baselines of the 2-level ABI — the physical floor of a
-//! send and the hand scan of a drain — and the re-arming stores shared by
-//! evtchn and the floor. Used by the benches and, through `#[path]`, by the
-//! callgrind examples, so both measure the very same code.
+//! The hand-written baselines — the physical floor of a send and the hand
+//! drain of an upcall, for the 2-level ABI and for the FIFO ABI — and the
+//! re-arming stores shared by evtchn and its baseline. Used by the benches
+//! and, through `#[path]`, by the callgrind examples, so both measure the
+//! very same code.
 
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering::*;
 
+use evtchn::abi::fifo::{ControlBlock, EventWord, LINKED, LINK_MASK, MASKED, MAX_QUEUES, PENDING};
 use evtchn::abi::{VcpuInfo, XenUlong};
-use evtchn::Memory2l;
+use evtchn::{FifoMemory, Memory2l};
+use parking_lot::Mutex;
 
 /// The words one raise of `port` on `vcpu` touches, resolved once.
 pub struct Words<'a> {
@@ -31,6 +35,7 @@ impl<'a> Words<'a> {
     /// Plain stores, the same for evtchn and the floor.
     #[inline(always)]
     pub fn rearm(&self) {
+        // Relaxed: one thread re-arms and raises; no other reader.
         self.pending.store(0, Relaxed);
         self.vcpu.evtchn_pending_sel.store(0, Relaxed);
         self.vcpu.evtchn_upcall_pending.store(0, Relaxed);
@@ -45,15 +50,21 @@ impl<'a> Words<'a> {
         // it does for the core.
         let bit = 1u64 << (port % 64);
         let sel = 1u64 << (port / 64);
+        // SeqCst: the write half of the send/unmask Dekker pattern, as in
+        // the core; also the Release that publishes the sender's writes.
         if self.pending.fetch_or(bit, SeqCst) & bit != 0 {
             return false;
         }
+        // SeqCst: the read half of that Dekker pattern.
         if self.mask.load(SeqCst) & bit != 0 {
             return false;
         }
+        // AcqRel: Release publishes the pending bit to the guest's selector
+        // swap; Acquire orders the upcall flag swap after the guest's clear.
         if self.vcpu.evtchn_pending_sel.fetch_or(sel, AcqRel) & sel != 0 {
             return false;
         }
+        // AcqRel: ordered after the selector; a 0 → 1 transition kicks.
         self.vcpu.evtchn_upcall_pending.swap(1, AcqRel) == 0
     }
 
@@ -63,6 +74,7 @@ impl<'a> Words<'a> {
     #[inline(always)]
     pub fn floor_coalesce(&self, port: u32) -> u64 {
         let bit = 1u64 << (port % 64);
+        // SeqCst: as in `floor_raise`.
         self.pending.fetch_or(bit, SeqCst) & bit
     }
 }
@@ -75,6 +87,7 @@ pub const DRAIN_ONE: u32 = 32 * 64 + 1;
 /// Plain stores, the same for evtchn and the hand scan.
 #[inline(always)]
 pub fn rearm_drain(pending: &[XenUlong], vi: &VcpuInfo, all: bool) {
+    // Relaxed throughout: one thread re-arms and drains.
     if all {
         for (w, p) in pending.iter().enumerate() {
             p.store(if w == 0 { !1 } else { !0 }, Relaxed);
@@ -101,22 +114,299 @@ pub fn hand_scan(
     mut each: impl FnMut(u32),
 ) {
     loop {
+        // Relaxed: published by the Release half of the selector swap.
         vi.evtchn_upcall_pending.store(0, Relaxed);
+        // AcqRel: Acquire pairs with the raiser's selector fetch_or (its
+        // pending bits are visible); Release publishes the flag clear.
         let mut sel = vi.evtchn_pending_sel.swap(0, AcqRel);
         while sel != 0 {
             let w = sel.trailing_zeros();
             sel &= sel - 1;
             let (p, m) = (&pending[w as usize], &mask[w as usize]);
+            // Acquire: the pending bits the raiser published, and the mask.
             let mut bits = p.load(Acquire) & !m.load(Acquire);
             while bits != 0 {
                 let b = bits.trailing_zeros();
                 bits &= bits - 1;
                 let bit = 1u64 << b;
+                // AcqRel: Acquire pairs with the raiser's Release fetch_or,
+                // so the sender's writes are visible to the handler.
                 if p.fetch_and(!bit, AcqRel) & bit != 0 {
                     each(w * 64 + b);
                 }
             }
         }
+        // Acquire: pairs with a raiser's swap of the flag.
+        if vi.evtchn_upcall_pending.load(Acquire) == 0 {
+            return;
+        }
+    }
+}
+
+// --- FIFO ABI ---------------------------------------------------------------
+
+/// The words one FIFO raise of `port` on queue (`vcpu`, `prio`) touches,
+/// resolved once, and the raiser's private tail of that queue (0: empty).
+pub struct FifoWords<'a, M: FifoMemory> {
+    pub mem: &'a M,
+    pub word: &'a EventWord,
+    pub cb: &'a ControlBlock,
+    pub vcpu: &'a VcpuInfo,
+    pub prio: u32,
+    /// The floor's tail: single-threaded, a plain cell.
+    pub tail: Cell<u32>,
+    /// The same tail behind a per-queue lock (the `+ queue lock` floor).
+    pub locked_tail: Mutex<u32>,
+}
+
+impl<'a, M: FifoMemory> FifoWords<'a, M> {
+    /// The words of `port` on (`vcpu`, `prio`); the port's page must be
+    /// mapped (`FifoMemory::expand`).
+    pub fn of(mem: &'a M, port: u32, vcpu: u32, prio: u32) -> Self {
+        FifoWords {
+            mem,
+            word: mem.event_word(port).expect("event word mapped"),
+            cb: mem.control_block(vcpu).expect("control block"),
+            vcpu: mem.vcpu_info(vcpu).expect("vcpu_info"),
+            prio,
+            tail: Cell::new(0),
+            locked_tail: Mutex::new(0),
+        }
+    }
+
+    /// Re-arms a fresh FIFO raise: the state a guest leaves once it has
+    /// taken the event off its queue (`LINKED` and the link clear), its
+    /// handler has cleared `PENDING`, and it has swapped `ready` and
+    /// cleared its upcall flag. The queue's `head` is cleared too (a raiser
+    /// into an empty queue overwrites it anyway). Plain stores, the same
+    /// for evtchn and the floor. The raise side's private tail still names
+    /// the port, as after a real consumption; the next raise finds it and
+    /// treats the queue as empty.
+    #[inline(always)]
+    pub fn rearm(&self) {
+        // Relaxed: one thread re-arms and raises; no other reader.
+        self.word.store(0, Relaxed);
+        self.cb.head[self.prio as usize].store(0, Relaxed);
+        self.cb.ready.store(0, Relaxed);
+        self.vcpu.evtchn_upcall_pending.store(0, Relaxed);
+    }
+
+    /// The physical floor of a fresh FIFO raise: the atomic sequence of
+    /// Xen's `evtchn_fifo_set_pending` and nothing else, with the tail in a
+    /// plain cell (one raiser). Returns whether to kick.
+    #[inline(always)]
+    pub fn floor_raise(&self, port: u32) -> bool {
+        let tail = self.tail.get();
+        let (kick, tail) = self.raise(port, tail);
+        self.tail.set(tail);
+        kick
+    }
+
+    /// The same floor with the tail behind a per-queue lock, as Xen keeps
+    /// it (`q->lock`) and as any multi-raiser FIFO must serialise appends
+    /// to one queue: lock, link, unlock, then `ready` and the upcall flag.
+    #[inline(always)]
+    pub fn floor_raise_locked(&self, port: u32) -> bool {
+        let mut tail = self.locked_tail.lock();
+        let (kick, new_tail) = self.raise(port, *tail);
+        *tail = new_tail;
+        kick
+    }
+
+    #[inline(always)]
+    fn raise(&self, port: u32, tail: u32) -> (bool, u32) {
+        // AcqRel: Release publishes the sender's writes to the handler's
+        // Acquire clear of PENDING; PENDING and MASKED share the word.
+        let old = self.word.fetch_or(PENDING, AcqRel);
+        if old & (PENDING | MASKED | LINKED) != 0 {
+            // Coalesced, masked (the unmask links it) or still linked.
+            return (false, tail);
+        }
+        let w = old | PENDING;
+        // AcqRel: the link is published with the PENDING bit set above.
+        if self
+            .word
+            .compare_exchange(w, (w | LINKED) & !LINK_MASK, AcqRel, Relaxed)
+            .is_err()
+        {
+            // The guest changed the word meanwhile: no retry in the floor.
+            return (false, tail);
+        }
+        if tail != 0 && tail != port && self.set_link(tail, port) {
+            // Appended behind a linked tail: `ready` and `head` untouched.
+            return (false, port);
+        }
+        // Release: a guest that reads this head sees the LINKED word.
+        self.cb.head[self.prio as usize].store(port, Release);
+        let bit = 1u32 << self.prio;
+        // AcqRel: Release publishes the head; Acquire pairs with the
+        // guest's swap of `ready`, so its flag clear precedes our swap.
+        if self.cb.ready.fetch_or(bit, AcqRel) & bit != 0 {
+            return (false, port);
+        }
+        // AcqRel: ordered after `ready`, as in the 2-level floor.
+        (self.vcpu.evtchn_upcall_pending.swap(1, AcqRel) == 0, port)
+    }
+
+    /// Writes `port` into the link of `tail` if the tail is still linked
+    /// (not on the measured path: the queue is empty after a re-arm).
+    #[cold]
+    fn set_link(&self, tail: u32, port: u32) -> bool {
+        let Some(word) = self.mem.event_word(tail) else {
+            return false;
+        };
+        // Relaxed: a first guess for the compare-exchange.
+        let mut w = word.load(Relaxed);
+        while w & LINKED != 0 {
+            // AcqRel: Release publishes our event's LINKED word to the
+            // guest that follows this link.
+            match word.compare_exchange(w, (w & !LINK_MASK) | port, AcqRel, Relaxed) {
+                Ok(_) => return true,
+                Err(now) => w = now,
+            }
+        }
+        false
+    }
+
+    /// The physical floor of a coalesced FIFO send: one `fetch_or` of
+    /// PENDING that finds it already set. Returns the old bit (a `bool`
+    /// would let the compiler turn the `lock bts` into a `cmpxchg` loop).
+    #[inline(always)]
+    pub fn floor_coalesce(&self) -> u32 {
+        // AcqRel: as in `raise`.
+        self.word.fetch_or(PENDING, AcqRel) & PENDING
+    }
+}
+
+/// The event words of ports 0..n, a control block and a `vcpu_info`, as a
+/// guest maps them: the memory of the hand walk.
+pub struct FifoPlain {
+    pub words: Box<[EventWord]>,
+    pub cb: ControlBlock,
+    pub vcpu: VcpuInfo,
+}
+
+impl FifoPlain {
+    pub fn new(ports: u32) -> Self {
+        FifoPlain {
+            words: (0..ports).map(|_| EventWord::new(0)).collect(),
+            cb: ControlBlock::new(),
+            vcpu: VcpuInfo::new(),
+        }
+    }
+}
+
+/// The words a FIFO drain re-arms, resolved once (index: port number).
+pub struct FifoDrain<'a> {
+    pub words: Vec<&'a EventWord>,
+    pub cb: &'a ControlBlock,
+    pub vcpu: &'a VcpuInfo,
+    pub prio: u32,
+}
+
+impl<'a> FifoDrain<'a> {
+    pub fn of(
+        words: Vec<&'a EventWord>,
+        cb: &'a ControlBlock,
+        vcpu: &'a VcpuInfo,
+        prio: u32,
+    ) -> Self {
+        FifoDrain {
+            words,
+            cb,
+            vcpu,
+            prio,
+        }
+    }
+
+    /// Re-arms a FIFO drain: `DRAIN_ONE` pending and linked alone on the
+    /// queue of priority `prio`, or every port but the reserved port 0
+    /// (`all`) pending and linked in order 1 → 2 → … → 4095; the queue's
+    /// head, its `ready` bit and the upcall flag set — the state raises
+    /// leave. Plain stores, the same for evtchn and the hand walk.
+    #[inline(always)]
+    pub fn rearm(&self, all: bool) {
+        // Relaxed throughout: one thread re-arms and drains.
+        let linked = PENDING | LINKED;
+        let head = if all {
+            let last = self.words.len() - 1;
+            for (p, w) in self.words.iter().enumerate().skip(1) {
+                let next = if p == last { 0 } else { p as u32 + 1 };
+                w.store(linked | next, Relaxed);
+            }
+            1
+        } else {
+            self.words[DRAIN_ONE as usize].store(linked, Relaxed);
+            DRAIN_ONE
+        };
+        self.cb.head[self.prio as usize].store(head, Relaxed);
+        self.cb.ready.store(1 << self.prio, Relaxed);
+        self.vcpu.evtchn_upcall_pending.store(1, Relaxed);
+    }
+}
+
+/// The hand-written FIFO queue walk: what a guest writes with no control
+/// plane (Linux's `evtchn_fifo_handle_events` and `consume_one_event`,
+/// with a plain load of `ready` before each extra swap, as evtchn does).
+/// Clear the upcall flag, swap `ready`; while a queue is ready, take the
+/// highest priority's head off it (a compare-exchange that clears `LINKED`
+/// and the link: the raiser may be writing the link), and if it is pending
+/// and unmasked, a `fetch_and` that clears `PENDING`, then the handler;
+/// again while the upcall flag was set meanwhile. The event array is a
+/// plain slice, as a guest maps it.
+#[inline(never)]
+pub fn hand_walk(words: &[EventWord], cb: &ControlBlock, vi: &VcpuInfo, mut each: impl FnMut(u32)) {
+    let mut heads = [0u32; MAX_QUEUES];
+    let mut ready = 0u32;
+    loop {
+        // Relaxed: published by the Release half of the swap of `ready`.
+        vi.evtchn_upcall_pending.store(0, Relaxed);
+        // AcqRel: Acquire pairs with the raiser's fetch_or of `ready` (the
+        // head it wrote is visible); Release publishes the flag clear.
+        ready |= cb.ready.swap(0, AcqRel);
+        while ready != 0 {
+            let q = ready.trailing_zeros() as usize % MAX_QUEUES;
+            let bit = 1u32 << q;
+            let mut head = heads[q];
+            if head == 0 {
+                // Acquire: pairs with the raiser's Release head store.
+                head = cb.head[q].load(Acquire);
+            }
+            let Some(word) = words.get(head as usize).filter(|_| head != 0) else {
+                ready &= !bit;
+                heads[q] = 0;
+                continue;
+            };
+            // Relaxed: a first guess for the compare-exchange.
+            let mut w = word.load(Relaxed);
+            loop {
+                // AcqRel: Acquire pairs with the raiser's Release link write
+                // (the next event's word is visible); Release orders the
+                // unlink before a raiser that finds the word unlinked.
+                match word.compare_exchange(w, w & !(LINKED | LINK_MASK), AcqRel, Relaxed) {
+                    Ok(_) => break,
+                    Err(now) => w = now,
+                }
+            }
+            let next = w & LINK_MASK;
+            if next == 0 {
+                ready &= !bit;
+            }
+            heads[q] = next;
+            // AcqRel: Acquire pairs with the raiser's Release fetch_or of
+            // PENDING, so the sender's writes are visible to the handler.
+            if w & (LINKED | PENDING | MASKED) == LINKED | PENDING
+                && word.fetch_and(!PENDING, AcqRel) & PENDING != 0
+            {
+                each(head);
+            }
+            // Relaxed: only a hint; the swap orders.
+            if cb.ready.load(Relaxed) != 0 {
+                // AcqRel: as above; a higher priority overtakes.
+                ready |= cb.ready.swap(0, AcqRel);
+            }
+        }
+        // Acquire: pairs with a raiser's swap of the flag.
         if vi.evtchn_upcall_pending.load(Acquire) == 0 {
             return;
         }

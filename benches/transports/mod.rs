@@ -1,5 +1,6 @@
-//! The three transports of the end-to-end and memory benches, with the same
-//! handler work and the same idle protocol:
+//! The transports of the end-to-end and memory benches (evtchn over either
+//! ABI, and two queues), with the same handler work and the same idle
+//! protocol:
 //!
 //! * **handler work** ([`Work::handle`]): read the port's sequence number
 //!   (written by the sender just before the send) and publish it as seen;
@@ -23,7 +24,7 @@ use std::thread::{self, Thread};
 
 use crossbeam_channel::{Receiver, Sender};
 use crossbeam_utils::CachePadded;
-use evtchn::{Bind, Channels, OwnedMemory, Port, TwoLevel};
+use evtchn::{Bind, Channels, Fifo, OwnedFifo, OwnedMemory, Port, PortOps, TwoLevel};
 use parking_lot::Mutex;
 
 /// Port numbers 0..NR_PORTS (port 0 reserved, as in Xen).
@@ -83,20 +84,33 @@ pub trait Transport: Sync {
     fn wake(&self) -> &Wake;
 }
 
-/// evtchn: `Channels` over 2-level memory of 4096 ports, every port bound
-/// to vCPU 0.
-pub struct Evtchn<'w> {
-    pub ch: Channels<TwoLevel<OwnedMemory>, &'w Wake>,
+/// evtchn: `Channels` over memory for 4096 ports, every port bound to
+/// vCPU 0 — the 2-level ABI (`Evtchn::new`) or the FIFO ABI
+/// (`Evtchn::fifo`, every port at the default priority).
+pub struct Evtchn<'w, A: PortOps = TwoLevel<OwnedMemory>> {
+    pub ch: Channels<A, &'w Wake>,
     ports: Vec<Port>,
     wake: &'w Wake,
 }
 
 impl<'w> Evtchn<'w> {
     pub fn new(wake: &'w Wake, vcpus: usize) -> Self {
-        let ch = Channels::new(
+        Self::over(
             TwoLevel::new(OwnedMemory::new((NR_PORTS / 64) as usize, vcpus)),
             wake,
-        );
+        )
+    }
+}
+
+impl<'w> Evtchn<'w, Fifo<OwnedFifo>> {
+    pub fn fifo(wake: &'w Wake, vcpus: usize) -> Self {
+        Self::over(Fifo::new(OwnedFifo::new(NR_PORTS, vcpus)), wake)
+    }
+}
+
+impl<'w, A: PortOps> Evtchn<'w, A> {
+    fn over(abi: A, wake: &'w Wake) -> Self {
+        let ch = Channels::new(abi, wake);
         let mut ports = Vec::with_capacity(NR_PORTS as usize);
         for _ in 1..NR_PORTS {
             ports.push(ch.bind(Bind::Affinity(0)).expect("bind"));
@@ -107,7 +121,7 @@ impl<'w> Evtchn<'w> {
     }
 }
 
-impl Transport for Evtchn<'_> {
+impl<A: PortOps + Sync> Transport for Evtchn<'_, A> {
     #[inline]
     fn send(&self, port: u32) {
         self.ch.send(self.ports[port as usize]).expect("send");
