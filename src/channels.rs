@@ -728,6 +728,7 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// Runs `handler` for candidate `number` on `vcpu` if the port is bound
     /// there, unmasked, pending, and not in flight elsewhere. Returns
     /// what it did.
+    #[inline]
     fn deliver(&self, vcpu: u32, number: u32, handler: &mut impl FnMut(Port)) -> Delivery {
         let Ok(slot) = self.slot(number) else {
             return Delivery::Skipped;
