@@ -198,6 +198,29 @@ fn ops_catches_a_fifo_model_without_priorities() {
 
 #[test]
 #[cfg_attr(miri, ignore = "needs many inputs; the same code runs natively")]
+#[should_panic(expected = "ops:")]
+fn ops_catches_a_budget_model_that_drops_the_selector() {
+    ops_sabotaged(ops::Sabotage::BudgetDropsSelector);
+}
+
+/// The subtle one: only a 2-level upcall that runs out of budget after
+/// offering a whole word of a pass over several words tells the two apart.
+#[test]
+#[cfg_attr(miri, ignore = "needs many inputs; the same code runs natively")]
+#[should_panic(expected = "ops:")]
+fn ops_catches_a_budget_model_that_gives_back_unoffered_words_only() {
+    ops_sabotaged(ops::Sabotage::BudgetGivesBackUnoffered);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "needs many inputs; the same code runs natively")]
+#[should_panic(expected = "ops:")]
+fn ops_catches_a_fifo_budget_model_that_keeps_its_queues() {
+    ops_sabotaged(ops::Sabotage::BudgetKeepsQueues);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "needs many inputs; the same code runs natively")]
 // Caught as a write outside A's words (B's page is in the same buffer) or
 // as a change of B's state.
 #[should_panic(expected = "guest_memory:")]

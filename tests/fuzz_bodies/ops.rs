@@ -3,10 +3,11 @@
 //! The input picks an ABI ([`Abi`]) and its size, then decodes into a
 //! sequence of control-plane operations — bind (both modes), send, mask,
 //! unmask, mask-until-EOI, EOI, set_affinity, set_priority, close, upcall on
-//! vCPU k, port and status look-ups, handles of other instances and lives —
-//! run single-threaded on the real [`Channels`] and on [`Model`], a
-//! reference model of plain per-port records and per-vCPU flags (and, for
-//! the FIFO ABI, its queues). Handlers run further
+//! vCPU k (with or without a budget of 0..=4 handler runs), port and status
+//! look-ups, handles of other instances and lives — run single-threaded on
+//! the real [`Channels`] and on [`Model`], a reference model of plain
+//! per-port records and per-vCPU flags (and, for the 2-level ABI, its
+//! selectors; for the FIFO ABI, its queues). Handlers run further
 //! operations, nested up to [`MAX_DEPTH`] deep: that is how a single thread
 //! reaches the in-flight cases (a rebind, send, close or upcall on another
 //! vCPU while a handler runs), as `tests/api.rs` does by hand.
@@ -18,19 +19,36 @@
 //! * every delivery as it happens: the port is bound there, in this life,
 //!   unmasked, pending and not in flight (C3, C4, C5, C6); the handle count
 //!   `upcall` returns;
-//! * at the end of an upcall, that no port it should have run is left (C1);
-//!   for an undisturbed upcall, the ABI's order ([`AbiUnderTest`]): one
-//!   round-robin pass (2-level), strict priority and then link order (FIFO);
+//! * at the end of an upcall, that no port it should have run is left (C1)
+//!   unless its budget ran out, and then that its flag is up with no kick;
+//!   for an undisturbed upcall, the ABI's order ([`AbiUnderTest`]) cut to
+//!   its budget: one round-robin pass (2-level), strict priority and then
+//!   link order (FIFO);
 //! * every kick, against the upcall flag the model keeps (C2), and that a
 //!   vCPU with work has its upcall flag up;
 //! * every port's status and every vCPU's upcall flag, and between top-level
 //!   operations the ABI's own words ([`AbiUnderTest::check_quiescent`]).
 //!
 //! The model is deliberately not the implementation: it knows nothing of
-//! selectors, control words or compare-exchanges. Where single-threaded
-//! nesting makes the real core's behaviour depend on its scan's pass
-//! boundaries (which the model does not see), the model says "either" (a
-//! [`Flag::Unknown`] upcall flag, a [`Replay::Maybe`]) rather than guess.
+//! control words or compare-exchanges, and keeps each ABI's shared state as
+//! the ABI's specification states it, not as the core computes it.
+//!
+//! For the 2-level ABI the model keeps the selectors ([`Selectors`]) and
+//! follows each upcall's scan port by port: a raise sets its word's bit in
+//! its vCPU's selector and, if that bit was clear, the flag (a flag that
+//! was clear is a kick); an upcall clears the flag, swaps the selector out
+//! and offers, from just after its handle's cursor (the last port offered:
+//! a vCPU's top-level handle keeps it from upcall to upcall, a nested
+//! upcall's fresh handle starts at port 0), the pending unmasked ports of
+//! the selected words in round-robin order, each word read when the scan
+//! reaches it (the start word once, for both its parts); a port offered is
+//! run if bound here, unmasked, pending and not in flight, and one in
+//! flight is left to its runner's replay; another pass follows while the
+//! flag is up again. Out of budget — the budget asked before each port
+//! offered — the upcall gives back every selector bit its pass swapped out
+//! (a word fully offered too) and sets its flag without a kick; its handle
+//! resumes after the last port offered. So each delivery, kick, flag and
+//! selector is exact, nested upcalls on the same vCPU included.
 //!
 //! For the FIFO ABI the model keeps the queues the ABI specifies
 //! ([`Queues`]) and follows each upcall's scan head by head, so it knows
@@ -45,7 +63,11 @@
 //! compared with the head the model's scan reaches; every kick, flag, ready
 //! bit, queue head and event word (`LINKED` and the link included) is
 //! exact; an event linked on a vCPU it has left is that vCPU's work until
-//! its upcall relinks it, so the final drain runs the vCPUs twice.
+//! its upcall relinks it, so the final drain runs the vCPUs twice. An
+//! upcall stops before a head once its own bound (twice the ports) or, when
+//! that still has room, the caller's budget is spent: the queues it holds
+//! go back to the control block (their `ready` bits, and heads naming their
+//! fronts) and its flag goes up without a kick.
 //!
 //! # Adding an ABI
 //!
@@ -111,6 +133,15 @@ pub enum Sabotage {
     /// The model's FIFO queues ignore priorities: every event is linked on
     /// the default priority's queue.
     FifoIgnoresPriority,
+    /// The model's 2-level upcall out of budget gives back no selector bit.
+    BudgetDropsSelector,
+    /// The model's 2-level upcall out of budget gives back only the
+    /// selector bits of words with ports it did not offer (the core gives
+    /// back all the pass's bits: a word fully offered comes back too).
+    BudgetGivesBackUnoffered,
+    /// The model's FIFO upcall out of the caller's budget keeps the queues
+    /// it holds instead of handing them back to the control block.
+    BudgetKeepsQueues,
 }
 
 /// Runs one input on the real core and the model; panics on a divergence.
@@ -160,9 +191,11 @@ pub struct PortExpect {
     pub linked: Option<u32>,
 }
 
-/// What the model expects of one vCPU's queues (queued ABIs only).
+/// What the model expects of one vCPU's ABI state between operations.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VcpuExpect {
+    /// The 2-level ABI: the vCPU's selector (`evtchn_pending_sel`).
+    pub selector: u64,
     /// Priorities whose queue is ready (the control block's `ready`).
     pub ready: u32,
     /// Per priority, the port the control block's `head` must name: the
@@ -183,9 +216,10 @@ pub trait AbiUnderTest: PortOps + Sized {
     fn build(input: &mut Input) -> Self;
     /// Every shared word, to show that a failed operation changed nothing.
     fn raw(&self) -> Vec<u64>;
-    /// Checks the order of an undisturbed upcall: it ran exactly `ready`
-    /// (in no particular order), in the order `delivered`.
-    fn check_order(ready: &[Ready], delivered: &[u32]) -> Result<(), String>;
+    /// Checks the order of an undisturbed upcall: it ran, in the order
+    /// `delivered`, the first `max_runs` (its budget) of `ready` in the
+    /// ABI's order (`ready` is in no particular order).
+    fn check_order(ready: &[Ready], delivered: &[u32], max_runs: usize) -> Result<(), String>;
     /// Checks the ABI's words between top-level operations (no handler
     /// running): `ports[n]` is what the model expects of port `n`,
     /// `vcpus[v]` of vCPU `v`'s queues.
@@ -217,19 +251,24 @@ impl AbiUnderTest for TwoLevel<OwnedMemory> {
 
     /// One pass of the round-robin scan: ascending port order, starting
     /// anywhere and wrapping around (where it starts depends on where the
-    /// handle's last scan stopped).
-    fn check_order(ready: &[Ready], delivered: &[u32]) -> Result<(), String> {
+    /// handle's last scan stopped), cut to the budget.
+    fn check_order(ready: &[Ready], delivered: &[u32], max_runs: usize) -> Result<(), String> {
         let mut sorted: Vec<u32> = ready.iter().map(|r| r.port).collect();
         sorted.sort_unstable();
         let Some(&first) = delivered.first() else {
-            return if sorted.is_empty() {
+            return if sorted.is_empty() || max_runs == 0 {
                 Ok(())
             } else {
                 Err(format!("ran nothing of {sorted:?}"))
             };
         };
         let k = sorted.iter().position(|&p| p == first).unwrap_or(0);
-        let rotation: Vec<u32> = sorted[k..].iter().chain(&sorted[..k]).copied().collect();
+        let rotation: Vec<u32> = sorted[k..]
+            .iter()
+            .chain(&sorted[..k])
+            .take(max_runs)
+            .copied()
+            .collect();
         if rotation == delivered {
             Ok(())
         } else {
@@ -239,7 +278,7 @@ impl AbiUnderTest for TwoLevel<OwnedMemory> {
         }
     }
 
-    fn check_quiescent(&self, ports: &[PortExpect], _: &[VcpuExpect]) -> Result<(), String> {
+    fn check_quiescent(&self, ports: &[PortExpect], vcpus: &[VcpuExpect]) -> Result<(), String> {
         let m = self.memory();
         for (n, e) in ports.iter().enumerate() {
             let (w, bit) = (n / 64, 1u64 << (n % 64));
@@ -258,6 +297,10 @@ impl AbiUnderTest for TwoLevel<OwnedMemory> {
                 // A selector bit behind a clear flag is a word no upcall
                 // will look at until something else raises this vCPU.
                 return Err(format!("vCPU {v}: selector {sel:#x} under a clear flag"));
+            }
+            let want = vcpus.get(v).map_or(0, |e| e.selector);
+            if sel != want {
+                return Err(format!("vCPU {v}: selector {sel:#x}, model {want:#x}"));
             }
         }
         Ok(())
@@ -298,11 +341,11 @@ impl AbiUnderTest for Fifo<OwnedFifo> {
     }
 
     /// Strict priority (0 first), and within one priority the order the
-    /// events were linked in.
-    fn check_order(ready: &[Ready], delivered: &[u32]) -> Result<(), String> {
+    /// events were linked in; the first `max_runs` of that.
+    fn check_order(ready: &[Ready], delivered: &[u32], max_runs: usize) -> Result<(), String> {
         let mut want = ready.to_vec();
         want.sort_unstable_by_key(|r| (r.priority, r.raised_at));
-        let want: Vec<u32> = want.iter().map(|r| r.port).collect();
+        let want: Vec<u32> = want.iter().map(|r| r.port).take(max_runs).collect();
         if want == delivered {
             Ok(())
         } else {
@@ -376,23 +419,17 @@ enum Life {
 }
 
 /// Whether a vCPU found a port in flight and left its event to the runner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Replay {
     No,
-    /// Only if the scan of a nested upcall on a vCPU with an outer upcall
-    /// still running offered the port (the outer scan may own the raise).
-    Maybe,
     Yes,
 }
 
-/// A vCPU's upcall-pending flag as the model knows it.
+/// A vCPU's upcall-pending flag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flag {
     Clear,
     Set,
-    /// Set, but an upcall running on this vCPU may have started a new pass
-    /// (which clears it) since.
-    Unknown,
 }
 
 /// One port number.
@@ -440,11 +477,10 @@ impl Slot {
     }
 }
 
-/// Kicks an operation must make, and kicks it may make.
+/// Kicks an operation must make.
 #[derive(Default, Debug)]
 struct KickExpect {
     must: Vec<u32>,
-    may: Vec<u32>,
 }
 
 /// The queue a port is linked on (queued ABIs).
@@ -474,9 +510,87 @@ struct Scan {
     vcpu: u32,
     /// Ready queues taken and not yet emptied.
     ready: u32,
-    /// Heads it may still take before it leaves the rest to the next upcall.
+    /// Heads it may still take before it leaves the rest to the next upcall
+    /// (the ABI's own bound).
     budget: u32,
+    /// The caller's budget: handler runs it may make.
+    max_runs: usize,
+    /// Handler runs it made.
+    ran: usize,
+    /// Out of budget (either): it handed its queues back.
+    deferred: bool,
     phase: Phase,
+}
+
+/// A 2-level scan position (the `Vcpu` handle's cursor): the last port
+/// offered, as word and bit.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cursor2l {
+    word: u32,
+    bit: u32,
+}
+
+/// Where a 2-level upcall's scan is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// The flag is cleared and the selector swapped out.
+    Start,
+    /// Offering the bits of one word after another.
+    Offer,
+    Done,
+}
+
+/// One upcall's scan of the 2-level selector and words.
+#[derive(Debug)]
+struct Scan2l {
+    vcpu: u32,
+    /// Runs through the vCPU's persistent handle (top level), whose cursor
+    /// carries over; else a fresh handle's, from port 0.
+    persistent: bool,
+    cursor: Cursor2l,
+    max_runs: usize,
+    ran: usize,
+    deferred: bool,
+    /// The selector bits the current pass swapped out.
+    sel: u64,
+    /// The pass's words still to offer, in order: word, the bits of it to
+    /// offer, and the word as loaded at the pass's start (the start word,
+    /// read once for both of its parts), else loaded when reached.
+    words: VecDeque<(u32, u64, Option<u64>)>,
+    /// The word being offered, and its bits not offered yet.
+    word: u32,
+    bits: u64,
+    pass: Pass,
+}
+
+/// The 2-level ABI's selectors as its specification states them: a raise
+/// of a port of word `w` on vCPU `v` sets bit `w` of `v`'s selector and,
+/// if that bit was clear, `v`'s upcall flag (a flag that was clear is a
+/// kick). An upcall clears the flag, swaps the selector out and offers, in
+/// round-robin order from just after its cursor, the pending unmasked
+/// ports of every word selected, reading each word when it reaches it;
+/// it starts another pass while the flag is set again. Out of budget it
+/// gives back the whole pass's selector bits and sets the flag (no kick).
+struct Selectors {
+    /// Per vCPU: `evtchn_pending_sel`.
+    sel: Vec<u64>,
+    /// Per vCPU: the cursor of its persistent handle.
+    cursors: Vec<Cursor2l>,
+    /// The scans of the upcalls running, innermost last.
+    scans: Vec<Scan2l>,
+}
+
+/// The pending, unmasked ports of 2-level word `w` (an ABI mask is set on
+/// every port not bound or with a mask reason).
+fn word_bits(slots: &[Slot], w: u32) -> u64 {
+    let first = w as usize * 64;
+    let mut bits = 0;
+    for (b, s) in slots.iter().skip(first).take(64).enumerate() {
+        if s.pending && s.life == Life::Bound && !s.masked() {
+            bits |= 1u64 << b;
+        }
+    }
+    bits
 }
 
 /// The FIFO ABI's queues as its specification states them: a raised event
@@ -527,6 +641,7 @@ pub struct Model {
     clock: u64,
     sabotage: Option<Sabotage>,
     queues: Option<Queues>,
+    selectors: Option<Selectors>,
 }
 
 impl Model {
@@ -537,6 +652,11 @@ impl Model {
             clock: 0,
             sabotage,
             queues: queued.then(|| Queues::new(nr_ports, nr_vcpus)),
+            selectors: (!queued).then(|| Selectors {
+                sel: vec![0; nr_vcpus as usize],
+                cursors: vec![Cursor2l::default(); nr_vcpus as usize],
+                scans: Vec::new(),
+            }),
         }
     }
 
@@ -584,13 +704,22 @@ impl Model {
         }
     }
 
-    /// Makes port `n` visible to its vCPU: that vCPU's flag goes up, and a
-    /// flag that was clear is a kick. A queued ABI links it instead.
+    /// Makes port `n` visible to its vCPU: the 2-level ABI sets its word's
+    /// selector bit and, if that bit was clear, the vCPU's flag; a queued
+    /// ABI links it.
     fn raise(&mut self, n: usize, k: &mut KickExpect) {
         let v = self.slots[n].vcpu;
         if self.queues.is_some() {
             self.link(n, v, k);
             return;
+        }
+        if let Some(s) = self.selectors.as_mut() {
+            let bit = 1u64 << (n / 64);
+            if s.sel[v as usize] & bit != 0 {
+                // Whoever set the bit owns the flag.
+                return;
+            }
+            s.sel[v as usize] |= bit;
         }
         self.flag_up(v, k);
     }
@@ -598,26 +727,10 @@ impl Model {
     /// Raises `v`'s upcall flag; a flag that was clear is a kick.
     fn flag_up(&mut self, v: u32, k: &mut KickExpect) {
         let f = &mut self.flags[v as usize];
-        match *f {
-            Flag::Clear => k.must.push(v),
-            Flag::Set => {}
-            Flag::Unknown => k.may.push(v),
+        if *f == Flag::Clear {
+            k.must.push(v);
         }
         *f = Flag::Set;
-    }
-
-    /// A raise that may or may not happen.
-    fn maybe_raise(&mut self, n: usize, k: &mut KickExpect) {
-        let v = self.slots[n].vcpu;
-        let f = &mut self.flags[v as usize];
-        match *f {
-            Flag::Clear => {
-                k.may.push(v);
-                *f = Flag::Unknown;
-            }
-            Flag::Set => {}
-            Flag::Unknown => k.may.push(v),
-        }
     }
 
     /// Marks port `n` pending; raises it if it was not and is unmasked.
@@ -669,9 +782,9 @@ impl Model {
         self.flag_up(v, k);
     }
 
-    /// An upcall on `v` starts.
-    fn upcall_started(&mut self, v: u32) {
-        self.flags[v as usize] = Flag::Clear;
+    /// An upcall on `v` starts, with a budget of `max_runs` handler runs;
+    /// `persistent`: through the vCPU's persistent handle.
+    fn upcall_started(&mut self, v: u32, max_runs: usize, persistent: bool) {
         if let Some(q) = self.queues.as_mut() {
             // Every scan starts holding nothing: one that ran out of budget
             // handed its queues back to the control block.
@@ -679,14 +792,41 @@ impl Model {
                 vcpu: v,
                 ready: 0,
                 budget: q.budget,
+                max_runs,
+                ran: 0,
+                deferred: false,
                 phase: Phase::PassStart,
+            });
+        }
+        if let Some(s) = self.selectors.as_mut() {
+            let cursor = if persistent {
+                s.cursors[v as usize]
+            } else {
+                Cursor2l::default()
+            };
+            s.scans.push(Scan2l {
+                vcpu: v,
+                persistent,
+                cursor,
+                max_runs,
+                ran: 0,
+                deferred: false,
+                sel: 0,
+                words: VecDeque::new(),
+                word: 0,
+                bits: 0,
+                pass: Pass::Start,
             });
         }
     }
 
     /// Runs the innermost upcall's scan to the next port it must run (or
-    /// to its end: `None`), taking off and relinking what it passes.
+    /// to its end: `None`): for a queued ABI taking off and relinking what
+    /// it passes, for the 2-level ABI offering what its words hold.
     fn next_delivery(&mut self, k: &mut KickExpect) -> Option<u32> {
+        if self.selectors.is_some() {
+            return self.next_delivery_2l();
+        }
         loop {
             let q = self.queues.as_mut()?;
             let sc = q.scans.last_mut()?;
@@ -706,10 +846,13 @@ impl Model {
                         };
                         continue;
                     }
-                    if sc.budget == 0 {
+                    // The caller's budget is asked only while the ABI's own
+                    // has room.
+                    if sc.budget == 0 || sc.ran >= sc.max_runs {
                         // The rest is left to the next upcall, which the
                         // flag asks for.
                         self.flags[vi] = Flag::Set;
+                        sc.deferred = true;
                         sc.phase = Phase::Done;
                         return None;
                     }
@@ -717,6 +860,9 @@ impl Model {
                     sc.phase = Phase::Taken;
                     let prio = sc.ready.trailing_zeros() as usize;
                     if let Some(n) = self.take_head(prio, k) {
+                        if let Some(sc) = self.queues.as_mut().and_then(|q| q.scans.last_mut()) {
+                            sc.ran += 1;
+                        }
                         return Some(n);
                     }
                 }
@@ -762,26 +908,148 @@ impl Model {
         Some(n as u32)
     }
 
-    /// The innermost upcall's scan ends (its handlers all ran).
-    fn scan_ended(&mut self) -> Result<(), String> {
+    /// The innermost 2-level scan goes on to the next port it must run.
+    fn next_delivery_2l(&mut self) -> Option<u32> {
+        let Model {
+            slots,
+            flags,
+            selectors,
+            sabotage,
+            ..
+        } = self;
+        let s = selectors.as_mut()?;
+        loop {
+            let sc = s.scans.last_mut()?;
+            let v = sc.vcpu;
+            let vi = v as usize;
+            match sc.pass {
+                Pass::Start => {
+                    flags[vi] = Flag::Clear;
+                    sc.sel = std::mem::take(&mut s.sel[vi]);
+                    // Just after the cursor: the start word's bits above
+                    // it, the other selected words in order (wrapping),
+                    // then the start word's bits up to it.
+                    let start = sc.cursor.word % 64;
+                    let above = match sc.cursor.bit % 64 {
+                        63 => 0,
+                        b => !0u64 << b << 1,
+                    };
+                    let start_bits = if sc.sel & (1u64 << start) != 0 {
+                        word_bits(slots, start)
+                    } else {
+                        0
+                    };
+                    sc.words.clear();
+                    sc.words.push_back((start, above, Some(start_bits)));
+                    let mut others = (sc.sel & !(1u64 << start)).rotate_right(start);
+                    while others != 0 {
+                        let w = (others.trailing_zeros() + start) % 64;
+                        others &= others - 1;
+                        sc.words.push_back((w, !0, None));
+                    }
+                    sc.words.push_back((start, !above, Some(start_bits)));
+                    sc.bits = 0;
+                    sc.pass = Pass::Offer;
+                }
+                Pass::Offer if sc.bits == 0 => match sc.words.pop_front() {
+                    Some((w, part, loaded)) => {
+                        sc.word = w;
+                        sc.bits = loaded.unwrap_or_else(|| word_bits(slots, w)) & part;
+                    }
+                    // The pass is over; another if the flag is up again.
+                    None if flags[vi] == Flag::Clear => sc.pass = Pass::Done,
+                    None => sc.pass = Pass::Start,
+                },
+                Pass::Offer => {
+                    if sc.ran >= sc.max_runs {
+                        // Out of budget: the pass's selector bits go back
+                        // (words fully offered too) and the flag goes up,
+                        // with no kick (the vCPU is running).
+                        let kept = match sabotage {
+                            Some(Sabotage::BudgetDropsSelector) => 0,
+                            Some(Sabotage::BudgetGivesBackUnoffered) => {
+                                let mut left = 1u64 << sc.word;
+                                for &(w, part, loaded) in &sc.words {
+                                    if loaded.unwrap_or(!0) & part != 0 {
+                                        left |= 1u64 << w;
+                                    }
+                                }
+                                sc.sel & left
+                            }
+                            _ => sc.sel,
+                        };
+                        s.sel[vi] |= kept;
+                        flags[vi] = Flag::Set;
+                        sc.deferred = true;
+                        sc.pass = Pass::Done;
+                        return None;
+                    }
+                    let b = sc.bits.trailing_zeros();
+                    sc.bits &= sc.bits - 1;
+                    sc.cursor = Cursor2l {
+                        word: sc.word,
+                        bit: b,
+                    };
+                    let n = (sc.word * 64 + b) as usize;
+                    // What the control plane does with the port offered.
+                    let slot = &mut slots[n];
+                    if slot.life != Life::Bound || slot.masked() || slot.vcpu != v {
+                        // Closed, masked (the unmask raises it), or bound
+                        // elsewhere (the rebind raised it there).
+                        continue;
+                    }
+                    if slot.in_flight {
+                        // Left to the runner, which re-raises it when it
+                        // ends.
+                        slot.replay = Replay::Yes;
+                        continue;
+                    }
+                    if !slot.pending {
+                        // Run since the word was read.
+                        continue;
+                    }
+                    sc.ran += 1;
+                    return Some(n as u32);
+                }
+                Pass::Done => return None,
+            }
+        }
+    }
+
+    /// The innermost upcall's scan ends (its handlers all ran); returns
+    /// whether it ran out of budget.
+    fn scan_ended(&mut self) -> bool {
+        if let Some(s) = self.selectors.as_mut() {
+            let Some(sc) = s.scans.pop() else {
+                return false;
+            };
+            if sc.persistent {
+                s.cursors[sc.vcpu as usize] = sc.cursor;
+            }
+            return sc.deferred;
+        }
+        let keep = self.sabotaged(Sabotage::BudgetKeepsQueues);
         let Some(q) = self.queues.as_mut() else {
-            return Ok(());
+            return false;
         };
         let Some(sc) = q.scans.pop() else {
-            return Ok(());
+            return false;
         };
         let v = sc.vcpu as usize;
         // A scan that ran out of budget hands the queues it held back to
         // the control block: their ready bits, and heads naming their
         // current fronts, so any handle's next upcall resumes them.
-        q.ready[v] |= sc.ready;
-        q.taken_from[v] &= !sc.ready;
-        Ok(())
+        if !(keep && sc.ran >= sc.max_runs) {
+            q.ready[v] |= sc.ready;
+            q.taken_from[v] &= !sc.ready;
+        }
+        sc.deferred
     }
 
-    /// What an upcall on `v` must leave in its upcall flag.
+    /// What an upcall on `v` must leave in its upcall flag: set if it ran
+    /// out of budget (or work came for a scan on `v` still running).
     fn flag_after_upcall(&self, v: u32) -> bool {
-        self.queues.is_some() && self.flags[v as usize] == Flag::Set
+        self.flags[v as usize] == Flag::Set
     }
 
     fn set_priority(&mut self, p: Port, priority: u8) -> Result<(), Error> {
@@ -936,10 +1204,6 @@ impl Model {
         }
         s.pending = false;
         s.in_flight = true;
-        if self.queues.is_none() && self.flags[v as usize] == Flag::Set {
-            // The scan may have started a new pass, clearing the flag.
-            self.flags[v as usize] = Flag::Unknown;
-        }
         Ok(())
     }
 
@@ -953,7 +1217,6 @@ impl Model {
             Life::Closing => s.life = Life::Free,
             Life::Bound if s.pending && !s.masked() => match replay {
                 Replay::Yes => self.raise(n, k),
-                Replay::Maybe => self.maybe_raise(n, k),
                 Replay::No => {}
             },
             _ => {}
@@ -963,32 +1226,24 @@ impl Model {
     /// An upcall on `v` ended. `outermost`: no other upcall on `v` is still
     /// running (one would own the raises this one's scan did not see).
     fn upcall_ended(&mut self, v: u32, outermost: bool) -> Result<(), String> {
-        if self.queues.is_some() {
-            // The scan was followed step by step: it ran everything its
-            // queues held (else `next_delivery` said what it missed), and
-            // the flag is known.
-            return self.scan_ended();
+        // The scan was followed step by step: it ran what the model says
+        // (else `next_delivery` said what it missed), and the flag is known.
+        let deferred = self.scan_ended();
+        if self.queues.is_some() || !outermost || deferred {
+            // A queued ABI's queues are checked by `next_delivery`; an
+            // outer scan on `v` may still offer what this one did not; what
+            // a scan out of budget left is checked between operations.
+            return Ok(());
         }
-        for (n, s) in self.slots.iter_mut().enumerate() {
-            if s.life != Life::Bound || s.vcpu != v || s.masked() || !s.pending {
-                continue;
-            }
-            if s.in_flight {
-                // Found in flight on another vCPU: left to its runner.
-                let seen = if outermost {
-                    Replay::Yes
-                } else {
-                    Replay::Maybe
-                };
-                s.replay = s.replay.max(seen);
-            } else if outermost {
+        // Whatever the model's scan did: nothing ready here is left.
+        for (n, s) in self.slots.iter().enumerate() {
+            if s.ready_on(v) {
                 return Err(format!(
                     "lost event (C1): port {n} is pending, unmasked and bound to \
                      vCPU {v} after its upcall: {s:?}"
                 ));
             }
         }
-        self.flags[v as usize] = Flag::Clear;
         Ok(())
     }
 
@@ -1023,7 +1278,14 @@ impl Model {
 
     fn expect_vcpus(&self) -> Vec<VcpuExpect> {
         let Some(q) = &self.queues else {
-            return Vec::new();
+            let sel = self.selectors.as_ref().map_or(&[][..], |s| &s.sel[..]);
+            return sel
+                .iter()
+                .map(|&selector| VcpuExpect {
+                    selector,
+                    ..VcpuExpect::default()
+                })
+                .collect();
         };
         (0..self.flags.len())
             .map(|v| {
@@ -1078,6 +1340,9 @@ enum Op {
     SetPriority(Port, u8),
     Close(Port),
     Upcall(u32),
+    /// An upcall that makes at most this many handler runs
+    /// ([`Vcpu::upcall_budget`]).
+    UpcallBudget(u32, usize),
     Lookup(u32),
     Status(u32),
     UpcallPending(u32),
@@ -1203,11 +1468,18 @@ impl St<'_> {
                 _ => Op::UpcallPending(self.vcpu_arg()),
             },
             14 => Op::Forge(self.number_arg(), 1 + self.input.below(4)),
+            // The low three bits of the next byte: 0 fills, 7 runs an
+            // upcall with a budget (its five bits above: 0..=4 handler
+            // runs), the rest an upcall without one. A budget that is not
+            // used up leaves an upcall as it is without one, and the op
+            // reads the same bytes either way, so inputs written before
+            // budgets existed keep their meaning unless a budget runs out.
             _ => {
-                if self.input.byte() & 7 == 0 {
-                    Op::Fill
-                } else {
-                    Op::Upcall(self.vcpu_arg())
+                let b = self.input.byte();
+                match b & 7 {
+                    0 => Op::Fill,
+                    7 => Op::UpcallBudget(self.vcpu_arg(), usize::from(b >> 3) % 5),
+                    _ => Op::Upcall(self.vcpu_arg()),
                 }
             }
         }
@@ -1216,28 +1488,15 @@ impl St<'_> {
     /// Compares the kicks made since the last call with those expected.
     fn settle<A: AbiUnderTest>(&mut self, ch: &Ch<A>) {
         let mut got = ch.notifier().take();
-        let KickExpect { must, mut may } = std::mem::take(&mut self.expect);
+        let KickExpect { mut must } = std::mem::take(&mut self.expect);
         got.sort_unstable();
-        let mut want = must.clone();
-        want.sort_unstable();
-        let mut extra = Vec::new();
-        for v in &got {
-            if let Some(i) = want.iter().position(|w| w == v) {
-                want.remove(i);
-            } else if let Some(i) = may.iter().position(|w| w == v) {
-                may.remove(i);
-            } else {
-                extra.push(*v);
-            }
-        }
-        if !want.is_empty() || !extra.is_empty() {
-            self.fail(format!(
-                "kicks (C2): missing {want:?}, unexpected {extra:?} (got {got:?}, must {must:?})"
-            ));
+        must.sort_unstable();
+        if got != must {
+            self.fail(format!("kicks (C2): got {got:?}, model {must:?}"));
         }
     }
 
-    /// Compares every status and every known upcall flag with the model.
+    /// Compares every status and every upcall flag with the model.
     fn check_state<A: AbiUnderTest>(&mut self, ch: &Ch<A>) {
         for n in 1..self.model.nr_ports() {
             let got = match ch.status(n) {
@@ -1253,12 +1512,9 @@ impl St<'_> {
                 Ok(b) => b,
                 Err(e) => self.fail(format!("upcall_pending({v}) = {e:?}")),
             };
-            let f = &mut self.model.flags[v as usize];
-            match (*f, got) {
-                (Flag::Unknown, true) => *f = Flag::Set,
-                (Flag::Unknown, false) => *f = Flag::Clear,
-                (Flag::Set, true) | (Flag::Clear, false) => {}
-                (want, got) => self.fail(format!("upcall flag of vCPU {v}: {got}, model {want:?}")),
+            let want = self.model.flags[v as usize];
+            if got != (want == Flag::Set) {
+                self.fail(format!("upcall flag of vCPU {v}: {got}, model {want:?}"));
             }
         }
     }
@@ -1272,8 +1528,19 @@ impl St<'_> {
             self.fail(msg);
         }
         for v in 0..self.model.nr_vcpus() {
-            if !self.model.ready(v).is_empty() && ch.upcall_pending(v) != Ok(true) {
+            let ready = self.model.ready(v);
+            if !ready.is_empty() && ch.upcall_pending(v) != Ok(true) {
                 self.fail(format!("vCPU {v} has work but no upcall pending (C2)"));
+            }
+            // 2-level: no scan looks at a word without its selector bit.
+            let sel = vcpus.get(v as usize).map_or(0, |e| e.selector);
+            if let Some(r) = ready.iter().find(|r| sel & (1 << (r.port / 64)) == 0) {
+                if !A::QUEUED {
+                    self.fail(format!(
+                        "vCPU {v}: port {} is ready, but its word is not in the selector {sel:#x} (C1)",
+                        r.port
+                    ));
+                }
             }
         }
     }
@@ -1476,11 +1743,14 @@ fn exec<'c, A: AbiUnderTest>(
         Op::Upcall(v) => {
             // Kicks so far belong to earlier operations.
             st.settle(ch);
-            upcall(ch, st, v, depth, vcpus);
+            upcall(ch, st, v, None, depth, vcpus);
+        }
+        Op::UpcallBudget(v, max_runs) => {
+            st.settle(ch);
+            upcall(ch, st, v, Some(max_runs), depth, vcpus);
         }
     }
     st.expect.must.append(&mut k.must);
-    st.expect.may.append(&mut k.may);
     st.settle(ch);
     st.check_state(ch);
 }
@@ -1520,17 +1790,24 @@ fn compare<A: AbiUnderTest, T: Debug, U: PartialEq + Debug>(
     got
 }
 
+/// An upcall on `v`, with a budget of `max_runs` handler runs if given.
 fn upcall<'c, A: AbiUnderTest>(
     ch: &'c Ch<A>,
     st: &mut St,
     v: u32,
+    max_runs: Option<usize>,
     depth: u32,
     vcpus: Option<&mut [Vcpu<'c, A, KickLog>]>,
 ) {
     let mut fresh;
+    let persistent;
     let handle = match vcpus.and_then(|hs| hs.get_mut(v as usize)) {
-        Some(h) => h,
+        Some(h) => {
+            persistent = true;
+            h
+        }
         None => {
+            persistent = false;
             let want = st.model.check_vcpu(v);
             match (ch.vcpu(v), want) {
                 (Ok(h), Ok(())) => {
@@ -1547,21 +1824,22 @@ fn upcall<'c, A: AbiUnderTest>(
     };
     let outermost = !st.active.contains(&v);
     let ready = st.model.ready(v);
-    st.model.upcall_started(v);
+    let limit = max_runs.unwrap_or(usize::MAX);
+    st.model.upcall_started(v, limit, persistent);
     st.active.push(v);
     let mut delivered = Vec::new();
     let mut disturbed = false;
-    let got = handle.upcall(|p| {
-        // A queued ABI: what the scan took off and relinked on the way.
+    let mut handler = |p: Port| {
+        // What the scan passed on the way (a queued ABI: took off and
+        // relinked; the 2-level ABI: offered and skipped).
         let mut k = KickExpect::default();
         let next = st.model.next_delivery(&mut k);
         st.expect.must.append(&mut k.must);
-        st.expect.may.append(&mut k.may);
         // The kicks of the previous handler's end (a replay's re-raise).
         st.settle(ch);
-        if st.model.queues.is_some() && next != Some(p.number()) {
+        if next != Some(p.number()) {
             st.fail(format!(
-                "upcall({v}) ran {p:?}, but the head the model's queues give is {next:?}"
+                "upcall({v}) ran {p:?}, but the model's scan gives {next:?}"
             ));
         }
         if let Err(msg) = st.model.deliver(v, p) {
@@ -1584,7 +1862,11 @@ fn upcall<'c, A: AbiUnderTest>(
         let mut k = KickExpect::default();
         st.model.release(p.number() as usize, &mut k);
         st.expect = k;
-    });
+    };
+    let got = match max_runs {
+        None => handle.upcall(&mut handler),
+        Some(m) => handle.upcall_budget(m, &mut handler),
+    };
     st.active.pop();
     match got {
         Ok(n) if n == delivered.len() => {}
@@ -1596,14 +1878,14 @@ fn upcall<'c, A: AbiUnderTest>(
     let mut k = KickExpect::default();
     if let Some(n) = st.model.next_delivery(&mut k) {
         st.fail(format!(
-            "lost event (C1): upcall({v}) returned, but its queues still hold \
-             port {n}, ready to run"
+            "lost event (C1): upcall({v}) returned, but the model's scan still \
+             has port {n} to run"
         ));
     }
     st.expect.must.append(&mut k.must);
-    st.expect.may.append(&mut k.may);
     st.settle(ch);
-    // Down, unless a FIFO scan ran out of budget (the next upcall goes on).
+    // Down, unless the scan ran out of budget (the next upcall goes on) or
+    // an outer scan on `v` has work coming.
     let up = st.model.flag_after_upcall(v);
     let got = ch.upcall_pending(v);
     if got != Ok(up) {
@@ -1615,7 +1897,7 @@ fn upcall<'c, A: AbiUnderTest>(
         st.fail(msg);
     }
     if outermost && !disturbed {
-        if let Err(msg) = A::check_order(&ready, &delivered) {
+        if let Err(msg) = A::check_order(&ready, &delivered, limit) {
             st.fail(format!("upcall({v}) order: {msg}"));
         }
     }
