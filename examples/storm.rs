@@ -10,7 +10,7 @@
 //! parks only after seeing no upcall pending; the `Notify` hook unparks
 //! it); sender threads that send to random storm ports at a paced rate; in
 //! the `+rebalance` runs a rebalancer calling `Channels::rebalance`. Every
-//! handler run does a fixed amount of work (`--work`, 5 µs).
+//! handler run does a fixed amount of work (`--work`, 10 µs).
 //!
 //! The offered load is set against what one vCPU can handle (`--load`, in
 //! multiples of one vCPU's capacity, measured first on this machine): 1.5
@@ -29,7 +29,7 @@
 //!   vCPU gets back control between them, but the load stays on vCPU 0.
 //!   On `--abi fifo` every upcall is bounded anyway, by the ABI's own limit
 //!   of twice its ports (a guard against a guest's link cycles), so there
-//!   the `xen` run looks like `xen+budget` with a budget of 514.
+//!   the `xen` run looks like `xen+budget` with a budget of 2050.
 //! * `xen+lateeoi`: as `xen`, with late-EOI ports (`Channels::set_lateeoi`,
 //!   Linux's lateeoi of XSA-332): a port stays masked from its handler's
 //!   start until the vCPU ends the EOI with `Channels::lateeoi` after the
@@ -74,11 +74,11 @@ options:
                   rr+budget (default: xen,rr,ll,xen+budget,xen+lateeoi,xen+rebalance)
   --abi A         2l or fifo (default 2l)
   --vcpus N       vCPU threads, 2..=64 (default 4)
-  --ports N       storm ports, 1..=4000 (default 256)
+  --ports N       storm ports, 1..=4000 (default 1024)
   --senders N     sender threads, 1..=16 (default 2)
   --secs S        seconds per run, decimals allowed (default 2.5)
   --load X        offered load in multiples of one vCPU's capacity (default 1.5)
-  --work US       handler work per event in microseconds (default 5)
+  --work US       handler work per event in microseconds (default 10)
   --budget N      handler runs per upcall in +budget runs (default 64)
   --rebalance-ms N  period of the rebalancer in +rebalance runs (default 50)
   --help          print this help";
@@ -159,11 +159,11 @@ fn parse_args() -> Result<Option<Args>, String> {
         runs: Vec::new(),
         abi: Abi::TwoLevel,
         vcpus: 4,
-        ports: 256,
+        ports: 1024,
         senders: 2,
         secs: 2.5,
         load: 1.5,
-        work_us: 5.0,
+        work_us: 10.0,
         budget: 64,
         rebalance_ms: 50,
     };
