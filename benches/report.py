@@ -73,6 +73,10 @@ def load_extra(crit: Path) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for f in (crit / "evtchn-extra").glob("*.json"):
         rec = json.loads(f.read_text())
+        if not isinstance(rec, dict) or "id" not in rec:
+            # Written by an older version of the benches: not this run's.
+            print(f"report.py: skipping {f} (no \"id\": an older format)", file=sys.stderr)
+            continue
         out[rec.pop("id")] = rec
     return out
 
