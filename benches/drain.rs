@@ -42,7 +42,7 @@ use std::sync::atomic::Ordering::*;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use evtchn::abi::fifo::PRIORITY_DEFAULT;
-use evtchn::{Bind, Channels, Fifo, FifoMemory, Memory2l, OwnedFifo, OwnedMemory, TwoLevel};
+use evtchn::{Bind, Channels, Fifo, Memory2l, OwnedFifo, OwnedMemory, TwoLevel};
 
 mod floor;
 
@@ -69,14 +69,7 @@ fn drain(c: &mut Criterion) {
     let mut fvcpu = fch.vcpu(0).expect("vcpu");
     let fmem = fch.abi().memory();
     let prio = u32::from(PRIORITY_DEFAULT);
-    let fev = FifoDrain::of(
-        (0..PORTS)
-            .map(|p| fmem.event_word(p).expect("mapped"))
-            .collect(),
-        fmem.control_block(0).expect("cb"),
-        fmem.vcpu_info(0).expect("vcpu_info"),
-        prio,
-    );
+    let fev = FifoDrain::of_memory(fmem, PORTS, 0, prio);
     let plain = FifoPlain::new(PORTS);
     let ffl = FifoDrain::of(plain.words.iter().collect(), &plain.cb, &plain.vcpu, prio);
 

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering::*;
 
 use evtchn::abi::fifo::PRIORITY_DEFAULT;
-use evtchn::{Bind, Channels, Fifo, FifoMemory, Memory2l, OwnedFifo, OwnedMemory, TwoLevel, Vcpu};
+use evtchn::{Bind, Channels, Fifo, Memory2l, OwnedFifo, OwnedMemory, TwoLevel, Vcpu};
 
 #[path = "../benches/floor/mod.rs"]
 mod floor;
@@ -120,14 +120,7 @@ fn main() -> ExitCode {
     let mut fvcpu = fch.vcpu(0).expect("vcpu");
     let fmem = fch.abi().memory();
     let prio = u32::from(PRIORITY_DEFAULT);
-    let fev = FifoDrain::of(
-        (0..PORTS)
-            .map(|p| fmem.event_word(p).expect("mapped"))
-            .collect(),
-        fmem.control_block(0).expect("cb"),
-        fmem.vcpu_info(0).expect("vcpu_info"),
-        prio,
-    );
+    let fev = FifoDrain::of_memory(fmem, PORTS, 0, prio);
     let plain = FifoPlain::new(PORTS);
     let ffl = FifoDrain::of(plain.words.iter().collect(), &plain.cb, &plain.vcpu, prio);
 

@@ -419,6 +419,21 @@ struct VcpuReport {
     latency: Histogram,
 }
 
+impl VcpuReport {
+    fn new(ports: usize) -> Self {
+        VcpuReport {
+            to_eoi: None,
+            handled: 0,
+            upcalls: 0,
+            longest_cpu_ns: 0,
+            longest_wall_ns: 0,
+            spurious: 0,
+            per_port: vec![0; ports],
+            latency: Histogram::new(),
+        }
+    }
+}
+
 /// The handler: checks C3, measures the latency of the oldest send it
 /// observes, records what it saw, and does its work.
 fn handle(w: &World, live: &VcpuLive, r: &mut VcpuReport, p: Port) {
@@ -454,16 +469,7 @@ fn handle(w: &World, live: &VcpuLive, r: &mut VcpuReport, p: Port) {
 fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, spec: &RunSpec) -> VcpuReport {
     let me = &w.vcpus[id as usize];
     let _ = me.thread.set(thread::current());
-    let mut r = VcpuReport {
-        to_eoi: None,
-        handled: 0,
-        upcalls: 0,
-        longest_cpu_ns: 0,
-        longest_wall_ns: 0,
-        spurious: 0,
-        per_port: vec![0; w.ledger.len()],
-        latency: Histogram::new(),
-    };
+    let mut r = VcpuReport::new(w.ledger.len());
     if spec.lateeoi {
         r.to_eoi = Some(Vec::new());
     }
@@ -633,16 +639,7 @@ fn capacity<A: PortOps>(ops: A, ports: usize, work_iters: u64) -> f64 {
         .filter_map(|_| ch.bind(Bind::Affinity(0)).ok())
         .collect();
     let Ok(mut vcpu) = ch.vcpu(0) else { return 0.0 };
-    let mut r = VcpuReport {
-        to_eoi: None,
-        handled: 0,
-        upcalls: 0,
-        longest_cpu_ns: 0,
-        longest_wall_ns: 0,
-        spurious: 0,
-        per_port: vec![0; w.ledger.len()],
-        latency: Histogram::new(),
-    };
+    let mut r = VcpuReport::new(w.ledger.len());
     let t = Instant::now();
     let mut in_upcalls = Duration::ZERO;
     while t.elapsed() < Duration::from_millis(300) {

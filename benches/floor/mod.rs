@@ -319,6 +319,19 @@ impl<'a> FifoDrain<'a> {
         }
     }
 
+    /// The view of ports `0..ports` and vCPU `vcpu` of a FIFO memory (the
+    /// one evtchn drains).
+    pub fn of_memory(mem: &'a impl FifoMemory, ports: u32, vcpu: u32, prio: u32) -> Self {
+        Self::of(
+            (0..ports)
+                .map(|p| mem.event_word(p).expect("event word mapped"))
+                .collect(),
+            mem.control_block(vcpu).expect("control block"),
+            mem.vcpu_info(vcpu).expect("vcpu_info"),
+            prio,
+        )
+    }
+
     /// Re-arms a FIFO drain: `DRAIN_ONE` pending and linked alone on the
     /// queue of priority `prio`, or every port but the reserved port 0
     /// (`all`) pending and linked in order 1 → 2 → … → 4095; the queue's
