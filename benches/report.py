@@ -136,7 +136,7 @@ TIMING = [
             "`ready`, `xchg` upcall; tail in a plain cell"),
         Row("send, fresh raise (FIFO), vs the floor with a queue lock",
             "send/fresh/evtchn fifo", "send/fresh/floor fifo + queue lock", "time", None,
-            "the same floor with the tail behind a `parking_lot::Mutex` (Xen's `q->lock`)"),
+            "the same floor with the tail behind a spin lock (`lock cmpxchg` to take, a Release store to give back: Xen's `q->lock`, evtchn's queue lock)"),
         Row("`set_pending` alone, fresh (FIFO raise side)", "send/fresh/raw fifo set_pending",
             "send/fresh/floor fifo", "time"),
         Row("send, coalesced (FIFO)", "send/coalesced/evtchn fifo", "send/coalesced/floor fifo",

@@ -31,7 +31,7 @@ use crate::abi::fifo::{
 };
 use crate::abi::VcpuInfo;
 use crate::ops::{Delivery, Kick, PortOps, Raised};
-use crate::sync::{spin_loop, AtomicPtr, AtomicU32, AtomicU8, Lock, Ordering::*};
+use crate::sync::{spin_loop, AtomicPtr, AtomicU32, AtomicU8, Lock, Ordering::*, SpinLock};
 use crate::weaken::{Weaken, Weakness};
 use crate::Error;
 
@@ -235,7 +235,7 @@ const SET_LINK_TRIES: usize = 4;
 pub struct Fifo<M> {
     mem: M,
     /// Private tail of each queue, index `vcpu * 16 + priority`; 0 = empty.
-    tails: Box<[Lock<u32>]>,
+    tails: Box<[SpinLock<u32>]>,
     /// Per port: the queue it was last linked on (`vcpu * 16 + priority`).
     last: Box<[AtomicU32]>,
     /// Per port: its priority.
@@ -287,7 +287,7 @@ impl<M: FifoMemory> Fifo<M> {
         let ports = mem.max_ports() as usize;
         let queues = (mem.nr_vcpus() as usize).saturating_mul(MAX_QUEUES);
         Fifo {
-            tails: (0..queues).map(|_| Lock::new(0)).collect(),
+            tails: (0..queues).map(|_| SpinLock::new(0)).collect(),
             last: (0..ports).map(|_| AtomicU32::new(NEVER)).collect(),
             priority: (0..ports)
                 .map(|_| AtomicU8::new(PRIORITY_DEFAULT))

@@ -7,12 +7,12 @@
 #![allow(dead_code)]
 
 use std::cell::Cell;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::*;
 
 use evtchn::abi::fifo::{ControlBlock, EventWord, LINKED, LINK_MASK, MASKED, MAX_QUEUES, PENDING};
 use evtchn::abi::{VcpuInfo, XenUlong};
 use evtchn::{FifoMemory, Memory2l};
-use parking_lot::Mutex;
 
 /// The words one raise of `port` on `vcpu` touches, resolved once.
 pub struct Words<'a> {
@@ -155,8 +155,9 @@ pub struct FifoWords<'a, M: FifoMemory> {
     pub prio: u32,
     /// The floor's tail: single-threaded, a plain cell.
     pub tail: Cell<u32>,
-    /// The same tail behind a per-queue lock (the `+ queue lock` floor).
-    pub locked_tail: Mutex<u32>,
+    /// The same tail behind a per-queue spin lock (the `+ queue lock`
+    /// floor): taken by a `lock cmpxchg`, given back by a Release store.
+    pub queue_lock: AtomicBool,
 }
 
 impl<'a, M: FifoMemory> FifoWords<'a, M> {
@@ -170,7 +171,7 @@ impl<'a, M: FifoMemory> FifoWords<'a, M> {
             vcpu: mem.vcpu_info(vcpu).expect("vcpu_info"),
             prio,
             tail: Cell::new(0),
-            locked_tail: Mutex::new(0),
+            queue_lock: AtomicBool::new(false),
         }
     }
 
@@ -202,14 +203,24 @@ impl<'a, M: FifoMemory> FifoWords<'a, M> {
         kick
     }
 
-    /// The same floor with the tail behind a per-queue lock, as Xen keeps
-    /// it (`q->lock`) and as any multi-raiser FIFO must serialise appends
-    /// to one queue: lock, link, unlock, then `ready` and the upcall flag.
+    /// The same floor with the tail behind a per-queue spin lock, as Xen
+    /// keeps it (`q->lock`) and as any multi-raiser FIFO must serialise
+    /// appends to one queue: lock, raise, unlock.
     #[inline(always)]
     pub fn floor_raise_locked(&self, port: u32) -> bool {
-        let mut tail = self.locked_tail.lock();
-        let (kick, new_tail) = self.raise(port, *tail);
-        *tail = new_tail;
+        // Acquire: the previous holder's tail is visible (one thread here;
+        // the order is what a lock must have).
+        while self
+            .queue_lock
+            .compare_exchange_weak(false, true, Acquire, Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+        let (kick, new_tail) = self.raise(port, self.tail.get());
+        self.tail.set(new_tail);
+        // Release: publishes the tail to the next holder.
+        self.queue_lock.store(false, Release);
         kick
     }
 

@@ -1,15 +1,20 @@
 #![cfg_attr(all(not(loom), not(feature = "alloc")), allow(dead_code))]
 
-//! The control-plane lock: one API over three backends.
+//! The locks: one API over three backends.
 //!
-//! | build              | backend                         |
-//! |--------------------|---------------------------------|
-//! | `cfg(loom)`        | `loom::sync::Mutex`             |
-//! | `std` feature      | `parking_lot::Mutex`            |
-//! | neither (`no_std`) | a test-and-test-and-set spin lock |
+//! | build              | [`Lock`] (control plane)          | [`SpinLock`] (FIFO queue tails)   |
+//! |--------------------|-----------------------------------|-----------------------------------|
+//! | `cfg(loom)`        | `loom::sync::Mutex`               | `loom::sync::Mutex`               |
+//! | `std` feature      | `parking_lot::Mutex`              | spin lock, yielding after a while |
+//! | neither (`no_std`) | a test-and-test-and-set spin lock | the same spin lock                |
 //!
-//! Only bind, close, mask/unmask and rebind take it; the send path and the
-//! upcall path never do. `lock()` returns the guard directly (no poisoning).
+//! Only bind, close, mask/unmask and rebind take the control-plane lock;
+//! the send path and the upcall path never do. A FIFO raise takes the
+//! spin lock of its queue for a few instructions (Xen's `q->lock` is a
+//! spin lock too): its release is a plain Release store, where
+//! `parking_lot`'s is a compare-exchange, one locked instruction more on
+//! every fresh FIFO send. `lock()` returns the guard directly (no
+//! poisoning).
 
 #[cfg(loom)]
 pub(crate) struct Lock<T>(loom::sync::Mutex<T>);
@@ -47,14 +52,22 @@ impl<T> Lock<T> {
 #[cfg(all(not(loom), not(feature = "std")))]
 pub(crate) use spin::Lock;
 
-#[cfg(all(not(loom), not(feature = "std")))]
+#[cfg(not(loom))]
+pub(crate) use spin::Lock as SpinLock;
+
+#[cfg(loom)]
+pub(crate) use Lock as SpinLock;
+
+#[cfg(not(loom))]
 mod spin {
     use core::cell::UnsafeCell;
     use core::ops::{Deref, DerefMut};
 
     use super::super::{spin_loop, AtomicU8, Ordering};
 
-    /// A test-and-test-and-set spin lock for `no_std` builds.
+    /// A test-and-test-and-set spin lock. With `std`, a waiter that has spun
+    /// for a while yields its CPU, so that a holder preempted in its few
+    /// instructions gets to run.
     pub(crate) struct Lock<T> {
         locked: AtomicU8,
         value: UnsafeCell<T>,
@@ -89,9 +102,18 @@ mod spin {
                 {
                     return Guard { lock: self };
                 }
+                #[cfg(feature = "std")]
+                let mut spins = 0u32;
                 // Relaxed: only a hint to retry the CAS; the CAS orders.
                 while self.locked.load(Ordering::Relaxed) != 0 {
                     spin_loop();
+                    #[cfg(feature = "std")]
+                    {
+                        spins = spins.saturating_add(1);
+                        if spins >= 128 {
+                            std::thread::yield_now();
+                        }
+                    }
                 }
             }
         }

@@ -28,7 +28,7 @@ pub use imp::atomic::{AtomicU32, AtomicU64, AtomicU8};
 #[allow(unused_imports)]
 pub(crate) use imp::spin_loop;
 #[allow(unused_imports)]
-pub(crate) use lock::Lock;
+pub(crate) use lock::{Lock, SpinLock};
 
 /// Orders a store before a later load of *another* location, on both sides of
 /// a store-buffer (Dekker) pattern.
