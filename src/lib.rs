@@ -3,13 +3,20 @@
 //!
 //! * [`abi`] — Xen's shared-memory layouts (`shared_info`, `vcpu_info`),
 //!   bit for bit, usable over a real page.
-//! * [`PortOps`] — the ABI operations (Xen's `evtchn_port_ops`), with the
-//!   2-level ABI, [`TwoLevel`], as an implementation: a raise side for the
-//!   hypervisor, a deliver side for the guest.
+//! * [`PortOps`] — the ABI operations (Xen's `evtchn_port_ops`), with two
+//!   implementations: the 2-level ABI, [`TwoLevel`], and the FIFO ABI,
+//!   [`Fifo`] (per-vCPU queues of 16 priorities, 2^17 ports). Each has a
+//!   raise side for the hypervisor and a deliver side for the guest.
 //! * [`Channels`] — the control plane: bind (Xen-compatible or with an
 //!   atomic affinity), send, mask reasons, `set_affinity` with events in
-//!   flight, close, status, and the per-vCPU upcall with its in-flight
-//!   guard.
+//!   flight, close, status, and the per-vCPU upcall ([`Vcpu`]) with its
+//!   in-flight guard.
+//! * Delivery policy and storm control: default affinity for new ports
+//!   ([`Policy`]: vCPU 0 as Xen, round-robin, least-loaded), vCPUs going
+//!   offline, late EOI with back-off for spurious events
+//!   ([`Channels::set_lateeoi`], [`Channels::lateeoi`]), upcalls with a
+//!   budget ([`Vcpu::upcall_budget`], [`Vcpu::upcall_until`]) and a
+//!   rebalancer ([`Channels::rebalance`]).
 //!
 //! The contract it keeps, and which the loom models, the stress test and the
 //! fuzzers check: no lost event (C1), no lost wake-up (C2), a port's handler
