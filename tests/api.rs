@@ -11,33 +11,16 @@ use std::sync::{Arc, Mutex};
 
 use evtchn::abi::{SharedInfo, BITS_PER_WORD, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L};
 use evtchn::{
-    Bind, Channels, Error, Memory2l, Notify, OwnedMemory, Port, PortOps, State, Status, TwoLevel,
+    Bind, Channels, Error, Memory2l, OwnedMemory, Port, PortOps, State, Status, TwoLevel,
 };
+
+mod common;
+
+use common::{assert_err_unchanged_by, kicks, numbers, pending_vcpus, upcall, Kicks};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A recording `Notify`: every kick, in order.
-#[derive(Default)]
-struct Kicks(Mutex<Vec<u32>>);
-
-impl Notify for Kicks {
-    fn kick(&self, vcpu: u32) {
-        self.0.lock().unwrap().push(vcpu);
-    }
-}
-
-impl Kicks {
-    /// The kicks since the last `take`, and forget them.
-    fn take(&self) -> Vec<u32> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-    /// The kicks since the last `take`.
-    fn peek(&self) -> Vec<u32> {
-        self.0.lock().unwrap().clone()
-    }
-}
 
 type Ch = Channels<TwoLevel<OwnedMemory>, Kicks>;
 
@@ -46,10 +29,6 @@ fn new_ch(words: usize, vcpus: usize) -> Ch {
         TwoLevel::new(OwnedMemory::new(words, vcpus)),
         Kicks::default(),
     )
-}
-
-fn kicks<M: Memory2l>(ch: &Channels<TwoLevel<M>, Kicks>) -> Vec<u32> {
-    ch.notifier().take()
 }
 
 /// Everything observable about an instance: every port's status, every
@@ -97,31 +76,7 @@ fn assert_err_unchanged<M: Memory2l, T: std::fmt::Debug>(
     want: Error,
     op: impl FnOnce() -> Result<T, Error>,
 ) {
-    let before = snap(ch);
-    let got = op();
-    assert_eq!(got.unwrap_err(), want);
-    let after = snap(ch);
-    assert_eq!(before, after, "a failed operation ({want:?}) changed state");
-}
-
-/// One upcall on `v` with a fresh handle; returns the ports handled, in
-/// order, and checks the returned count against them.
-fn upcall<M: Memory2l>(ch: &Channels<TwoLevel<M>, Kicks>, v: u32) -> Vec<Port> {
-    let mut vcpu = ch.vcpu(v).unwrap();
-    let mut seen = Vec::new();
-    let n = vcpu.upcall(|p| seen.push(p)).unwrap();
-    assert_eq!(n, seen.len(), "upcall's count disagrees with handler runs");
-    seen
-}
-
-fn numbers(ports: &[Port]) -> Vec<u32> {
-    ports.iter().map(|p| p.number()).collect()
-}
-
-fn pending_vcpus<M: Memory2l, N: Notify>(ch: &Channels<TwoLevel<M>, N>) -> Vec<u32> {
-    (0..ch.nr_vcpus())
-        .filter(|&v| ch.upcall_pending(v).unwrap())
-        .collect()
+    assert_err_unchanged_by(|| snap(ch), want, op);
 }
 
 // ---------------------------------------------------------------------------

@@ -16,7 +16,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,30 +23,15 @@ use evtchn::abi::fifo::{
     EVENT_WORDS_PER_PAGE, LINKED, LINK_MASK, MASKED, MAX_QUEUES, NR_CHANNELS, PENDING,
     PRIORITY_DEFAULT,
 };
-use evtchn::{
-    Bind, Channels, Error, Fifo, FifoMemory, Notify, OwnedFifo, Port, PortOps, State, Status,
-};
+use evtchn::{Bind, Channels, Error, Fifo, FifoMemory, OwnedFifo, Port, PortOps, State, Status};
+
+mod common;
+
+use common::{assert_err_unchanged_by, kicks, numbers, pending_vcpus, within, Kicks, Rng};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A recording `Notify`: every kick, in order.
-#[derive(Default)]
-struct Kicks(Mutex<Vec<u32>>);
-
-impl Notify for Kicks {
-    fn kick(&self, vcpu: u32) {
-        self.0.lock().unwrap().push(vcpu);
-    }
-}
-
-impl Kicks {
-    /// The kicks since the last `take`, and forget them.
-    fn take(&self) -> Vec<u32> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
 
 type Ch = Channels<Fifo<OwnedFifo>, Kicks>;
 
@@ -55,21 +39,10 @@ fn new_ch(ports: u32, vcpus: usize) -> Ch {
     Channels::new(Fifo::new(OwnedFifo::new(ports, vcpus)), Kicks::default())
 }
 
-fn kicks(ch: &Ch) -> Vec<u32> {
-    ch.notifier().take()
-}
-
 /// One upcall on `v` with a fresh handle; the port numbers handled, in
 /// order (checked against the count the upcall returns).
 fn upcall(ch: &Ch, v: u32) -> Vec<u32> {
-    let mut seen = Vec::new();
-    let n = ch
-        .vcpu(v)
-        .unwrap()
-        .upcall(|p| seen.push(p.number()))
-        .unwrap();
-    assert_eq!(n, seen.len(), "upcall's count disagrees with handler runs");
-    seen
+    numbers(&common::upcall(ch, v))
 }
 
 /// Upcalls on every vCPU, round after round, until none is pending; the
@@ -87,12 +60,6 @@ fn drain(ch: &Ch) -> Vec<(u32, u32)> {
     panic!("upcalls still pending after 100 rounds");
 }
 
-fn pending_vcpus(ch: &Ch) -> Vec<u32> {
-    (0..ch.nr_vcpus())
-        .filter(|&v| ch.upcall_pending(v).unwrap())
-        .collect()
-}
-
 /// The raw event word of `port`.
 fn word(ch: &Ch, port: u32) -> u32 {
     ch.abi()
@@ -107,28 +74,6 @@ fn status(ch: &Ch, p: Port) -> Status {
 
 fn bind_n(ch: &Ch, n: usize, mode: Bind) -> Vec<Port> {
     (0..n).map(|_| ch.bind(mode).unwrap()).collect()
-}
-
-fn nums(ports: &[Port]) -> Vec<u32> {
-    ports.iter().map(|p| p.number()).collect()
-}
-
-/// xorshift64*: a tiny deterministic PRNG.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -166,9 +111,9 @@ fn priority0_event_overtakes_queued_priority7_events() {
         let mut want = vec![first.number()];
         if urgent_prio == 0 {
             want.push(urgent.number());
-            want.extend(nums(queued));
+            want.extend(numbers(queued));
         } else {
-            want.extend(nums(queued));
+            want.extend(numbers(queued));
             want.push(urgent.number());
         }
         assert_eq!(order, want, "urgent priority {urgent_prio}");
@@ -278,7 +223,7 @@ fn set_priority_of_a_linked_event_applies_from_the_next_link() {
     assert_ne!(word(&ch, p[1].number()) & LINKED, 0);
     ch.set_priority(p[1], 0).unwrap();
     assert_eq!(status(&ch, p[1]).priority, 0);
-    assert_eq!(upcall(&ch, 0), nums(&p));
+    assert_eq!(upcall(&ch, 0), numbers(&p));
     ch.send(p[0]).unwrap();
     ch.send(p[1]).unwrap();
     assert_eq!(upcall(&ch, 0), [p[1].number(), p[0].number()]);
@@ -1089,13 +1034,7 @@ fn assert_err_unchanged<T: std::fmt::Debug>(
     want: Error,
     op: impl FnOnce() -> Result<T, Error>,
 ) {
-    let before = snap(ch);
-    assert_eq!(op().unwrap_err(), want);
-    assert_eq!(
-        snap(ch),
-        before,
-        "a failed operation ({want:?}) changed state"
-    );
+    assert_err_unchanged_by(|| snap(ch), want, op);
     assert!(kicks(ch).is_empty(), "a failed operation kicked");
 }
 
@@ -1356,27 +1295,6 @@ fn move_while_linked_churn_many_seeds() {
 // ---------------------------------------------------------------------------
 // (d) Hostile memory under the control plane
 // ---------------------------------------------------------------------------
-
-/// Runs `f` on its own thread and fails if it does not finish in `limit`
-/// (a hang is a failure; the stuck thread is abandoned).
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let t = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(v) => {
-            t.join().unwrap();
-            v
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(t.join().unwrap_err())
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("did not return within {limit:?}: an unbounded loop")
-        }
-    }
-}
 
 /// What the guest may scribble in [`hostile_control_plane`].
 #[derive(Clone, Copy, PartialEq)]

@@ -23,6 +23,10 @@ use evtchn::{
     Raised,
 };
 
+mod common;
+
+use common::{within, Rng};
+
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
@@ -131,28 +135,6 @@ fn deliver<M: FifoMemory>(fifo: &Fifo<M>, v: u32) -> Vec<u32> {
     ran
 }
 
-/// Runs `f` on its own thread and fails the test if it does not finish in
-/// `limit` (a hang is a failure; the stuck thread is abandoned).
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let t = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(v) => {
-            t.join().unwrap();
-            v
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            // The closure panicked: re-raise its panic here.
-            std::panic::resume_unwind(t.join().unwrap_err())
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("did not return within {limit:?}: an unbounded loop")
-        }
-    }
-}
-
 /// Asserts that a call failed with `PortOutOfRange`.
 macro_rules! out_of_range {
     ($call:expr) => {
@@ -160,46 +142,29 @@ macro_rules! out_of_range {
     };
 }
 
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// A word a hostile guest might write: all ones, random, flag
-    /// combinations with links in and out of range, zero.
-    fn word(&mut self, ports: u32) -> u32 {
-        let flags = [
-            0,
-            PENDING,
-            LINKED,
-            PENDING | LINKED,
-            MASKED | PENDING,
-            BUSY,
-            !0,
-        ];
-        let link = match self.below(4) {
-            0 => 0,
-            1 => self.below(u64::from(ports)) as u32,
-            2 => LINK_MASK,
-            _ => self.next() as u32,
-        };
-        match self.below(8) {
-            0 => !0,
-            1 => self.next() as u32,
-            2 => 0,
-            _ => flags[self.below(flags.len() as u64) as usize] | (link & LINK_MASK),
-        }
+/// A word a hostile guest might write: all ones, random, flag
+/// combinations with links in and out of range, zero.
+fn hostile_word(rng: &mut Rng, ports: u32) -> u32 {
+    let flags = [
+        0,
+        PENDING,
+        LINKED,
+        PENDING | LINKED,
+        MASKED | PENDING,
+        BUSY,
+        !0,
+    ];
+    let link = match rng.below(4) {
+        0 => 0,
+        1 => rng.below(u64::from(ports)) as u32,
+        2 => LINK_MASK,
+        _ => rng.next() as u32,
+    };
+    match rng.below(8) {
+        0 => !0,
+        1 => rng.next() as u32,
+        2 => 0,
+        _ => flags[rng.below(flags.len() as u64) as usize] | (link & LINK_MASK),
     }
 }
 
@@ -832,7 +797,7 @@ fn hostile_run(seed: u64, steps: u64) {
             match rng.below(8) {
                 0..=2 => {
                     let p = rng.below(u64::from(PORTS)) as usize;
-                    mem.words[p].store(rng.word(PORTS), SeqCst);
+                    mem.words[p].store(hostile_word(&mut rng, PORTS), SeqCst);
                 }
                 3 => {
                     let v = rng.below(u64::from(VCPUS)) as usize;
@@ -1144,12 +1109,12 @@ fn concurrent_hostile_guest_cannot_stall_the_raise_side_or_touch_another_domain(
                 let mut n = 0u64;
                 while !stop.load(Relaxed) {
                     let p = rng.below(u64::from(PORTS)) as usize;
-                    mem.words[p].store(rng.word(PORTS), Relaxed);
+                    mem.words[p].store(hostile_word(&mut rng, PORTS), Relaxed);
                     if rng.below(8) == 0 {
                         let v = rng.below(u64::from(VCPUS)) as usize;
                         mem.control[v].ready.store(rng.next() as u32, Relaxed);
                         let q = rng.below(16) as usize;
-                        mem.control[v].head[q].store(rng.word(PORTS), Relaxed);
+                        mem.control[v].head[q].store(hostile_word(&mut rng, PORTS), Relaxed);
                     }
                     n += 1;
                 }

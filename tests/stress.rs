@@ -78,6 +78,10 @@ use evtchn::{
     TwoLevel,
 };
 
+mod common;
+
+use common::Rng;
+
 /// Pending/mask words: 128 port numbers (port 0 is reserved); the FIFO run
 /// gets the same 128 port numbers.
 const WORDS: usize = 2;
@@ -149,25 +153,6 @@ impl Notify for Kicker {
 
 /// The control plane over ABI `A` (2-level or FIFO).
 type Ch<A> = Channels<A, Kicker>;
-
-/// xorshift64*: a tiny deterministic PRNG, one per thread.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform-enough in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// What the handler counts (per vCPU thread, summed at the end).
 #[derive(Default, Debug, Clone, Copy)]

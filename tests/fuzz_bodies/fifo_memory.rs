@@ -41,7 +41,6 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
-use std::sync::Mutex;
 
 use evtchn::abi::fifo::{
     ControlBlock, EventWord, BUSY, EVENT_WORDS_PER_PAGE, LINKED, LINK_MASK, MASKED, MAX_QUEUES,
@@ -50,10 +49,13 @@ use evtchn::abi::fifo::{
 use evtchn::abi::VcpuInfo;
 use evtchn::{
     Bind, BorrowedFifo, Channels, Delivery, Error, Fifo, FifoCursor, FifoMemory, GuestUnmask,
-    Notify, OwnedFifo, Port, PortOps, Raised, State, Vcpu,
+    OwnedFifo, Port, PortOps, Raised, Vcpu,
 };
 
-use super::Input;
+use super::{
+    bind_target, check_kicks, remember, Code, Control, ControlCodes, Input, KickLog, PortOp, Slot,
+    St, Table,
+};
 
 /// Operations per input (scribbles not counted; nested ones counted).
 pub const MAX_OPS: usize = 160;
@@ -299,22 +301,6 @@ impl Words {
 // The harness
 // ---------------------------------------------------------------------------
 
-/// A recording `Notify`.
-#[derive(Default)]
-struct KickLog(Mutex<Vec<u32>>);
-
-impl Notify for KickLog {
-    fn kick(&self, vcpu: u32) {
-        self.0.lock().unwrap().push(vcpu);
-    }
-}
-
-impl KickLog {
-    fn take(&self) -> Vec<u32> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
 type Ch<M> = Channels<Fifo<M>, KickLog>;
 
 /// Domain B: a control plane with ports in known states.
@@ -386,66 +372,13 @@ impl<M: FifoMemory> Bystander<M> {
     }
 }
 
-struct St<'i> {
-    input: Input<'i>,
-    ops: usize,
-    /// Hostile writes so far (a check of untouched words holds only across
-    /// an operation during which the guest wrote nothing).
-    scribbles: usize,
-    trace: Vec<String>,
-}
-
 impl St<'_> {
-    #[track_caller]
-    fn fail(&self, msg: impl std::fmt::Display) -> ! {
-        let tail = self.trace.len().saturating_sub(30);
-        panic!(
-            "fifo_memory: {msg}\nlast operations (of {}):\n  {}",
-            self.trace.len(),
-            self.trace[tail..].join("\n  ")
-        );
-    }
-
-    fn budget_left(&self) -> bool {
-        self.ops < MAX_OPS && !self.input.is_empty()
-    }
-
     /// How many hostile writes precede an operation: mostly none.
     fn scribbles(&mut self) -> u32 {
         match self.input.byte() {
             0..=159 => 0,
             160..=239 => 1,
             _ => 2 + self.input.below(3),
-        }
-    }
-
-    fn port_arg(&mut self, nr: u32) -> u32 {
-        match self.input.byte() {
-            0..=191 => self.input.below(nr.max(1)),
-            192..=243 => self.input.below(nr + 8),
-            244 => u32::MAX,
-            245 => NR_CHANNELS,
-            246 => LINK_MASK,
-            247 => nr,
-            b => nr.wrapping_add(u32::from(b)),
-        }
-    }
-
-    fn vcpu_arg(&mut self, nv: u32) -> u32 {
-        match self.input.byte() {
-            b @ 0..=191 => u32::from(b) % nv.max(1),
-            b @ 192..=249 => u32::from(b) % (nv + 2),
-            250 => u32::MAX,
-            251 => 0xffff,
-            b => nv + u32::from(b),
-        }
-    }
-
-    fn priority_arg(&mut self) -> u8 {
-        match self.input.byte() {
-            b @ 0..=249 => b % 16,
-            250 => 16,
-            b => b,
         }
     }
 
@@ -485,6 +418,39 @@ impl St<'_> {
             1 => NR_CHANNELS,
             b => self.link(u32::from(b), nr),
         }
+    }
+}
+
+/// A port argument: mostly in range, sometimes just past it or far out.
+fn port_arg(input: &mut Input, nr: u32) -> u32 {
+    match input.byte() {
+        0..=191 => input.below(nr.max(1)),
+        192..=243 => input.below(nr + 8),
+        244 => u32::MAX,
+        245 => NR_CHANNELS,
+        246 => LINK_MASK,
+        247 => nr,
+        b => nr.wrapping_add(u32::from(b)),
+    }
+}
+
+/// A vCPU argument: mostly in range, sometimes just past it or far out.
+fn vcpu_arg(input: &mut Input, nv: u32) -> u32 {
+    match input.byte() {
+        b @ 0..=191 => u32::from(b) % nv.max(1),
+        b @ 192..=249 => u32::from(b) % (nv + 2),
+        250 => u32::MAX,
+        251 => 0xffff,
+        b => nv + u32::from(b),
+    }
+}
+
+/// A priority argument: mostly in range, sometimes 16 or far out.
+fn priority_arg(input: &mut Input) -> u8 {
+    match input.byte() {
+        b @ 0..=249 => b % 16,
+        250 => 16,
+        b => b,
     }
 }
 
@@ -625,12 +591,8 @@ fn drive<MA: FifoMemory, MB: FifoMemory>(
         touch_b: &touch_b,
         sabotage,
     };
-    let mut st = St {
-        input,
-        ops: 0,
-        scribbles: 0,
-        trace: vec![format!("{mode:?}, A of {da:?}")],
-    };
+    let first = format!("{mode:?}, A of {da:?}");
+    let mut st = St::new("fifo_memory", MAX_OPS, input, first);
     // The guest's opening writes.
     for _ in 0..st.input.below(6) {
         scribble(&mut st, &a, da);
@@ -753,13 +715,13 @@ fn raw_op<M: FifoMemory>(
     let code = st.input.byte() % 16;
     if code >= 13 {
         if let Some(cursors) = cursors {
-            let v = st.vcpu_arg(nv);
+            let v = vcpu_arg(&mut st.input, nv);
             raw_scan(st, fifo, d, queues, g, cursors, v);
         }
         return;
     }
-    let p = st.port_arg(nr);
-    let t = st.vcpu_arg(nv);
+    let p = port_arg(&mut st.input, nr);
+    let t = vcpu_arg(&mut st.input, nv);
     let before = words(mem, d);
     let own = before.word(p);
     let mut want = before.clone();
@@ -848,7 +810,7 @@ fn raw_op<M: FifoMemory>(
         }
         9 => {
             name = "set_priority";
-            let prio = st.priority_arg();
+            let prio = priority_arg(&mut st.input);
             want_result = if usize::from(prio) >= MAX_QUEUES {
                 Err(Error::PriorityOutOfRange)
             } else if p >= nr {
@@ -1001,7 +963,7 @@ fn raw_scan<M: FifoMemory>(
                 0 | 1 => Delivery::Handled,
                 2 => Delivery::Skipped,
                 _ => {
-                    let u = st.vcpu_arg(nv);
+                    let u = vcpu_arg(&mut st.input, nv);
                     if u == v {
                         return Delivery::Skipped;
                     }
@@ -1125,41 +1087,6 @@ fn scan_effect(
 // The control plane over hostile memory
 // ---------------------------------------------------------------------------
 
-/// The hypervisor-private state of one port number.
-#[derive(Clone, Copy, Debug, Default)]
-struct Slot {
-    bound: bool,
-    closing: bool,
-    generation: u32,
-    vcpu: u32,
-    priority: u8,
-    explicit: bool,
-    eoi: bool,
-    in_flight: bool,
-}
-
-struct Table {
-    slots: Vec<Slot>,
-    nr_vcpus: u32,
-}
-
-impl Table {
-    fn check(&self, p: Port) -> Result<usize, Error> {
-        let n = p.number() as usize;
-        if n == 0 || n >= self.slots.len() {
-            return Err(Error::PortOutOfRange);
-        }
-        let s = &self.slots[n];
-        if s.generation != p.generation() {
-            Err(Error::Stale)
-        } else if !s.bound {
-            Err(Error::NotBound)
-        } else {
-            Ok(n)
-        }
-    }
-}
-
 /// Where a control-plane operation may write A's words.
 struct Reach {
     port: u32,
@@ -1229,6 +1156,30 @@ fn confined(before: &Words, after: &Words, r: &Reach) -> Result<(), String> {
     Ok(())
 }
 
+/// The control-plane operations of this body, by operation byte.
+const CONTROL: ControlCodes = ControlCodes {
+    codes: &[
+        Code::BindXenCompat,
+        Code::BindAffinity,
+        Code::BindAffinity,
+        Code::Send,
+        Code::Send,
+        Code::Send,
+        Code::Mask,
+        Code::Unmask,
+        Code::MaskUntilEoi,
+        Code::Eoi,
+        Code::SetAffinity,
+        Code::SetPriority,
+        Code::Close,
+        Code::Upcall,
+        Code::Upcall,
+        Code::Upcall,
+    ],
+    vcpu: vcpu_arg,
+    priority: priority_arg,
+};
+
 fn control<M: FifoMemory>(st: &mut St, a: M, d: Dims, g: &Guard) {
     let ch = Channels::new(Fifo::new(a), KickLog::default());
     let nv = ch.nr_vcpus();
@@ -1247,14 +1198,71 @@ fn control<M: FifoMemory>(st: &mut St, a: M, d: Dims, g: &Guard) {
     {
         st.fail(format!("port {p} not masked by Channels::new"));
     }
-    let mut table = Table {
-        slots: vec![Slot::default(); ch.nr_ports() as usize],
-        nr_vcpus: nv,
-    };
+    let mut table = Table::new(ch.nr_ports(), nv);
     let mut handles: Vec<Port> = Vec::new();
     // The vCPUs' own handles: their cursors carry over between upcalls.
     let mut vcpus: Vec<Vcpu<'_, Fifo<M>, KickLog>> = (0..nv).map(|v| ch.vcpu(v).unwrap()).collect();
     control_ops(st, &ch, d, &mut table, &mut handles, g, Some(&mut vcpus), 0);
+}
+
+/// Where `op` on `p` may write, given the model's `slot` of `p` before it
+/// (`None`: the operation fails).
+fn port_reach(op: PortOp, p: Port, slot: Option<Slot>, nv: u32) -> Reach {
+    let mut reach = Reach {
+        port: p.number(),
+        targets: Vec::new(),
+        bind: false,
+        own: 0,
+        set: 0,
+        clear: 0,
+    };
+    let reasons = slot.is_some_and(|s| s.explicit || s.eoi);
+    // What a raise may change of its own port's word.
+    let linking = PENDING | LINKED | LINK_MASK;
+    // Unmasks when it removes the last reason.
+    let last = |explicit: bool| {
+        slot.is_some_and(|s| {
+            if explicit {
+                s.explicit && !s.eoi
+            } else {
+                s.eoi && !s.explicit
+            }
+        })
+    };
+    match op {
+        PortOp::Send => {
+            reach.targets.extend(slot.map(|s| s.vcpu));
+            reach.own = linking;
+            reach.set = PENDING;
+        }
+        PortOp::Mask | PortOp::MaskUntilEoi => {
+            if !reasons {
+                reach.own = MASKED;
+                reach.set = MASKED;
+            }
+        }
+        PortOp::Unmask | PortOp::Eoi => {
+            if last(op == PortOp::Unmask) {
+                reach.targets.extend(slot.map(|s| s.vcpu));
+                reach.own = MASKED | linking;
+                reach.clear = MASKED;
+            }
+        }
+        PortOp::SetAffinity(v) => {
+            // Masked for the move, then unmasked on the new vCPU.
+            if v < nv && slot.is_some_and(|s| s.vcpu != v && !s.explicit && !s.eoi) {
+                reach.targets.push(v);
+                reach.own = MASKED | linking;
+                reach.clear = MASKED;
+            }
+        }
+        PortOp::SetPriority(_) => {}
+        PortOp::Close => {
+            reach.own = MASKED;
+            reach.set = MASKED;
+        }
+    }
+    reach
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1270,7 +1278,6 @@ fn control_ops<'c, M: FifoMemory>(
 ) {
     let mem = ch.abi().memory();
     let nv = table.nr_vcpus;
-    let nr = table.slots.len() as u32;
     let mut count = if depth == 0 {
         usize::MAX
     } else {
@@ -1282,207 +1289,68 @@ fn control_ops<'c, M: FifoMemory>(
         for _ in 0..st.scribbles() {
             scribble(st, mem, d);
         }
-        let code = st.input.byte() % 16;
-        let v = st.vcpu_arg(nv);
-        if code >= 13 {
-            st.trace.push(format!("upcall({v})"));
-            let own = vcpus.as_deref_mut().and_then(|h| h.get_mut(v as usize));
-            control_upcall(st, ch, d, table, handles, g, own, v, depth);
+        let Some(op) = CONTROL.decode(&mut st.input, nv, handles) else {
             continue;
-        }
-        let pick = |st: &mut St, handles: &Vec<Port>| -> Option<Port> {
-            let i = usize::from(st.input.byte());
-            handles.get(i % handles.len().max(1)).copied()
         };
         // Kicks made before this operation (a handler's end re-raising an
         // event) are not this operation's.
         ch.notifier().take();
         let before = words(mem, d);
-        let (name, got, want): (String, Result<(), Error>, Result<(), Error>);
-        let mut reach = Reach {
-            port: 0,
-            targets: Vec::new(),
-            bind: false,
-            own: 0,
-            set: 0,
-            clear: 0,
-        };
-        match code {
-            0..=2 => {
-                let mode = if code == 0 {
-                    Bind::XenCompat
-                } else {
-                    Bind::Affinity(v)
-                };
-                let target = if code == 0 { 0 } else { v };
-                let want_n = if target >= nv {
-                    Err(Error::VcpuOutOfRange)
-                } else {
-                    (1..nr as usize)
-                        .find(|&n| !table.slots[n].bound && !table.slots[n].closing)
-                        .ok_or(Error::NoFreePort)
-                };
+        let (name, verdict, failed, reach) = match op {
+            Control::Upcall(v) => {
+                st.trace.push(format!("upcall({v})"));
+                let own = vcpus.as_deref_mut().and_then(|h| h.get_mut(v as usize));
+                control_upcall(st, ch, d, table, handles, g, own, v, depth);
+                continue;
+            }
+            Control::Bind(mode) => {
                 let r = ch.bind(mode);
-                name = format!("bind({mode:?}) = {r:?}");
-                match (r, want_n) {
-                    (Ok(p), Ok(n)) if p.number() as usize == n => {
-                        let s = &mut table.slots[n];
-                        *s = Slot {
-                            bound: true,
-                            generation: s.generation.wrapping_add(1),
-                            vcpu: target,
-                            priority: PRIORITY_DEFAULT,
-                            ..Slot::default()
-                        };
-                        if p.generation() != s.generation {
-                            st.fail(format!("{name}: generation {}", s.generation));
-                        }
-                        if handles.len() >= 32 {
-                            handles.remove(0);
-                        }
-                        handles.push(p);
-                        reach = Reach {
-                            port: p.number(),
-                            targets: vec![target],
-                            bind: true,
-                            own: !0,
-                            set: if code == 0 { PENDING } else { 0 },
-                            clear: if code == 0 { MASKED } else { MASKED | PENDING },
-                        };
-                        got = Ok(());
-                        want = Ok(());
-                    }
-                    (r, w) => {
-                        got = r.map(|_| ());
-                        want = w.map(|_| ());
-                        if got == want && got.is_ok() {
-                            st.fail(format!("{name} bound another port, want {w:?}"));
-                        }
-                    }
-                }
-            }
-            3..=11 => {
-                let Some(p) = pick(st, handles) else { continue };
-                let checked = table.check(p);
-                let slot = checked.ok().map(|n| table.slots[n]);
-                let reasons = slot.is_some_and(|s| s.explicit || s.eoi);
-                reach.port = p.number();
-                // What a raise may change of its own port's word.
-                let linking = PENDING | LINKED | LINK_MASK;
-                let (label, r, w) = match code {
-                    3..=5 => {
-                        reach.targets.extend(slot.map(|s| s.vcpu));
-                        reach.own = linking;
-                        reach.set = PENDING;
-                        ("send", ch.send(p), checked.map(|_| ()))
-                    }
-                    6 | 8 => {
-                        if !reasons {
-                            reach.own = MASKED;
-                            reach.set = MASKED;
-                        }
-                        let w = checked.map(|n| {
-                            let s = &mut table.slots[n];
-                            if code == 6 {
-                                s.explicit = true;
-                            } else {
-                                s.eoi = true;
-                            }
-                        });
-                        if code == 6 {
-                            ("mask", ch.mask(p), w)
-                        } else {
-                            ("mask_until_eoi", ch.mask_until_eoi(p), w)
-                        }
-                    }
-                    7 | 9 => {
-                        // Unmasks when it removes the last reason.
-                        let last = slot.is_some_and(|s| {
-                            if code == 7 {
-                                s.explicit && !s.eoi
-                            } else {
-                                s.eoi && !s.explicit
-                            }
-                        });
-                        if last {
-                            reach.targets.extend(slot.map(|s| s.vcpu));
-                            reach.own = MASKED | linking;
-                            reach.clear = MASKED;
-                        }
-                        if code == 7 {
-                            let w = checked.map(|n| table.slots[n].explicit = false);
-                            ("unmask", ch.unmask(p), w)
-                        } else {
-                            let w = checked.and_then(|n| {
-                                let s = &mut table.slots[n];
-                                if s.eoi {
-                                    s.eoi = false;
-                                    Ok(())
-                                } else {
-                                    Err(Error::NotEoiPending)
-                                }
-                            });
-                            ("eoi", ch.eoi(p), w)
-                        }
-                    }
-                    10 => {
-                        let w = if v >= nv {
-                            Err(Error::VcpuOutOfRange)
-                        } else {
-                            checked.map(|n| {
-                                let s = &mut table.slots[n];
-                                if s.vcpu != v && !s.explicit && !s.eoi {
-                                    // Masked for the move, then unmasked
-                                    // on the new vCPU.
-                                    reach.targets.push(v);
-                                    reach.own = MASKED | linking;
-                                    reach.clear = MASKED;
-                                }
-                                s.vcpu = v;
-                            })
-                        };
-                        ("set_affinity", ch.set_affinity(p, v), w)
-                    }
-                    _ => {
-                        let prio = st.priority_arg();
-                        let w = if prio > 15 {
-                            Err(Error::PriorityOutOfRange)
-                        } else {
-                            checked.map(|n| table.slots[n].priority = prio)
-                        };
-                        st.trace.push(format!("  (priority {prio})"));
-                        ("set_priority", ch.set_priority(p, prio), w)
-                    }
+                let verdict = table.bind(mode, r, PRIORITY_DEFAULT);
+                let xen = mode == Bind::XenCompat;
+                let reach = Reach {
+                    port: r.map_or(0, |p| p.number()),
+                    targets: vec![bind_target(mode)],
+                    bind: true,
+                    own: !0,
+                    set: if xen { PENDING } else { 0 },
+                    clear: if xen { MASKED } else { MASKED | PENDING },
                 };
-                name = format!("{label}({p:?}, {v}) = {r:?}");
-                got = r;
-                want = w;
+                if let Ok(Some(p)) = verdict {
+                    remember(handles, p);
+                }
+                let failed = matches!(verdict, Ok(None));
+                (
+                    format!("bind({mode:?}) = {r:?}"),
+                    verdict.map(|_| ()),
+                    failed,
+                    reach,
+                )
             }
-            _ => {
-                let Some(p) = pick(st, handles) else { continue };
-                let r = ch.close(p);
-                let w = table.check(p).map(|n| {
-                    let s = &mut table.slots[n];
-                    s.bound = false;
-                    s.closing = s.in_flight;
-                    s.explicit = false;
-                    s.eoi = false;
-                });
-                reach.port = p.number();
-                reach.own = MASKED;
-                reach.set = MASKED;
-                name = format!("close({p:?}) = {r:?}");
-                got = r;
-                want = w;
+            Control::Port(op, p) => {
+                let slot = table.check(p).ok().map(|n| table.slots[n]);
+                let reach = port_reach(op, p, slot, nv);
+                let want = table.apply(op, p);
+                let got = op.call(ch, p);
+                let verdict = if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("want {want:?}"))
+                };
+                (
+                    format!("{} = {got:?}", op.name(p)),
+                    verdict,
+                    got.is_err(),
+                    reach,
+                )
             }
-        }
+        };
         st.trace.push(name.clone());
         g.after(st, mem, d, &name);
-        if got != want {
-            st.fail(format!("{name}, want {want:?}"));
+        if let Err(e) = verdict {
+            st.fail(format!("{name}, {e}"));
         }
         let after = words(mem, d);
-        if got.is_err() {
+        if failed {
             if after != before {
                 st.fail(format!("{name} failed and wrote: {}", after.diff(&before)));
             }
@@ -1490,15 +1358,10 @@ fn control_ops<'c, M: FifoMemory>(
             st.fail(format!("{name} wrote outside its reach: {e}"));
         }
         // Kicks: exactly the vCPUs whose flag went 0 → 1.
-        let mut edges: Vec<u32> = (0..before.flags.len().min(nv as usize))
-            .filter(|&u| before.flags[u] == 0 && after.flags[u] == 1)
-            .map(|u| u as u32)
-            .collect();
-        let mut kicks = ch.notifier().take();
-        kicks.sort_unstable();
-        edges.sort_unstable();
-        if kicks != edges {
-            st.fail(format!("{name}: kicks {kicks:?}, flag edges {edges:?}"));
+        let vcpus_flags = before.flags.len().min(nv as usize);
+        let kicks = ch.notifier().take();
+        if let Err(e) = check_kicks(&before.flags[..vcpus_flags], &after.flags, kicks) {
+            st.fail(format!("{name}: {e}"));
         }
         check_table(st, ch, table);
     }
@@ -1539,14 +1402,7 @@ fn control_upcall<'c, M: FifoMemory>(
         if runs > budget {
             st.fail(format!("upcall({v}) ran more than its budget of {budget}"));
         }
-        let n = match table.check(p) {
-            Ok(n) => n,
-            Err(e) => st.fail(format!("upcall({v}) ran {p:?}, which is {e:?} (C6)")),
-        };
-        let s = table.slots[n];
-        if s.vcpu != v || s.explicit || s.eoi || s.in_flight {
-            st.fail(format!("upcall({v}) ran {p:?}: {s:?} (C3/C4/C5)"));
-        }
+        let n = table.may_run(p, v).unwrap_or_else(|e| st.fail(e));
         // The event was consumed before its handler runs.
         let w = mem.event_word(p.number()).map(|w| w.load(SeqCst));
         if !w.is_some_and(|w| w & PENDING == 0) {
@@ -1575,27 +1431,13 @@ fn control_upcall<'c, M: FifoMemory>(
 }
 
 fn check_table<M: FifoMemory>(st: &St, ch: &Ch<M>, table: &Table) {
-    for (n, s) in table.slots.iter().enumerate().skip(1) {
+    for n in 1..table.slots.len() {
         let got = match ch.status(n as u32) {
             Ok(x) => x,
             Err(e) => st.fail(format!("status({n}) = {e:?}")),
         };
-        let state = if s.bound {
-            State::Bound
-        } else if s.closing {
-            State::Closing
-        } else {
-            State::Free
-        };
-        let ok = got.state == state
-            && got.generation == s.generation
-            && (!s.bound || (got.vcpu == s.vcpu && got.priority == s.priority))
-            && got.masked_explicit == s.explicit
-            && got.masked_eoi == s.eoi
-            && !got.masked_rebind
-            && got.in_flight == s.in_flight;
-        if !ok {
-            st.fail(format!("status({n}): core {got:?}, model {s:?}"));
+        if let Err(e) = table.agrees(n, &got, true) {
+            st.fail(e);
         }
     }
 }

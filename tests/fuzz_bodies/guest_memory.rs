@@ -29,15 +29,14 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::Mutex;
 
 use evtchn::abi::{SharedInfo, VcpuInfo, XenUlong};
 use evtchn::{
-    Bind, Channels, Delivery, Error, Memory2l, Notify, OwnedMemory, Port, PortOps, Raised, State,
-    TwoLevel, TwoLevelCursor,
+    Bind, Channels, Delivery, Error, Memory2l, OwnedMemory, Port, PortOps, Raised, TwoLevel,
+    TwoLevelCursor,
 };
 
-use super::Input;
+use super::{check_kicks, remember, Code, Control, ControlCodes, Input, KickLog, St, Table};
 
 /// Operations per input (scribbles not counted).
 pub const MAX_OPS: usize = 300;
@@ -268,22 +267,6 @@ fn bit(ws: &[u64], w: usize, b: u64) -> bool {
 // The harness
 // ---------------------------------------------------------------------------
 
-/// A recording `Notify`.
-#[derive(Default)]
-struct KickLog(Mutex<Vec<u32>>);
-
-impl Notify for KickLog {
-    fn kick(&self, vcpu: u32) {
-        self.0.lock().unwrap().push(vcpu);
-    }
-}
-
-impl KickLog {
-    fn take(&self) -> Vec<u32> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
 /// Domain B: a control plane with a few ports in known states.
 struct Bystander<'m, M: Memory2l> {
     ch: Channels<TwoLevel<&'m M>, KickLog>,
@@ -332,15 +315,6 @@ impl<'m, M: Memory2l> Bystander<'m, M> {
     }
 }
 
-struct St<'i> {
-    input: Input<'i>,
-    ops: usize,
-    /// Hostile writes so far (a check of untouched words holds only across
-    /// an operation during which the guest wrote nothing).
-    scribbles: usize,
-    trace: Vec<String>,
-}
-
 /// The checks around every operation on A: nothing outside A's event words
 /// changed (when the guest wrote nothing meanwhile), nor anything of B.
 struct Watch<'w> {
@@ -375,39 +349,25 @@ impl Watch<'_> {
     }
 }
 
-impl St<'_> {
-    #[track_caller]
-    fn fail(&self, msg: impl std::fmt::Display) -> ! {
-        let tail = self.trace.len().saturating_sub(30);
-        panic!(
-            "guest_memory: {msg}\nlast operations (of {}):\n  {}",
-            self.trace.len(),
-            self.trace[tail..].join("\n  ")
-        );
+/// A port argument: mostly in range or just past it, sometimes far out.
+fn port_arg(input: &mut Input, nr_ports: u32) -> u32 {
+    match input.byte() {
+        0..=243 => input.below(nr_ports + 8),
+        244 => u32::MAX,
+        245 => 4096,
+        246 => 64 * 64 + 1,
+        247 => nr_ports,
+        b => nr_ports.wrapping_add(u32::from(b)),
     }
+}
 
-    fn budget_left(&self) -> bool {
-        self.ops < MAX_OPS && !self.input.is_empty()
-    }
-
-    fn port_arg(&mut self, nr_ports: u32) -> u32 {
-        match self.input.byte() {
-            0..=243 => self.input.below(nr_ports + 8),
-            244 => u32::MAX,
-            245 => 4096,
-            246 => 64 * 64 + 1,
-            247 => nr_ports,
-            b => nr_ports.wrapping_add(u32::from(b)),
-        }
-    }
-
-    fn vcpu_arg(&mut self, nr_vcpus: u32) -> u32 {
-        match self.input.byte() {
-            b @ 0..=249 => u32::from(b) % (nr_vcpus + 2),
-            250 => u32::MAX,
-            251 => 0xffff,
-            b => nr_vcpus + u32::from(b),
-        }
+/// A vCPU argument: mostly in range or just past it, sometimes far out.
+fn vcpu_arg(input: &mut Input, nr_vcpus: u32) -> u32 {
+    match input.byte() {
+        b @ 0..=249 => u32::from(b) % (nr_vcpus + 2),
+        250 => u32::MAX,
+        251 => 0xffff,
+        b => nr_vcpus + u32::from(b),
     }
 }
 
@@ -478,17 +438,13 @@ fn drive<MA: Memory2l, MB: Memory2l>(
         b_unchanged: &b_unchanged,
         sabotage: &simulate_bug,
     };
-    let mut st = St {
-        input,
-        ops: 0,
-        scribbles: 0,
-        trace: vec![format!(
-            "{mode:?}, A of {}/{} words, {} vCPUs",
-            a.pending().len(),
-            a.mask().len(),
-            a.vcpu_info().len()
-        )],
-    };
+    let first = format!(
+        "{mode:?}, A of {}/{} words, {} vCPUs",
+        a.pending().len(),
+        a.mask().len(),
+        a.vcpu_info().len()
+    );
+    let mut st = St::new("guest_memory", MAX_OPS, input, first);
     match mode {
         Mode::Raw => raw(&mut st, a, poke, &watch),
         Mode::Control => control(&mut st, a, poke, &watch),
@@ -514,8 +470,8 @@ fn raw<M: Memory2l>(st: &mut St, mem: &M, poke: &dyn Fn(usize, u64), watch: &Wat
             scribble(st, mem, poke);
         }
         let code = st.input.byte() % 10;
-        let p = st.port_arg(nr);
-        let t = st.vcpu_arg(nv);
+        let p = port_arg(&mut st.input, nr);
+        let t = vcpu_arg(&mut st.input, nv);
         let before = words(mem);
         let snap = watch.before(st);
         let calls = Cell::new(0u32);
@@ -801,46 +757,34 @@ fn scan<M: Memory2l>(
 // The control plane over hostile memory
 // ---------------------------------------------------------------------------
 
-/// The hypervisor-private state of one port number.
-#[derive(Clone, Copy, Debug, Default)]
-struct Slot {
-    bound: bool,
-    closing: bool,
-    generation: u32,
-    vcpu: u32,
-    explicit: bool,
-    eoi: bool,
-    in_flight: bool,
-}
+/// The control-plane operations of this body, by operation byte.
+const CONTROL: ControlCodes = ControlCodes {
+    codes: &[
+        Code::BindXenCompat,
+        Code::BindAffinity,
+        Code::Send,
+        Code::Send,
+        Code::Mask,
+        Code::Unmask,
+        Code::MaskUntilEoi,
+        Code::Eoi,
+        Code::SetAffinity,
+        Code::Close,
+        Code::Upcall,
+        Code::Upcall,
+    ],
+    vcpu: vcpu_arg,
+    priority: no_priority,
+};
 
-struct Table {
-    slots: Vec<Slot>,
-    nr_vcpus: u32,
-}
-
-impl Table {
-    fn check(&self, p: Port) -> Result<usize, Error> {
-        let n = p.number() as usize;
-        if n == 0 || n >= self.slots.len() {
-            return Err(Error::PortOutOfRange);
-        }
-        let s = &self.slots[n];
-        if s.generation != p.generation() {
-            Err(Error::Stale)
-        } else if !s.bound {
-            Err(Error::NotBound)
-        } else {
-            Ok(n)
-        }
-    }
+/// The 2-level codes have no `set_priority`.
+fn no_priority(_: &mut Input) -> u8 {
+    unreachable!("guest_memory: no set_priority")
 }
 
 fn control<M: Memory2l>(st: &mut St, mem: &M, poke: &dyn Fn(usize, u64), watch: &Watch) {
     let ch = Channels::new(TwoLevel::new(mem), KickLog::default());
-    let mut table = Table {
-        slots: vec![Slot::default(); ch.nr_ports() as usize],
-        nr_vcpus: ch.nr_vcpus(),
-    };
+    let mut table = Table::new(ch.nr_ports(), ch.nr_vcpus());
     let mut handles: Vec<Port> = Vec::new();
     control_ops(st, &ch, mem, &mut table, &mut handles, poke, watch, 0);
 }
@@ -859,7 +803,6 @@ fn control_ops<M: Memory2l>(
     depth: u32,
 ) {
     let nv = table.nr_vcpus;
-    let nr = table.slots.len() as u32;
     let mut count = if depth == 0 {
         usize::MAX
     } else {
@@ -871,146 +814,49 @@ fn control_ops<M: Memory2l>(
         for _ in 0..st.input.below(3) {
             scribble(st, mem, poke);
         }
-        let code = st.input.byte() % 12;
-        let pick = |st: &mut St, handles: &Vec<Port>| -> Option<Port> {
-            let i = usize::from(st.input.byte());
-            handles.get(i % handles.len().max(1)).copied()
+        let Some(op) = CONTROL.decode(&mut st.input, nv, handles) else {
+            continue;
         };
-        let v = st.vcpu_arg(nv);
         // Kicks made before this operation (a handler's end re-raising an
         // event between two handlers) are not this operation's.
         ch.notifier().take();
         let flags_before: Vec<u8> = words(mem).flag;
         let snap = watch.before(st);
-        let (name, got, want): (String, Result<(), Error>, Result<(), Error>);
-        match code {
-            0 | 1 => {
-                let mode = if code == 0 {
-                    Bind::XenCompat
-                } else {
-                    Bind::Affinity(v)
-                };
-                let target = if code == 0 { 0 } else { v };
-                let want_n = if target >= nv {
-                    Err(Error::VcpuOutOfRange)
-                } else {
-                    (1..nr as usize)
-                        .find(|&n| !table.slots[n].bound && !table.slots[n].closing)
-                        .ok_or(Error::NoFreePort)
-                };
-                let r = ch.bind(mode);
-                name = format!("bind({mode:?}) = {r:?}");
-                match (r, want_n) {
-                    (Ok(p), Ok(n)) if p.number() as usize == n => {
-                        let s = &mut table.slots[n];
-                        *s = Slot {
-                            bound: true,
-                            generation: s.generation.wrapping_add(1),
-                            vcpu: target,
-                            ..Slot::default()
-                        };
-                        if p.generation() != s.generation {
-                            st.fail(format!("{name}: generation {}", s.generation));
-                        }
-                        if handles.len() >= 32 {
-                            handles.remove(0);
-                        }
-                        handles.push(p);
-                        got = Ok(());
-                        want = Ok(());
-                    }
-                    (r, w) => {
-                        got = r.map(|_| ());
-                        want = w.map(|_| ());
-                        if got == want {
-                            // Same error.
-                        } else {
-                            st.fail(format!("{name}, want port {w:?}"));
-                        }
-                    }
-                }
-            }
-            2..=8 => {
-                let Some(p) = pick(st, handles) else { continue };
-                let checked = table.check(p);
-                let (label, r, w) = match code {
-                    2 | 3 => ("send", ch.send(p), checked.map(|_| ())),
-                    4 => (
-                        "mask",
-                        ch.mask(p),
-                        checked.map(|n| table.slots[n].explicit = true),
-                    ),
-                    5 => (
-                        "unmask",
-                        ch.unmask(p),
-                        checked.map(|n| table.slots[n].explicit = false),
-                    ),
-                    6 => (
-                        "mask_until_eoi",
-                        ch.mask_until_eoi(p),
-                        checked.map(|n| table.slots[n].eoi = true),
-                    ),
-                    7 => (
-                        "eoi",
-                        ch.eoi(p),
-                        checked.and_then(|n| {
-                            if table.slots[n].eoi {
-                                table.slots[n].eoi = false;
-                                Ok(())
-                            } else {
-                                Err(Error::NotEoiPending)
-                            }
-                        }),
-                    ),
-                    _ => {
-                        let w = if v >= nv {
-                            Err(Error::VcpuOutOfRange)
-                        } else {
-                            checked.map(|n| table.slots[n].vcpu = v)
-                        };
-                        ("set_affinity", ch.set_affinity(p, v), w)
-                    }
-                };
-                name = format!("{label}({p:?}, {v}) = {r:?}");
-                got = r;
-                want = w;
-            }
-            9 => {
-                let Some(p) = pick(st, handles) else { continue };
-                let r = ch.close(p);
-                let w = table.check(p).map(|n| {
-                    let s = &mut table.slots[n];
-                    s.bound = false;
-                    s.closing = s.in_flight;
-                    s.explicit = false;
-                    s.eoi = false;
-                });
-                name = format!("close({p:?}) = {r:?}");
-                got = r;
-                want = w;
-            }
-            _ => {
+        let (name, verdict) = match op {
+            Control::Upcall(v) => {
                 st.trace.push(format!("upcall({v})"));
                 control_upcall(st, ch, mem, table, handles, v, poke, watch, depth);
                 continue;
             }
-        }
+            Control::Bind(mode) => {
+                let r = ch.bind(mode);
+                let verdict = table.bind(mode, r, 0).map(|p| {
+                    if let Some(p) = p {
+                        remember(handles, p);
+                    }
+                });
+                (format!("bind({mode:?}) = {r:?}"), verdict)
+            }
+            Control::Port(op, p) => {
+                let want = table.apply(op, p);
+                let got = op.call(ch, p);
+                let verdict = if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("want {want:?}"))
+                };
+                (format!("{} = {got:?}", op.name(p)), verdict)
+            }
+        };
         st.trace.push(name.clone());
         watch.after(st, &snap, &name);
-        if got != want {
-            st.fail(format!("{name}, want {want:?}"));
+        if let Err(e) = verdict {
+            st.fail(format!("{name}, {e}"));
         }
         // Kicks: exactly the vCPUs whose flag went 0 → 1.
         let flags_after = words(mem).flag;
-        let mut edges: Vec<u32> = (0..flags_before.len())
-            .filter(|&u| flags_before[u] == 0 && flags_after[u] == 1)
-            .map(|u| u as u32)
-            .collect();
-        let mut kicks = ch.notifier().take();
-        kicks.sort_unstable();
-        edges.sort_unstable();
-        if kicks != edges {
-            st.fail(format!("{name}: kicks {kicks:?}, flag edges {edges:?}"));
+        if let Err(e) = check_kicks(&flags_before, &flags_after, ch.notifier().take()) {
+            st.fail(format!("{name}: {e}"));
         }
         check_table(st, ch, table);
     }
@@ -1039,14 +885,7 @@ fn control_upcall<M: Memory2l>(
     let mut disturbances = 0usize;
     let got = handle.upcall(|p| {
         runs += 1;
-        let n = match table.check(p) {
-            Ok(n) => n,
-            Err(e) => st.fail(format!("upcall({v}) ran {p:?}, which is {e:?} (C6)")),
-        };
-        let s = table.slots[n];
-        if s.vcpu != v || s.explicit || s.eoi || s.in_flight {
-            st.fail(format!("upcall({v}) ran {p:?}: {s:?} (C3/C4/C5)"));
-        }
+        let n = table.may_run(p, v).unwrap_or_else(|e| st.fail(e));
         if depth < 2 {
             table.slots[n].in_flight = true;
             let (ops_before, scribbles_before) = (st.ops, st.scribbles);
@@ -1084,27 +923,13 @@ fn check_table<M: Memory2l>(st: &St, ch: &ACh<'_, M>, table: &Table) {
     } else {
         table.slots.len()
     };
-    for (n, s) in table.slots.iter().enumerate().take(upto).skip(1) {
+    for n in 1..upto.min(table.slots.len()) {
         let got = match ch.status(n as u32) {
             Ok(x) => x,
             Err(e) => st.fail(format!("status({n}) = {e:?}")),
         };
-        let state = if s.bound {
-            State::Bound
-        } else if s.closing {
-            State::Closing
-        } else {
-            State::Free
-        };
-        let ok = got.state == state
-            && got.generation == s.generation
-            && (!s.bound || got.vcpu == s.vcpu)
-            && got.masked_explicit == s.explicit
-            && got.masked_eoi == s.eoi
-            && !got.masked_rebind
-            && got.in_flight == s.in_flight;
-        if !ok {
-            st.fail(format!("status({n}): core {got:?}, model {s:?}"));
+        if let Err(e) = table.agrees(n, &got, false) {
+            st.fail(e);
         }
     }
 }

@@ -83,15 +83,14 @@
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::Mutex;
 
 use evtchn::abi::fifo::{BUSY, LINKED, LINK_MASK, MASKED, MAX_QUEUES, PENDING};
 use evtchn::{
-    Bind, Channels, Error, Fifo, FifoMemory, Memory2l, Notify, OwnedFifo, OwnedMemory, Port,
-    PortOps, State, Status, TwoLevel, Vcpu,
+    Bind, Channels, Error, Fifo, FifoMemory, Memory2l, OwnedFifo, OwnedMemory, Port, PortOps,
+    State, Status, TwoLevel, Vcpu,
 };
 
-use super::Input;
+use super::{Input, KickLog};
 
 /// Operations per input, top-level and nested together.
 pub const MAX_OPS: usize = 400;
@@ -1351,22 +1350,6 @@ enum Op {
     /// Remember a handle of a side instance: another life, or a number
     /// this instance does not have.
     Forge(u32, u32),
-}
-
-/// A recording `Notify`: every kick, in order.
-#[derive(Default)]
-pub struct KickLog(Mutex<Vec<u32>>);
-
-impl Notify for KickLog {
-    fn kick(&self, vcpu: u32) {
-        self.0.lock().unwrap().push(vcpu);
-    }
-}
-
-impl KickLog {
-    fn take(&self) -> Vec<u32> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
 }
 
 type Ch<A> = Channels<A, KickLog>;

@@ -1,0 +1,136 @@
+//! Helpers shared by the integration tests: `mod common;` in each test file.
+//!
+//! * A recording [`Notify`] ([`Kicks`]) and the control-plane helpers built
+//!   on it, generic over the ABI: [`kicks`], [`upcall`], [`pending_vcpus`],
+//!   [`numbers`], and [`assert_err_unchanged_by`] (C8: an error changes
+//!   nothing).
+//! * [`Rng`]: the tiny deterministic PRNG of the seeded tests.
+//! * [`within`]: a hang is a failure.
+
+// Every test binary compiles this module on its own and uses part of it.
+#![allow(dead_code)]
+
+use std::fmt::Debug;
+use std::sync::{mpsc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use evtchn::{Channels, Error, Notify, Port, PortOps};
+
+// ---------------------------------------------------------------------------
+// The control plane
+// ---------------------------------------------------------------------------
+
+/// A recording `Notify`: every kick, in order.
+#[derive(Default)]
+pub struct Kicks(Mutex<Vec<u32>>);
+
+impl Notify for Kicks {
+    fn kick(&self, vcpu: u32) {
+        self.0.lock().unwrap().push(vcpu);
+    }
+}
+
+impl Kicks {
+    /// The kicks since the last `take`, and forget them.
+    pub fn take(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    /// The kicks since the last `take`.
+    pub fn peek(&self) -> Vec<u32> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// The kicks of `ch` since the last call, and forget them.
+pub fn kicks<A: PortOps>(ch: &Channels<A, Kicks>) -> Vec<u32> {
+    ch.notifier().take()
+}
+
+/// One upcall on `v` with a fresh handle; returns the ports handled, in
+/// order, and checks the returned count against them.
+pub fn upcall<A: PortOps, N: Notify>(ch: &Channels<A, N>, v: u32) -> Vec<Port> {
+    let mut vcpu = ch.vcpu(v).unwrap();
+    let mut seen = Vec::new();
+    let n = vcpu.upcall(|p| seen.push(p)).unwrap();
+    assert_eq!(n, seen.len(), "upcall's count disagrees with handler runs");
+    seen
+}
+
+/// The numbers of `ports`, in order.
+pub fn numbers(ports: &[Port]) -> Vec<u32> {
+    ports.iter().map(|p| p.number()).collect()
+}
+
+/// The vCPUs whose upcall flag is set, in order.
+pub fn pending_vcpus<A: PortOps, N: Notify>(ch: &Channels<A, N>) -> Vec<u32> {
+    (0..ch.nr_vcpus())
+        .filter(|&v| ch.upcall_pending(v).unwrap())
+        .collect()
+}
+
+/// Runs `op`, expects `Err(want)`, and checks that `observe` (everything
+/// observable about the instance) sees no change (C8).
+#[track_caller]
+pub fn assert_err_unchanged_by<S: PartialEq + Debug, T: Debug>(
+    observe: impl Fn() -> S,
+    want: Error,
+    op: impl FnOnce() -> Result<T, Error>,
+) {
+    let before = observe();
+    assert_eq!(op().unwrap_err(), want);
+    assert_eq!(
+        observe(),
+        before,
+        "a failed operation ({want:?}) changed state"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Seeds and time limits
+// ---------------------------------------------------------------------------
+
+/// xorshift64*: a tiny deterministic PRNG.
+pub struct Rng(u64);
+
+impl Rng {
+    /// The generator of `seed` (any value, 0 included).
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform-enough in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Runs `f` on its own thread and fails the test if it does not finish in
+/// `limit` (a hang is a failure; the stuck thread is abandoned).
+pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let t = thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => {
+            t.join().unwrap();
+            v
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            // The closure panicked: re-raise its panic here.
+            std::panic::resume_unwind(t.join().unwrap_err())
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("did not return within {limit:?}: an unbounded loop")
+        }
+    }
+}
