@@ -42,7 +42,7 @@ use std::sync::atomic::Ordering::*;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use evtchn::abi::fifo::PRIORITY_DEFAULT;
-use evtchn::{Bind, Channels, Fifo, Memory2l, OwnedFifo, OwnedMemory, TwoLevel};
+use evtchn::{Fifo, Memory2l, OwnedFifo, OwnedMemory, TwoLevel};
 
 mod floor;
 
@@ -52,20 +52,14 @@ const WORDS: usize = 64;
 const PORTS: u32 = WORDS as u32 * 64;
 
 fn drain(c: &mut Criterion) {
-    let ch = Channels::new(TwoLevel::new(OwnedMemory::new(WORDS, 2)), ());
-    for _ in 1..WORDS * 64 {
-        ch.bind(Bind::Affinity(0)).expect("bind");
-    }
+    let ch = floor::all_bound_to_vcpu0(TwoLevel::new(OwnedMemory::new(WORDS, 2)));
     let mut vcpu = ch.vcpu(0).expect("vcpu");
     let ev = ch.abi().memory();
     let fl = OwnedMemory::new(WORDS, 2);
     // Port 0 masked, as the control plane leaves it.
     fl.mask()[0].store(1, Relaxed);
 
-    let fch = Channels::new(Fifo::new(OwnedFifo::new(PORTS, 2)), ());
-    for _ in 1..PORTS {
-        fch.bind(Bind::Affinity(0)).expect("bind");
-    }
+    let fch = floor::all_bound_to_vcpu0(Fifo::new(OwnedFifo::new(PORTS, 2)));
     let mut fvcpu = fch.vcpu(0).expect("vcpu");
     let fmem = fch.abi().memory();
     let prio = u32::from(PRIORITY_DEFAULT);

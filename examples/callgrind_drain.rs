@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering::*;
 
 use evtchn::abi::fifo::PRIORITY_DEFAULT;
-use evtchn::{Bind, Channels, Fifo, Memory2l, OwnedFifo, OwnedMemory, TwoLevel, Vcpu};
+use evtchn::{Fifo, Memory2l, OwnedFifo, OwnedMemory, TwoLevel, Vcpu};
 
 #[path = "../benches/floor/mod.rs"]
 mod floor;
@@ -104,19 +104,13 @@ fn main() -> ExitCode {
         }
     };
 
-    let ch = Channels::new(TwoLevel::new(OwnedMemory::new(WORDS, 2)), ());
-    for _ in 1..WORDS * 64 {
-        ch.bind(Bind::Affinity(0)).expect("bind");
-    }
+    let ch = floor::all_bound_to_vcpu0(TwoLevel::new(OwnedMemory::new(WORDS, 2)));
     let mut vcpu = ch.vcpu(0).expect("vcpu");
     let ev = ch.abi().memory();
     let fl = OwnedMemory::new(WORDS, 2);
     fl.mask()[0].store(1, Relaxed);
 
-    let fch = Channels::new(Fifo::new(OwnedFifo::new(PORTS, 2)), ());
-    for _ in 1..PORTS {
-        fch.bind(Bind::Affinity(0)).expect("bind");
-    }
+    let fch = floor::all_bound_to_vcpu0(Fifo::new(OwnedFifo::new(PORTS, 2)));
     let mut fvcpu = fch.vcpu(0).expect("vcpu");
     let fmem = fch.abi().memory();
     let prio = u32::from(PRIORITY_DEFAULT);

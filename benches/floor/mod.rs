@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::*;
 
 use evtchn::abi::fifo::{ControlBlock, EventWord, LINKED, LINK_MASK, MASKED, MAX_QUEUES, PENDING};
 use evtchn::abi::{VcpuInfo, XenUlong};
-use evtchn::{FifoMemory, Memory2l};
+use evtchn::{Bind, Channels, FifoMemory, Memory2l, PortOps};
 
 /// The words one raise of `port` on `vcpu` touches, resolved once.
 pub struct Words<'a> {
@@ -435,4 +435,14 @@ pub fn hand_walk(words: &[EventWord], cb: &ControlBlock, vi: &VcpuInfo, mut each
             return;
         }
     }
+}
+
+/// A control plane over `abi` with every port but the reserved port 0 bound
+/// to vCPU 0: the set-up of the drain rows.
+pub fn all_bound_to_vcpu0<A: PortOps>(abi: A) -> Channels<A> {
+    let ch = Channels::new(abi, ());
+    for _ in 1..ch.nr_ports() {
+        ch.bind(Bind::Affinity(0)).expect("bind");
+    }
+    ch
 }
