@@ -287,7 +287,9 @@ impl<M: FifoMemory> Fifo<M> {
         let ports = mem.max_ports() as usize;
         let queues = (mem.nr_vcpus() as usize).saturating_mul(MAX_QUEUES);
         Fifo {
-            tails: (0..queues).map(|_| SpinLock::new(0)).collect(),
+            tails: (0..queues)
+                .map(|_| SpinLock::with_weakness(0, weak))
+                .collect(),
             last: (0..ports).map(|_| AtomicU32::new(NEVER)).collect(),
             priority: (0..ports)
                 .map(|_| AtomicU8::new(PRIORITY_DEFAULT))

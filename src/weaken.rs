@@ -61,6 +61,10 @@ pub enum Weaken {
     /// FIFO: an upcall out of budget keeps the queues it took in its
     /// cursor instead of handing them back to the control block.
     BudgetNoHandBack,
+    /// FIFO: the queue lock (a spin lock) is taken and given back with
+    /// `Relaxed` instead of Acquire/Release: two raisers' critical sections
+    /// on one queue's tail are not ordered.
+    RelaxedQueueLock,
 }
 
 /// The weakness a core object was built with; zero-sized natively.

@@ -4,7 +4,7 @@
 //!
 //! | build              | [`Lock`] (control plane)          | [`SpinLock`] (FIFO queue tails)   |
 //! |--------------------|-----------------------------------|-----------------------------------|
-//! | `cfg(loom)`        | `loom::sync::Mutex`               | `loom::sync::Mutex`               |
+//! | `cfg(loom)`        | `loom::sync::Mutex`               | the spin lock, on loom's atomics  |
 //! | `std` feature      | `parking_lot::Mutex`              | spin lock, yielding after a while |
 //! | neither (`no_std`) | a test-and-test-and-set spin lock | the same spin lock                |
 //!
@@ -52,18 +52,21 @@ impl<T> Lock<T> {
 #[cfg(all(not(loom), not(feature = "std")))]
 pub(crate) use spin::Lock;
 
-#[cfg(not(loom))]
 pub(crate) use spin::Lock as SpinLock;
 
-#[cfg(loom)]
-pub(crate) use Lock as SpinLock;
-
-#[cfg(not(loom))]
+/// The spin lock. Under loom it is built from loom's atomics and cell, so
+/// the FIFO models check it (and its weakened variant) with the queues it
+/// guards.
 mod spin {
-    use core::cell::UnsafeCell;
     use core::ops::{Deref, DerefMut};
 
+    #[cfg(not(loom))]
+    use core::cell::UnsafeCell;
+    #[cfg(loom)]
+    use loom::cell::{MutPtr, UnsafeCell};
+
     use super::super::{spin_loop, AtomicU8, Ordering};
+    use crate::weaken::{Weaken, Weakness};
 
     /// A test-and-test-and-set spin lock. With `std`, a waiter that has spun
     /// for a while yields its CPU, so that a holder preempted in its few
@@ -71,6 +74,7 @@ mod spin {
     pub(crate) struct Lock<T> {
         locked: AtomicU8,
         value: UnsafeCell<T>,
+        weak: Weakness,
     }
 
     // SAFETY: the lock hands out `&mut T` to one holder at a time (see
@@ -81,13 +85,27 @@ mod spin {
 
     pub(crate) struct Guard<'a, T> {
         lock: &'a Lock<T>,
+        /// Loom's record of this holder's exclusive access to `value`, for
+        /// as long as the guard lives: an access by another holder not
+        /// ordered after it is a reported race.
+        #[cfg(loom)]
+        access: MutPtr<T>,
     }
 
     impl<T> Lock<T> {
-        pub(crate) const fn new(t: T) -> Self {
+        /// Used as the control-plane lock of `no_std` builds.
+        #[cfg_attr(any(loom, feature = "std"), allow(dead_code))]
+        pub(crate) fn new(t: T) -> Self {
+            Self::with_weakness(t, Weakness::default())
+        }
+
+        /// A lock with one protective step weakened (natively `weak` is
+        /// zero-sized and never weakens anything).
+        pub(crate) fn with_weakness(t: T, weak: Weakness) -> Self {
             Lock {
                 locked: AtomicU8::new(0),
                 value: UnsafeCell::new(t),
+                weak,
             }
         }
 
@@ -95,19 +113,24 @@ mod spin {
             loop {
                 // Acquire: pairs with the Release store in `Guard::drop`, so
                 // the previous holder's writes to `value` are visible.
+                let acquire = self.weak.ord(Weaken::RelaxedQueueLock, Ordering::Acquire);
                 if self
                     .locked
-                    .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange_weak(0, 1, acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return Guard { lock: self };
+                    return Guard {
+                        lock: self,
+                        #[cfg(loom)]
+                        access: self.value.get_mut(),
+                    };
                 }
-                #[cfg(feature = "std")]
+                #[cfg(all(feature = "std", not(loom)))]
                 let mut spins = 0u32;
                 // Relaxed: only a hint to retry the CAS; the CAS orders.
                 while self.locked.load(Ordering::Relaxed) != 0 {
                     spin_loop();
-                    #[cfg(feature = "std")]
+                    #[cfg(all(feature = "std", not(loom)))]
                     {
                         spins = spins.saturating_add(1);
                         if spins >= 128 {
@@ -122,23 +145,43 @@ mod spin {
     impl<T> Deref for Guard<'_, T> {
         type Target = T;
         fn deref(&self) -> &T {
+            #[cfg(not(loom))]
             // SAFETY: the guard exists only while `locked` is held by us.
-            unsafe { &*self.lock.value.get() }
+            unsafe {
+                &*self.lock.value.get()
+            }
+            #[cfg(loom)]
+            // SAFETY: as above; loom checks the claim through `access`.
+            unsafe {
+                self.access.deref()
+            }
         }
     }
 
     impl<T> DerefMut for Guard<'_, T> {
         fn deref_mut(&mut self) -> &mut T {
+            #[cfg(not(loom))]
             // SAFETY: the guard exists only while `locked` is held by us,
             // and `&mut self` makes this the only live reference.
-            unsafe { &mut *self.lock.value.get() }
+            unsafe {
+                &mut *self.lock.value.get()
+            }
+            #[cfg(loom)]
+            // SAFETY: as above; loom checks the claim through `access`.
+            unsafe {
+                self.access.deref()
+            }
         }
     }
 
     impl<T> Drop for Guard<'_, T> {
         fn drop(&mut self) {
             // Release: publishes this holder's writes to the next Acquire.
-            self.lock.locked.store(0, Ordering::Release);
+            let release = self
+                .lock
+                .weak
+                .ord(Weaken::RelaxedQueueLock, Ordering::Release);
+            self.lock.locked.store(0, release);
         }
     }
 }
