@@ -685,8 +685,9 @@ impl Drop for StopAll<'_> {
 }
 
 /// Ends the process if the run hangs (a hang is a failure, and a scoped
-/// thread cannot be abandoned).
-fn watchdog(secs: u64, done: Arc<AtomicBool>) {
+/// thread cannot be abandoned). The run joins it once it set `done`, so no
+/// thread outlives the test (Miri reports one that does).
+fn watchdog(secs: u64, done: Arc<AtomicBool>) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(secs) {
@@ -697,7 +698,7 @@ fn watchdog(secs: u64, done: Arc<AtomicBool>) {
         }
         eprintln!("stress: watchdog: no completion after {secs} s: the core hangs");
         std::process::exit(101);
-    });
+    })
 }
 
 #[test]
@@ -750,7 +751,7 @@ fn run<A: PortOps>(abi: Abi, ch: Ch<A>, cfg: &Config, leftover: impl Fn(&A) -> u
     let total = cfg.sends;
     let (vcpus, senders) = (cfg.vcpus, cfg.senders);
     let done = Arc::new(AtomicBool::new(false));
-    watchdog(cfg.timeout_secs, done.clone());
+    let watchdog = watchdog(cfg.timeout_secs, done.clone());
 
     let nr = ch.nr_ports() as usize;
     let ledger: Vec<Ledger> = (0..nr).map(|_| Ledger::default()).collect();
@@ -854,6 +855,7 @@ fn run<A: PortOps>(abi: Abi, ch: Ch<A>, cfg: &Config, leftover: impl Fn(&A) -> u
     });
     let elapsed = t0.elapsed();
     done.store(true, Release);
+    watchdog.join().expect("watchdog thread panicked");
     let final_runs = hs.handled;
 
     // C1: every live port's last send was observed, and nothing is left
