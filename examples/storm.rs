@@ -344,7 +344,20 @@ struct World {
     concurrent: AtomicU64,
     errors: AtomicU64,
     stop_senders: AtomicBool,
+    /// Set once the senders and the rebalancer have stopped: the vCPUs end
+    /// their delayed EOIs at once, then acknowledge in `stopped`.
     stop_vcpus: AtomicBool,
+    /// vCPUs that saw `stop_vcpus` and hold no delayed EOI any more.
+    stopped: AtomicU64,
+    /// vCPUs inside an active stretch: an upcall and the EOIs after it.
+    /// With the senders and the rebalancer stopped, only such a stretch can
+    /// raise an event (a FIFO relink of an event bound elsewhere, the
+    /// re-raise of an in-flight guard's replay or of an EOI).
+    active: AtomicU64,
+    /// Active stretches begun so far.
+    starts: AtomicU64,
+    /// Set by the run once every vCPU is idle for good: the vCPUs return.
+    exit_vcpus: AtomicBool,
     moves: AtomicU64,
 }
 
@@ -479,7 +492,12 @@ fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, spec: &RunSpec) -> V
         w.errors.fetch_add(1, Relaxed);
         return r;
     };
+    let mut acked = false;
     loop {
+        // SeqCst (both): the quiescence check reads `starts`, `active` and
+        // the upcall flags in one total order with these updates.
+        w.starts.fetch_add(1, SeqCst);
+        w.active.fetch_add(1, SeqCst);
         let wall0 = w.now_ns();
         let cpu0 = thread_cpu_ns();
         me.running_since.store(wall0 + 1, Relaxed);
@@ -522,13 +540,28 @@ fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, spec: &RunSpec) -> V
         r.upcalls += 1;
         r.longest_cpu_ns = r.longest_cpu_ns.max(cpu);
         r.longest_wall_ns = r.longest_wall_ns.max(w.now_ns().saturating_sub(wall0));
+        if stopping && !acked {
+            // Every delayed EOI was ended above (`stopping`).
+            acked = true;
+            // SeqCst: read by the run before its quiescence check.
+            w.stopped.fetch_add(1, SeqCst);
+        }
+        // SeqCst: see `starts` above.
+        w.active.fetch_sub(1, SeqCst);
         if stopping {
-            // The senders have stopped: finish what a budgeted upcall
-            // deferred, then stop.
+            // The senders have stopped. Another vCPU's upcall may still
+            // raise an event here (a FIFO relink of a port moved while it
+            // was queued), so this vCPU keeps serving its upcalls until the
+            // run has seen every vCPU idle at once (`exit_vcpus`).
             if vcpu.upcall_pending() {
                 continue;
             }
-            return r;
+            // Acquire: pairs with the run's Release store.
+            if w.exit_vcpus.load(Acquire) {
+                return r;
+            }
+            thread::park_timeout(Duration::from_millis(1));
+            continue;
         }
         // The kick count before the last look: a raise after that look
         // kicks after this read.
@@ -558,6 +591,25 @@ fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, spec: &RunSpec) -> V
             eprintln!("vcpu{id}: lost wake-up");
         }
     }
+}
+
+/// Whether the vCPUs are idle for good, once the senders and the
+/// rebalancer have stopped: every vCPU has ended its delayed EOIs, and
+/// while no vCPU was inside an active stretch (none at the first read of
+/// `active`, none begun by the second) every upcall flag read clear. Only an
+/// active stretch raises an event then, so no event can arrive later, and a
+/// clear flag means the vCPU has nothing queued (C2). The reads are SeqCst,
+/// as are the counters' updates.
+fn quiescent<A: PortOps>(w: &World, ch: &Ch<'_, A>, vcpus: u32) -> bool {
+    if w.stopped.load(SeqCst) < u64::from(vcpus) {
+        return false;
+    }
+    let starts = w.starts.load(SeqCst);
+    if w.active.load(SeqCst) != 0 {
+        return false;
+    }
+    let idle = (0..vcpus).all(|v| !ch.upcall_pending(v).unwrap_or(true));
+    idle && w.active.load(SeqCst) == 0 && w.starts.load(SeqCst) == starts
 }
 
 /// One sender: sends to random storm ports at `rate` per second, in small
@@ -663,6 +715,10 @@ fn world(vcpus: usize, ports: usize, work_iters: u64) -> World {
         errors: AtomicU64::new(0),
         stop_senders: AtomicBool::new(false),
         stop_vcpus: AtomicBool::new(false),
+        stopped: AtomicU64::new(0),
+        active: AtomicU64::new(0),
+        starts: AtomicU64::new(0),
+        exit_vcpus: AtomicBool::new(false),
         moves: AtomicU64::new(0),
     }
 }
@@ -801,18 +857,25 @@ fn run<A: PortOps>(
         if let Some(t) = rebalancer {
             let _ = t.join();
         }
-        let drain = Instant::now();
-        while (0..args.vcpus as u32).any(|v| ch.upcall_pending(v).unwrap_or(true))
-            && drain.elapsed() < Duration::from_secs(10)
-        {
-            thread::sleep(Duration::from_millis(2));
-        }
+        // The vCPUs end their delayed EOIs and acknowledge; then the run
+        // waits until every vCPU is idle at once (or 10 s have passed: what
+        // is left then is reported as lost).
         w.stop_vcpus.store(true, Release);
-        for v in &w.vcpus {
-            if let Some(t) = v.thread.get() {
-                t.unpark();
+        let unpark_all = || {
+            for v in &w.vcpus {
+                if let Some(t) = v.thread.get() {
+                    t.unpark();
+                }
             }
+        };
+        unpark_all();
+        let drain = Instant::now();
+        while !quiescent(w, ch, args.vcpus as u32) && drain.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(1));
         }
+        // Release: the vCPUs' Acquire load.
+        w.exit_vcpus.store(true, Release);
+        unpark_all();
         let reports: Vec<VcpuReport> = vcpus.into_iter().filter_map(|t| t.join().ok()).collect();
         (reports, sends)
     });

@@ -22,7 +22,9 @@
 //! * one control thread: `set_affinity` to random vCPUs, `set_priority` to
 //!   random priorities 0..=15 (on FIFO this moves events between queues
 //!   while they may still be linked on the old one; the 2-level ABI only
-//!   records it), `mask`/`unmask`, `close` and re-`bind` (both
+//!   records it), bulk moves (a vCPU goes offline and back, moving every
+//!   port bound to it at once, or the rebalancer moves up to a quarter of
+//!   the live ports), `mask`/`unmask`, `close` and re-`bind` (both
 //!   `Bind::XenCompat` and `Bind::Affinity`). Close and bind stop after 90%
 //!   of the sends, so that the lives checked at the end have taken sends
 //!   through rebinds, priority changes and mask/unmask.
@@ -404,6 +406,10 @@ struct ControlStats {
     moved_pending: u64,
     masks: u64,
     unmasks: u64,
+    /// Ports moved in bulk, by a vCPU going offline (every port bound to
+    /// it moves at once) or by the rebalancer, and how many bulk moves.
+    bulk_moved: u64,
+    bulk_moves: u64,
     /// Watches started / found stuck (see [`Watch`]).
     watches: u64,
     stuck: u64,
@@ -593,6 +599,36 @@ fn run_control<A: PortOps>(
                     Ok(()) => st.priorities += 1,
                     Err(e) => bad(&mut st, "set_priority", Some(p), e),
                 }
+            }
+            // Many ports at once, with their events linked on the queues
+            // they leave: a vCPU goes offline (every port bound to it
+            // moves, as `set_online` places them) and comes back, or the
+            // rebalancer moves up to a quarter of the live ports.
+            39 => {
+                let moved = if rng.below(2) == 0 {
+                    let v = rng.below(vcpus) as u32;
+                    let moved = match ch.set_online(v, false) {
+                        Ok(n) => n as u64,
+                        Err(e) => {
+                            bad(&mut st, "set_online", None, e);
+                            0
+                        }
+                    };
+                    if let Err(e) = ch.set_online(v, true) {
+                        bad(&mut st, "set_online", None, e);
+                    }
+                    moved
+                } else {
+                    match ch.rebalance(live.len() / 4 + 1) {
+                        Ok(m) => m.len() as u64,
+                        Err(e) => {
+                            bad(&mut st, "rebalance", None, e);
+                            0
+                        }
+                    }
+                };
+                st.bulk_moves += 1;
+                st.bulk_moved += moved;
             }
             _ => {}
         }
@@ -931,7 +967,7 @@ fn run<A: PortOps>(abi: Abi, ch: Ch<A>, cfg: &Config, leftover: impl Fn(&A) -> u
     println!(
         "  vcpus={vcpus} senders={senders} max_live={} ports={} live_at_end={live} fresh={} spurious={} \
          failed_sends={failed} stale_sends={stale} binds={} set_affinity={} (in flight {}) \
-         moves_while_pending={} masks={} unmasks={} watches={} stuck={} kicks={kicks} miscounted={miscounted} \
+         moves_while_pending={} bulk_moves={} (ports {}) masks={} unmasks={} watches={} stuck={} kicks={kicks} miscounted={miscounted} \
          parks={parks} idle_timeouts={idle_timeouts} final_runs={final_runs} secs={:.2}",
         cfg.live,
         nr - 1,
@@ -941,6 +977,8 @@ fn run<A: PortOps>(abi: Abi, ch: Ch<A>, cfg: &Config, leftover: impl Fn(&A) -> u
         cs.affinity,
         cs.affinity_in_flight,
         cs.moved_pending,
+        cs.bulk_moves,
+        cs.bulk_moved,
         cs.masks,
         cs.unmasks,
         cs.watches,
@@ -971,4 +1009,7 @@ fn run<A: PortOps>(abi: Abi, ch: Ch<A>, cfg: &Config, leftover: impl Fn(&A) -> u
         cs.affinity > 0 && cs.masks > 0 && cs.priorities > 0,
         "no set_affinity/set_priority/mask happened"
     );
+    // Miri's short run makes a few hundred control operations, among which
+    // a bulk move (1 in 40) may not be.
+    assert!(cfg!(miri) || cs.bulk_moved > 0, "no bulk move happened");
 }
