@@ -796,6 +796,17 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         // Clear pending only while holding the guard: each raise is handled
         // at most once, and a send during the handler raises anew.
         let ran = matches!(self.abi.test_and_clear_pending(number), Ok(true));
+        // The guard ends when `held` drops: after the handler, or while a
+        // panicking handler unwinds (an embedder that catches the panic
+        // finds the port deliverable, closable, and its replay re-raised).
+        // A late EOI taken for an event that was not there (another vCPU
+        // handled it first) is given back at once.
+        let held = guard.then(|| InFlight {
+            channels: self,
+            slot,
+            number,
+            undo_eoi: if ran { 0 } else { cw & LATEEOI },
+        });
         if ran {
             handler(port);
             #[cfg(not(loom))]
@@ -806,12 +817,7 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
                 h.store(h.load(Relaxed).wrapping_add(1), Relaxed);
             }
         }
-        if guard {
-            // A late EOI taken for an event that was not there (another
-            // vCPU handled it first) is given back at once.
-            let undo = if ran { 0 } else { cw & LATEEOI };
-            self.release(slot, number, undo);
-        }
+        drop(held);
         if ran {
             Delivery::Handled
         } else {
@@ -862,6 +868,38 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
                 self.kick(k);
             }
         }
+    }
+}
+
+/// A held in-flight guard: released (with the replay re-raise) when
+/// dropped, on the normal path and when a handler unwinds.
+struct InFlight<'c, A: PortOps, N: Notify> {
+    channels: &'c Channels<A, N>,
+    slot: &'c AtomicU64,
+    number: u32,
+    undo_eoi: u64,
+}
+
+impl<A: PortOps, N: Notify> Drop for InFlight<'_, A, N> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.channels.weak.has(Weaken::GuardNotUnwindSafe) || !unwinding() {
+            self.channels.release(self.slot, self.number, self.undo_eoi);
+        }
+    }
+}
+
+/// Whether the thread is unwinding from a panic (only a weakened guard asks,
+/// in loom models; `false` without std, where a panic aborts).
+#[inline(always)]
+fn unwinding() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::thread::panicking()
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        false
     }
 }
 

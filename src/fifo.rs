@@ -570,6 +570,40 @@ impl<M: FifoMemory> Fifo<M> {
     }
 }
 
+/// A FIFO scan in progress. Dropped only when a handler unwinds out of the
+/// scan (both returns `forget` it): the queues its cursor holds go back to
+/// the control block and the vCPU's upcall flag is set, as when the scan
+/// runs out of budget, so that the panic strands nothing.
+struct Unwind<'a, M: FifoMemory> {
+    fifo: &'a Fifo<M>,
+    cb: &'a ControlBlock,
+    vi: &'a VcpuInfo,
+    cursor: &'a mut FifoCursor,
+}
+
+impl<M: FifoMemory> Unwind<'_, M> {
+    /// Hands the held queues back (`queues`) and sets the upcall flag
+    /// (`flag`).
+    fn give_back(&mut self, queues: bool, flag: bool) {
+        if queues {
+            Fifo::<M>::hand_back(self.cb, self.cursor);
+        }
+        if flag {
+            // Release: after the hand-back; pairs with `upcall_pending`'s
+            // Acquire. The vCPU's own flag: it runs another upcall before it
+            // halts.
+            self.vi.evtchn_upcall_pending.store(1, Release);
+        }
+    }
+}
+
+impl<M: FifoMemory> Drop for Unwind<'_, M> {
+    fn drop(&mut self) {
+        let keep = !self.fifo.weak.has(Weaken::ScanNotUnwindSafe);
+        self.give_back(keep, keep);
+    }
+}
+
 impl<M: FifoMemory> PortOps for Fifo<M> {
     type Cursor = FifoCursor;
 
@@ -685,6 +719,14 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
     ) -> Result<(), Error> {
         let vi = self.mem.vcpu_info(vcpu).ok_or(Error::VcpuOutOfRange)?;
         let cb = self.mem.control_block(vcpu).ok_or(Error::VcpuOutOfRange)?;
+        // Held until the scan returns: a handler that unwinds through it
+        // hands the queues back (see `Unwind`).
+        let mut scan = Unwind {
+            fifo: self,
+            cb,
+            vi,
+            cursor,
+        };
         // A guest's garbage links can form a cycle that the relinking of
         // events bound elsewhere keeps feeding (each relink writes the next
         // link followed). Bound one upcall: twice the ports it could hold
@@ -697,37 +739,34 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
             vi.evtchn_upcall_pending.store(0, Relaxed);
             // AcqRel: Acquire pairs with the raiser's Release fetch_or (the
             // head it wrote is visible); Release publishes the flag clear.
-            cursor.ready |= cb.ready.swap(0, AcqRel);
-            while cursor.ready != 0 {
+            scan.cursor.ready |= cb.ready.swap(0, AcqRel);
+            while scan.cursor.ready != 0 {
                 // Strict priority: always the highest ready queue.
                 let left = budget.checked_sub(1).filter(|_| more());
                 let Some(left) = left else {
                     // Out of budget (ours or the caller's): the queues we
                     // hold go back to the control block, so that whichever
                     // cursor runs the next upcall resumes them.
-                    if !self.weak.has(Weaken::BudgetNoHandBack) {
-                        Self::hand_back(cb, cursor);
-                    }
-                    if !self.weak.has(Weaken::BudgetNoUpcallFlag) {
-                        // Release: after the hand-back; pairs with
-                        // `upcall_pending`'s Acquire. The vCPU's own flag:
-                        // it runs another upcall before it halts.
-                        vi.evtchn_upcall_pending.store(1, Release);
-                    }
+                    scan.give_back(
+                        !self.weak.has(Weaken::BudgetNoHandBack),
+                        !self.weak.has(Weaken::BudgetNoUpcallFlag),
+                    );
+                    core::mem::forget(scan);
                     return Ok(());
                 };
                 budget = left;
-                let prio = cursor.ready.trailing_zeros();
-                self.consume_one(cb, cursor, prio, &mut each, &mut kick);
+                let prio = scan.cursor.ready.trailing_zeros();
+                self.consume_one(cb, scan.cursor, prio, &mut each, &mut kick);
                 // Relaxed: only a hint; the swap orders.
                 if cb.ready.load(Relaxed) != 0 {
                     // AcqRel: as above; a higher priority made ready
                     // meanwhile overtakes the queue we were draining.
-                    cursor.ready |= cb.ready.swap(0, AcqRel);
+                    scan.cursor.ready |= cb.ready.swap(0, AcqRel);
                 }
             }
             // Acquire: pairs with a raiser's flag swap.
             if vi.evtchn_upcall_pending.load(Acquire) == 0 {
+                core::mem::forget(scan);
                 return Ok(());
             }
         }

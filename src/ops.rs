@@ -52,8 +52,10 @@ pub enum Delivery {
     /// unmask re-raises), closed, or in flight elsewhere (the runner
     /// re-raises when it ends).
     Skipped,
-    /// Not run: the port is bound to this other vCPU now. An ABI that took
-    /// the event off this vCPU's queue must raise it there.
+    /// Not run: the port is bound to this other vCPU now. The ABI raises
+    /// the event there if it is still pending and unmasked: FIFO took it
+    /// off this vCPU's queue, and on 2-level a raiser that had not learned
+    /// of the move may have raised it here after the rebind's unmask.
     Foreign(u32),
 }
 

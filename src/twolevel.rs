@@ -250,6 +250,24 @@ impl<M: Memory2l> TwoLevel<M> {
     }
 }
 
+/// One pass of a 2-level scan. Dropped only when a handler unwinds out of
+/// the pass (the pass `forget`s it otherwise): its selector bits go back and
+/// the vCPU's upcall flag is set, as when the scan runs out of budget, so
+/// that the ports the pass had not offered yet are not stranded.
+struct Unwind<'a, M: Memory2l> {
+    abi: &'a TwoLevel<M>,
+    vi: &'a VcpuInfo,
+    sel: u64,
+}
+
+impl<M: Memory2l> Drop for Unwind<'_, M> {
+    fn drop(&mut self) {
+        if !self.abi.weak.has(Weaken::ScanNotUnwindSafe) {
+            self.abi.defer(self.vi, self.sel);
+        }
+    }
+}
+
 impl<M: Memory2l> PortOps for TwoLevel<M> {
     type Cursor = Cursor;
 
@@ -378,12 +396,23 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
         cursor: &mut Cursor,
         mut more: impl FnMut() -> bool,
         mut each: impl FnMut(u32) -> Delivery,
-        _kick: impl FnMut(u32),
+        mut kick: impl FnMut(u32),
     ) -> Result<(), Error> {
-        // A port bound elsewhere needs nothing from us: the rebind's unmask
-        // raised it on its new vCPU (a 2-level raise never takes it away).
+        // A pending port bound elsewhere is raised again on the vCPU it is
+        // bound to now, as the FIFO ABI relinks it. When the rebind's
+        // unmask already raised it there this costs that vCPU one look;
+        // but a raiser that has not learned of the move yet (a hypervisor
+        // whose `notify_vcpu_id` lags the guest's `set_affinity`) sets the
+        // pending bit and the selector bit here, after the unmask: nobody
+        // else would ever raise it on the new vCPU.
         let mut each = |port| {
-            let _ = each(port);
+            if let Delivery::Foreign(v) = each(port) {
+                if !self.weak.has(Weaken::NoForeignRelink) {
+                    if let Ok(Some(k)) = self.reraise(port, || v) {
+                        kick(k);
+                    }
+                }
+            }
         };
         let vi = self
             .mem
@@ -427,6 +456,9 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
             } else {
                 0
             };
+            // Held while ports are offered: a handler that unwinds through
+            // the pass gives this pass's selector bits back (see `Unwind`).
+            let pass = Unwind { abi: self, vi, sel };
             let mut done = Self::offer(start, start_bits & above, cursor, &mut more, &mut each);
             let mut others = (sel & !(1u64 << start)).rotate_right(start);
             while done && others != 0 {
@@ -438,6 +470,7 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
                 done = Self::offer(w, bits, cursor, &mut more, &mut each);
             }
             done = done && Self::offer(start, start_bits & !above, cursor, &mut more, &mut each);
+            core::mem::forget(pass);
             if !done {
                 self.defer(vi, sel);
                 return Ok(());

@@ -49,8 +49,10 @@ pub enum Weaken {
     /// FIFO: the guest's conditional unmask clears MASKED even when the
     /// port is pending, instead of asking the hypervisor to link it.
     GuestUnmaskIgnoresPending,
-    /// FIFO: a vCPU that takes an event bound elsewhere off its queue does
-    /// not link it on the vCPU it is bound to now.
+    /// A vCPU that finds a pending event of a port bound elsewhere does not
+    /// raise it on the vCPU it is bound to now (FIFO: does not link it
+    /// there after taking it off its own queue; 2-level: does not set the
+    /// selector bit and upcall flag of that vCPU).
     NoForeignRelink,
     /// 2-level: an upcall out of budget sets its upcall flag but does not
     /// give back the selector bits its pass took.
@@ -61,6 +63,12 @@ pub enum Weaken {
     /// FIFO: an upcall out of budget keeps the queues it took in its
     /// cursor instead of handing them back to the control block.
     BudgetNoHandBack,
+    /// The in-flight guard is released after the handler returns but not
+    /// when the handler panics (the release is not in a `Drop`).
+    GuardNotUnwindSafe,
+    /// An upcall whose handler panics does not give back what its scan had
+    /// taken (2-level selector bits, FIFO queues) nor set its upcall flag.
+    ScanNotUnwindSafe,
     /// FIFO: the queue lock (a spin lock) is taken and given back with
     /// `Relaxed` instead of Acquire/Release: two raisers' critical sections
     /// on one queue's tail are not ordered.

@@ -185,7 +185,14 @@ pub struct World<A: Abi = TwoL> {
     expect_done: bool,
     budget: Option<usize>,
     fresh_handles: bool,
+    /// The first handler run panics (see [`Config::panic_once`]).
+    panic_once: bool,
+    panic_armed: AtomicBool,
 }
+
+/// The message of the handler panic that [`Config::panic_once`] asks for;
+/// the vCPU loops catch exactly this one and let every other panic through.
+pub const DELIBERATE: &str = "deliberate handler panic";
 
 /// Builder options of a [`World`].
 pub struct Config {
@@ -206,6 +213,10 @@ pub struct Config {
     /// The vCPU loops take a fresh `Vcpu` handle for every upcall (a
     /// dropped handle must strand nothing).
     pub fresh_handles: bool,
+    /// The first handler run of the world panics before it records
+    /// anything; the vCPU loop catches the panic (`catch_unwind`, as a std
+    /// VMM does) and goes on. The event that run took is consumed.
+    pub panic_once: bool,
 }
 
 impl Default for Config {
@@ -217,6 +228,7 @@ impl Default for Config {
             sends: Vec::new(),
             budget: None,
             fresh_handles: false,
+            panic_once: false,
         }
     }
 }
@@ -261,6 +273,8 @@ impl<A: Abi> World<A> {
             expect: cfg.sends,
             budget: cfg.budget,
             fresh_handles: cfg.fresh_handles,
+            panic_once: cfg.panic_once,
+            panic_armed: AtomicBool::new(cfg.panic_once),
         })
     }
 
@@ -387,11 +401,26 @@ pub fn spawn_vcpu<A: Abi>(world: &Arc<World<A>>, v: u32) -> JoinHandle<()> {
                 cpu = w.ch.vcpu(v).expect("vCPU in range");
             }
             tr(format!("upcall v{v} start"));
-            match w.budget {
-                Some(b) => cpu.upcall_budget(b, |p| w.handle(v, p)),
-                None => cpu.upcall(|p| w.handle(v, p)),
+            let handler = |p: Port| {
+                // SeqCst: the one panic of the world, whichever vCPU runs
+                // the first handler.
+                if w.panic_once && w.panic_armed.swap(false, SeqCst) {
+                    tr(format!("panic v{v} port {}", p.number()));
+                    panic!("{DELIBERATE}");
+                }
+                w.handle(v, p)
+            };
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match w.budget {
+                Some(b) => cpu.upcall_budget(b, handler),
+                None => cpu.upcall(handler),
+            }));
+            match run {
+                Ok(r) => {
+                    r.expect("upcall");
+                }
+                Err(e) if is_deliberate(&*e) => tr(format!("upcall v{v} unwound")),
+                Err(e) => std::panic::resume_unwind(e),
             }
-            .expect("upcall");
             tr(format!("upcall v{v} end pending={}", cpu.upcall_pending()));
             if w.done() {
                 break;
@@ -407,6 +436,13 @@ pub fn spawn_vcpu<A: Abi>(world: &Arc<World<A>>, v: u32) -> JoinHandle<()> {
     });
     world.ch.notifier().register(v as usize, h.thread().clone());
     h
+}
+
+/// Whether a panic's payload is the [`DELIBERATE`] one.
+fn is_deliberate(payload: &(dyn std::any::Any + Send)) -> bool {
+    payload
+        .downcast_ref::<String>()
+        .is_some_and(|m| m == DELIBERATE)
 }
 
 /// Spawns both vCPUs.
@@ -428,10 +464,12 @@ where
     F: Fn() + Sync + Send + 'static,
 {
     std::panic::set_hook(Box::new(|info| {
-        // loom's coroutines unwind with internal panics; only report ours.
+        // loom's coroutines unwind with internal panics; only report ours,
+        // and not the deliberate handler panic the vCPU loops catch.
         if info
             .location()
             .is_some_and(|l| l.file().contains("/generator-"))
+            || is_deliberate(info.payload())
         {
             return;
         }
