@@ -805,7 +805,11 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             channels: self,
             slot,
             number,
-            undo_eoi: if ran { 0 } else { cw & LATEEOI },
+            undo_eoi: if ran || self.weak.has(Weaken::NoStaleEoiUndo) {
+                0
+            } else {
+                cw & LATEEOI
+            },
         });
         if ran {
             handler(port);

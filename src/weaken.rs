@@ -63,6 +63,10 @@ pub enum Weaken {
     /// FIFO: an upcall out of budget keeps the queues it took in its
     /// cursor instead of handing them back to the control block.
     BudgetNoHandBack,
+    /// A late-EOI claim that finds the event gone (another deliverer ran
+    /// it) keeps the EOI-pending mask reason it added instead of giving it
+    /// back: the port stays masked with no EOI ever coming.
+    NoStaleEoiUndo,
     /// The in-flight guard is released after the handler returns but not
     /// when the handler panics (the release is not in a `Drop`).
     GuardNotUnwindSafe,
