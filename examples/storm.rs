@@ -594,12 +594,34 @@ fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, spec: &RunSpec) -> V
 }
 
 /// Whether the vCPUs are idle for good, once the senders and the
-/// rebalancer have stopped: every vCPU has ended its delayed EOIs, and
-/// while no vCPU was inside an active stretch (none at the first read of
-/// `active`, none begun by the second) every upcall flag read clear. Only an
-/// active stretch raises an event then, so no event can arrive later, and a
-/// clear flag means the vCPU has nothing queued (C2). The reads are SeqCst,
-/// as are the counters' updates.
+/// rebalancer have stopped.
+///
+/// A glance at the upcall flags is not enough, and the run used to stop the
+/// vCPU threads after one. On FIFO with the rebalancer that lost events
+/// (the core had delivered them; the example had stopped serving them):
+///
+/// 1. The rebalancer moves port P, pending and LINKED on vCPU 0's queue of
+///    priority 7, to vCPU 1. The rebind's unmask cannot link P (still
+///    LINKED); vCPU 0's consumer will relink it when it takes it off.
+/// 2. The senders stop. The run reads vCPU 0's flag 0 (vCPU 0 is inside an
+///    upcall, which clears its flag first) and vCPU 1's flag 0 (idle), and
+///    stops the vCPUs. vCPU 1 runs an empty upcall, sees the stop and a
+///    clear flag, and returns.
+/// 3. vCPU 0 takes P off its queue; P is bound to vCPU 1
+///    (`Delivery::Foreign`), so it links P on vCPU 1's queue 7: `head[7] =
+///    P`, `ready |= 1 << 7`, vCPU 1's upcall flag 0 → 1, and a kick to a
+///    thread that has returned.
+/// 4. At the end P is PENDING and LINKED at the head of vCPU 1's queue,
+///    whose `ready` bit and upcall flag are set: "still pending after
+///    quiescing", "1 send(s) never observed". One more upcall on vCPU 1
+///    runs it (checked on every stranded port of the failing runs).
+///
+/// So the check is a termination detection: every vCPU has ended its
+/// delayed EOIs, and while no vCPU was inside an active stretch (none at
+/// the first read of `active`, none begun by the second) every upcall flag
+/// read clear. Only an active stretch raises an event then, so no event can
+/// arrive later, and a clear flag means the vCPU has nothing queued (C2).
+/// The reads are SeqCst, as are the counters' updates.
 fn quiescent<A: PortOps>(w: &World, ch: &Ch<'_, A>, vcpus: u32) -> bool {
     if w.stopped.load(SeqCst) < u64::from(vcpus) {
         return false;
