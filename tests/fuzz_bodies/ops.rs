@@ -824,7 +824,7 @@ impl Model {
     /// it passes, for the 2-level ABI offering what its words hold.
     fn next_delivery(&mut self, k: &mut KickExpect) -> Option<u32> {
         if self.selectors.is_some() {
-            return self.next_delivery_2l();
+            return self.next_delivery_2l(k);
         }
         loop {
             let q = self.queues.as_mut()?;
@@ -908,7 +908,7 @@ impl Model {
     }
 
     /// The innermost 2-level scan goes on to the next port it must run.
-    fn next_delivery_2l(&mut self) -> Option<u32> {
+    fn next_delivery_2l(&mut self, k: &mut KickExpect) -> Option<u32> {
         let Model {
             slots,
             flags,
@@ -992,9 +992,24 @@ impl Model {
                     let n = (sc.word * 64 + b) as usize;
                     // What the control plane does with the port offered.
                     let slot = &mut slots[n];
-                    if slot.life != Life::Bound || slot.masked() || slot.vcpu != v {
-                        // Closed, masked (the unmask raises it), or bound
-                        // elsewhere (the rebind raised it there).
+                    if slot.life != Life::Bound || slot.masked() {
+                        // Closed, or masked (the unmask raises it).
+                        continue;
+                    }
+                    if slot.vcpu != v {
+                        // Bound elsewhere: raised there again if still
+                        // pending (its selector bit, and the flag if that
+                        // bit was clear), as a raiser that had not learned
+                        // of the move needs.
+                        let to = slot.vcpu as usize;
+                        let bit = 1u64 << sc.word;
+                        if slot.pending && s.sel[to] & bit == 0 {
+                            s.sel[to] |= bit;
+                            if flags[to] == Flag::Clear {
+                                k.must.push(slot.vcpu);
+                            }
+                            flags[to] = Flag::Set;
+                        }
                         continue;
                     }
                     if slot.in_flight {
