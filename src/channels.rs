@@ -495,7 +495,9 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// Brings `vcpu` online or takes it offline. Offline, no port may be
     /// bound to it, and every port bound to it now is moved, with the rebind
     /// protocol (nothing lost, C1/C5), to the vCPU the policy picks among
-    /// the others. Returns how many ports moved.
+    /// the others; what is still queued on `vcpu` is then handed to the
+    /// vCPUs its ports are bound to, so the offline vCPU need not run
+    /// another upcall. Returns how many ports moved.
     pub fn set_online(&self, vcpu: u32, online: bool) -> Result<usize, Error> {
         self.check_vcpu(vcpu)?;
         let mut plane = self.lock.lock();
@@ -526,7 +528,37 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
             self.rebind(&mut plane, port, to)?;
             moved = moved.saturating_add(1);
         }
+        if !self.weak.has(Weaken::OfflineNoDrain) {
+            self.drain_offline(vcpu);
+        }
         Ok(moved)
+    }
+
+    /// Hands what is still queued on offline `vcpu` to the vCPUs its ports
+    /// are bound to now ([`PortOps::evacuate`]; Linux drains a dying CPU's
+    /// queues the same way): a FIFO event still linked on one of its queues
+    /// when its port moved is relinked only by a consumer of that queue,
+    /// and an offline vCPU may never run another upcall. Call with the lock
+    /// held: no port can be bound to `vcpu` meanwhile, so every port found
+    /// is bound elsewhere (`Foreign`), closed, or masked (its unmask raises
+    /// it).
+    fn drain_offline(&self, vcpu: u32) {
+        let _ = self.abi.evacuate(
+            vcpu,
+            |number| {
+                let Ok(slot) = self.slot(number) else {
+                    return Delivery::Skipped;
+                };
+                // Acquire: the binding the lock keeps current, as published.
+                let cw = slot.load(Acquire);
+                if port::state(cw) != BOUND || cw & REASONS != 0 {
+                    Delivery::Skipped
+                } else {
+                    Delivery::Foreign(port::vcpu(cw))
+                }
+            },
+            |v| self.notify.kick(v),
+        );
     }
 
     /// Moves hot ports off overloaded vCPUs (at most `max_moves`), judged

@@ -709,6 +709,18 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
         Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
     }
 
+    fn evacuate(
+        &self,
+        vcpu: u32,
+        each: impl FnMut(u32) -> Delivery,
+        kick: impl FnMut(u32),
+    ) -> Result<(), Error> {
+        // A consumer of `vcpu`'s queues with a cursor of its own, beside the
+        // vCPU's own deliverer if it still runs (two deliverers of one vCPU
+        // may run at once).
+        self.scan(vcpu, &mut FifoCursor::default(), each, kick)
+    }
+
     fn scan_bounded(
         &self,
         vcpu: u32,

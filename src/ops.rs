@@ -143,6 +143,23 @@ pub trait PortOps: Sync {
         self.scan_bounded(vcpu, cursor, || true, each, kick)
     }
 
+    /// Hands what is still queued on `vcpu` (going offline; no port is
+    /// bound to it any more) to the vCPUs `each` names: a pass of a
+    /// deliverer of `vcpu` in which `each` answers `Foreign(v)` for a port
+    /// bound to `v`, or `Skipped` for a closed or masked one. The FIFO ABI
+    /// takes every event off `vcpu`'s queues and links it on `v`; the
+    /// 2-level ABI queues nothing on a vCPU (a rebind's unmask raised a
+    /// pending port on its new vCPU) and by default does nothing.
+    fn evacuate(
+        &self,
+        vcpu: u32,
+        each: impl FnMut(u32) -> Delivery,
+        kick: impl FnMut(u32),
+    ) -> Result<(), Error> {
+        let _ = (vcpu, each, kick);
+        Ok(())
+    }
+
     /// [`PortOps::scan`] with a budget: `more` is asked before each port is
     /// taken, and once it says `false` the scan stops, leaves every port it
     /// did not offer where the next scan finds it (the 2-level selector

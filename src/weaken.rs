@@ -67,6 +67,9 @@ pub enum Weaken {
     /// it) keeps the EOI-pending mask reason it added instead of giving it
     /// back: the port stays masked with no EOI ever coming.
     NoStaleEoiUndo,
+    /// `set_online(v, false)` moves the ports but does not hand what is
+    /// still queued on `v` to their new vCPUs.
+    OfflineNoDrain,
     /// The in-flight guard is released after the handler returns but not
     /// when the handler panics (the release is not in a `Drop`).
     GuardNotUnwindSafe,

@@ -47,6 +47,7 @@ trait Ops {
     fn kicks(&self) -> Vec<u32>;
     /// The raw raise of a hypervisor that believes `p` is bound to `v`.
     fn raise_on(&self, p: Port, v: u32) -> Raised;
+    fn take_offline(&self, v: u32);
 }
 
 impl<A: PortOps> Plane for Channels<A, Kicks> {
@@ -87,6 +88,9 @@ impl<A: PortOps> Ops for Channels<A, Kicks> {
     }
     fn raise_on(&self, p: Port, v: u32) -> Raised {
         self.abi().set_pending(p.number(), || v).unwrap()
+    }
+    fn take_offline(&self, v: u32) {
+        self.set_online(v, false).unwrap();
     }
 }
 
@@ -224,5 +228,19 @@ fn stale_raise_on_old_vcpu_is_raised_on_the_new_one() {
         assert_eq!(ch.kicks(), [1], "{abi}: vCPU 0's scan kicks vCPU 1");
         assert_eq!(ch.upcall(1), [p.number()], "{abi}: run on vCPU 1");
         assert_eq!(ch.state(p), (State::Bound, false, false), "{abi}");
+    });
+}
+
+#[test]
+fn vcpu_going_offline_strands_nothing() {
+    both(|abi, plane| {
+        let ch = plane.ch();
+        let p = ch.bind(0);
+        ch.send(p);
+        ch.take_offline(0);
+        assert_eq!(ch.state(p), (State::Bound, false, true), "{abi}");
+        // vCPU 0 never runs again: the event must reach vCPU 1 by itself.
+        assert!(ch.upcall_pending(1), "{abi}: vCPU 1 told");
+        assert_eq!(ch.upcall(1), [p.number()], "{abi}: run on vCPU 1");
     });
 }
