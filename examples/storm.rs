@@ -44,12 +44,13 @@
 //! longest single upcall in the thread's CPU time — the soft-lockup
 //! measure, which a preempted thread does not inflate — and the busiest
 //! port), the send-to-handle latency (p50/p99/p99.9: from the oldest send a
-//! handler run observes to the start of that run), events handled per
-//! second, and the checks: `lost` (a send no handler observed, or a port
-//! left pending), `concurrent` (a handler entered while it ran elsewhere),
-//! `spurious` (handler runs that found no new send: the racing coalesced
-//! kind), lost wake-ups. It ends with the runs side by side and exits
-//! non-zero if any check failed.
+//! handler run observes to the start of that run; an HDR histogram per vCPU,
+//! 3 significant figures, merged), events handled per second, and the
+//! checks: `lost` (a send no handler observed, or a port left pending),
+//! `concurrent` (a handler entered while it ran elsewhere), `spurious`
+//! (handler runs that found no new send: the racing coalesced kind), lost
+//! wake-ups. It ends with the runs side by side and exits non-zero if any
+//! check failed.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -58,30 +59,14 @@ use std::sync::OnceLock;
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
+use clap::error::ErrorKind;
+use clap::{value_parser, CommandFactory, Parser, ValueEnum};
+use hdrhistogram::Histogram;
+
 use evtchn::{
     Bind, Channels, Fifo, Notify, OwnedFifo, OwnedMemory, Policy, Port, PortOps, TwoLevel,
 };
-
-const USAGE: &str = "\
-storm: an event storm on vCPU 0, and what the delivery policies make of it
-
-usage: cargo run --release --example storm [-- OPTIONS]
-
-options:
-  --policy LIST   comma-separated runs, each a policy with optional +budget,
-                  +lateeoi and +rebalance: xen (all on vCPU 0, as Xen),
-                  rr (round-robin), ll (least-loaded), e.g. xen+rebalance,
-                  rr+budget (default: xen,rr,ll,xen+budget,xen+lateeoi,xen+rebalance)
-  --abi A         2l or fifo (default 2l)
-  --vcpus N       vCPU threads, 2..=64 (default 4)
-  --ports N       storm ports, 1..=4000 (default 1024)
-  --senders N     sender threads, 1..=16 (default 2)
-  --secs S        seconds per run, decimals allowed (default 2.5)
-  --load X        offered load in multiples of one vCPU's capacity (default 1.5)
-  --work US       handler work per event in microseconds (default 10)
-  --budget N      handler runs per upcall in +budget runs (default 64)
-  --rebalance-ms N  period of the rebalancer in +rebalance runs (default 50)
-  --help          print this help";
 
 /// Park timeout of a halted vCPU: kicks wake it; this only bounds the
 /// damage of a lost one, which is counted.
@@ -91,8 +76,9 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(20);
 const KICK_GRACE: Duration = Duration::from_secs(1);
 
 /// The ABI a run drives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Abi {
+    #[value(name = "2l", alias = "2-level", alias = "twolevel")]
     TwoLevel,
     Fifo,
 }
@@ -107,18 +93,100 @@ struct RunSpec {
     lateeoi: bool,
 }
 
-/// Command-line options.
+/// storm: an event storm on vCPU 0, and what the delivery policies make of it
+///
+/// Sender threads send to random storm ports at a paced rate: --load times
+/// what one vCPU can handle, measured first on this machine. Each run binds
+/// the ports under one policy and prints, per vCPU, the handler runs, their
+/// share, the upcalls and the longest single upcall (in the thread's CPU
+/// time: the soft-lockup measure); then the send-to-handle latency
+/// (p50/p99/p99.9), the events handled per second, and the checks: lost,
+/// concurrent, spurious, lost wake-ups. It ends with the runs side by side,
+/// and exits non-zero if a check failed.
+#[derive(Parser)]
+#[command(
+    name = "storm",
+    override_usage = "cargo run --release --example storm [-- OPTIONS]",
+    verbatim_doc_comment
+)]
 struct Args {
+    /// Comma-separated runs, each a policy with optional modifiers
+    ///
+    /// Policies: xen (all on vCPU 0, as Xen), rr (round-robin),
+    /// ll (least-loaded). Modifiers: +budget, +lateeoi, +rebalance.
+    /// E.g. xen+rebalance, rr+budget.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "xen,rr,ll,xen+budget,xen+lateeoi,xen+rebalance",
+        value_parser = check_runs,
+        verbatim_doc_comment
+    )]
+    policy: String,
+    /// The runs of `--policy`, with `--budget` filled in.
+    #[arg(skip)]
     runs: Vec<RunSpec>,
+    /// The event-channel ABI
+    #[arg(
+        long,
+        value_name = "A",
+        value_enum,
+        ignore_case = true,
+        default_value = "2l"
+    )]
     abi: Abi,
+    /// vCPU threads, 2..=64
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = whole_in(2, 64))]
     vcpus: usize,
+    /// Storm ports, 1..=4000
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = whole_in(1, 4000))]
     ports: usize,
+    /// Sender threads, 1..=16
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = whole_in(1, 16))]
     senders: usize,
+    /// Seconds per run, decimals allowed
+    #[arg(long, value_name = "S", default_value_t = 2.5, value_parser = real_in(0.1, 3600.0))]
     secs: f64,
+    /// Offered load in multiples of one vCPU's capacity
+    #[arg(long, value_name = "X", default_value_t = 1.5, value_parser = real_in(0.01, 100.0))]
     load: f64,
+    /// Handler work per event in microseconds
+    #[arg(
+        long = "work",
+        value_name = "US",
+        default_value_t = 10.0,
+        value_parser = real_in(0.0, 10_000.0)
+    )]
     work_us: f64,
+    /// Handler runs per upcall in +budget runs
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = whole_in(1, 1 << 20))]
     budget: usize,
+    /// Period of the rebalancer in +rebalance runs, in milliseconds
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 50,
+        value_parser = value_parser!(u64).range(1..=60_000)
+    )]
     rebalance_ms: u64,
+}
+
+/// A parser of a whole number in `lo..=hi`.
+fn whole_in(lo: u64, hi: u64) -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(lo..=hi)
+}
+
+/// A parser of a real number in `lo..=hi`.
+fn real_in(lo: f64, hi: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync {
+    move |s| match s.parse::<f64>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number in {lo}..={hi}")),
+    }
+}
+
+/// Checks a `--policy` list (the runs are made once `--budget` is known).
+fn check_runs(list: &str) -> Result<String, String> {
+    parse_runs(list, 0).map(|_| list.to_string())
 }
 
 fn parse_runs(list: &str, budget: usize) -> Result<Vec<RunSpec>, String> {
@@ -130,7 +198,7 @@ fn parse_runs(list: &str, budget: usize) -> Result<Vec<RunSpec>, String> {
                 "xen" | "vcpu0" => Policy::Vcpu0,
                 "rr" | "round-robin" => Policy::RoundRobin,
                 "ll" | "least-loaded" => Policy::LeastLoaded,
-                other => return Err(format!("--policy: unknown policy {other:?}")),
+                other => return Err(format!("unknown policy {other:?}")),
             };
             let mut spec = RunSpec {
                 name: item.trim().to_string(),
@@ -144,7 +212,7 @@ fn parse_runs(list: &str, budget: usize) -> Result<Vec<RunSpec>, String> {
                     "budget" => spec.budget = Some(budget),
                     "rebalance" => spec.rebalance = true,
                     "lateeoi" => spec.lateeoi = true,
-                    other => return Err(format!("--policy: unknown modifier +{other}")),
+                    other => return Err(format!("unknown modifier +{other}")),
                 }
             }
             Ok(spec)
@@ -152,63 +220,17 @@ fn parse_runs(list: &str, budget: usize) -> Result<Vec<RunSpec>, String> {
         .collect()
 }
 
-/// Parses the command line by hand; `Ok(None)` asks for the help text.
-fn parse_args() -> Result<Option<Args>, String> {
-    let mut policy = "xen,rr,ll,xen+budget,xen+lateeoi,xen+rebalance".to_string();
-    let mut args = Args {
-        runs: Vec::new(),
-        abi: Abi::TwoLevel,
-        vcpus: 4,
-        ports: 1024,
-        senders: 2,
-        secs: 2.5,
-        load: 1.5,
-        work_us: 10.0,
-        budget: 64,
-        rebalance_ms: 50,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        if a == "--help" || a == "-h" {
-            return Ok(None);
-        }
-        let value = it.next().ok_or_else(|| format!("{a} needs a value"))?;
-        let int = |lo: u64, hi: u64| -> Result<u64, String> {
-            match value.parse::<u64>() {
-                Ok(v) if (lo..=hi).contains(&v) => Ok(v),
-                _ => Err(format!(
-                    "{a} {value:?}: expected a whole number in {lo}..={hi}"
-                )),
-            }
-        };
-        let real = |lo: f64, hi: f64| -> Result<f64, String> {
-            match value.parse::<f64>() {
-                Ok(v) if (lo..=hi).contains(&v) => Ok(v),
-                _ => Err(format!("{a} {value:?}: expected a number in {lo}..={hi}")),
-            }
-        };
-        match a.as_str() {
-            "--policy" => policy = value.clone(),
-            "--abi" => {
-                args.abi = match value.to_ascii_lowercase().as_str() {
-                    "2l" | "2-level" | "twolevel" => Abi::TwoLevel,
-                    "fifo" => Abi::Fifo,
-                    other => return Err(format!("--abi {other:?}: expected 2l or fifo")),
-                }
-            }
-            "--vcpus" => args.vcpus = int(2, 64)? as usize,
-            "--ports" => args.ports = int(1, 4000)? as usize,
-            "--senders" => args.senders = int(1, 16)? as usize,
-            "--secs" => args.secs = real(0.1, 3600.0)?,
-            "--load" => args.load = real(0.01, 100.0)?,
-            "--work" => args.work_us = real(0.0, 10_000.0)?,
-            "--budget" => args.budget = int(1, 1 << 20)? as usize,
-            "--rebalance-ms" => args.rebalance_ms = int(1, 60_000)?,
-            other => return Err(format!("unknown option {other:?}")),
-        }
+/// Parses the command line; on an error or `--help`, clap prints and exits
+/// (with status 2 on an error).
+fn parse_args() -> Args {
+    let mut args = Args::parse();
+    match parse_runs(&args.policy, args.budget) {
+        Ok(runs) => args.runs = runs,
+        Err(msg) => Args::command()
+            .error(ErrorKind::ValueValidation, format!("--policy: {msg}"))
+            .exit(),
     }
-    args.runs = parse_runs(&policy, args.budget)?;
-    Ok(Some(args))
+    args
 }
 
 /// The calling thread's CPU time in nanoseconds: what an upcall cost its
@@ -237,70 +259,20 @@ fn thread_cpu_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// A log-linear latency histogram: 16 buckets per power of two (about 6 %
-/// resolution), in nanoseconds.
-struct Histogram(Vec<u64>);
+/// Bounds of the latency histograms, in nanoseconds: 1 ns to 60 s, at 3
+/// significant figures. A latency beyond 60 s counts as 60 s.
+const LATENCY_MAX_NS: u64 = 60_000_000_000;
+const LATENCY_SIGFIG: u8 = 3;
 
-impl Histogram {
-    const SUB: u32 = 4;
+/// An empty latency histogram.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_NS, LATENCY_SIGFIG).expect("valid histogram bounds")
+}
 
-    fn new() -> Self {
-        Histogram(vec![0; 64 << Self::SUB])
-    }
-
-    fn index(v: u64) -> usize {
-        if v < 1 << Self::SUB {
-            return v as usize;
-        }
-        let e = 63 - v.leading_zeros();
-        let sub = (v >> (e - Self::SUB)) & ((1 << Self::SUB) - 1);
-        (((e - Self::SUB + 1) << Self::SUB) as u64 + sub) as usize
-    }
-
-    /// The middle of bucket `i`'s range.
-    fn value(i: usize) -> u64 {
-        let i = i as u64;
-        if i < 1 << Self::SUB {
-            return i;
-        }
-        let e = (i >> Self::SUB) + u64::from(Self::SUB) - 1;
-        let sub = i & ((1 << Self::SUB) - 1);
-        let lo = (1u64 << e) | (sub << (e - u64::from(Self::SUB)));
-        lo + (1u64 << (e - u64::from(Self::SUB))) / 2
-    }
-
-    fn record(&mut self, v: u64) {
-        if let Some(b) = self.0.get_mut(Self::index(v)) {
-            *b += 1;
-        }
-    }
-
-    fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.0.iter_mut().zip(&other.0) {
-            *a += b;
-        }
-    }
-
-    fn count(&self) -> u64 {
-        self.0.iter().sum()
-    }
-
-    /// The value below which a fraction `q` of the samples lie.
-    fn quantile(&self, q: f64) -> Option<u64> {
-        let n = self.count();
-        if n == 0 {
-            return None;
-        }
-        let want = ((n as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, &c) in self.0.iter().enumerate() {
-            seen += c;
-            if seen >= want {
-                return Some(Self::value(i));
-            }
-        }
-        None
-    }
+/// The value below which a fraction `q` of the samples lie; `None` when
+/// there are none.
+fn quantile(h: &Histogram<u64>, q: f64) -> Option<u64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q))
 }
 
 /// Per-vCPU state shared with the kick hook and the progress line, on its
@@ -429,7 +401,7 @@ struct VcpuReport {
     longest_wall_ns: u64,
     spurious: u64,
     per_port: Vec<u64>,
-    latency: Histogram,
+    latency: Histogram<u64>,
 }
 
 impl VcpuReport {
@@ -442,7 +414,7 @@ impl VcpuReport {
             longest_wall_ns: 0,
             spurious: 0,
             per_port: vec![0; ports],
-            latency: Histogram::new(),
+            latency: latency_histogram(),
         }
     }
 }
@@ -468,7 +440,8 @@ fn handle(w: &World, live: &VcpuLive, r: &mut VcpuReport, p: Port) {
     if first == 0 {
         r.spurious += 1;
     } else {
-        r.latency.record(now.saturating_sub(first - 1));
+        // Beyond the histogram's 60 s: counted as 60 s.
+        r.latency.saturating_record(now.saturating_sub(first - 1));
     }
     if let Some(list) = &mut r.to_eoi {
         list.push((p, first == 0));
@@ -673,7 +646,7 @@ fn run_sender<A: PortOps>(w: &World, ch: &Ch<'_, A>, ports: &[Port], rate: f64, 
 struct RunResult {
     name: String,
     vcpus: Vec<VcpuReport>,
-    latency: Histogram,
+    latency: Histogram<u64>,
     handled_per_s: f64,
     offered_per_s: f64,
     sends: u64,
@@ -926,9 +899,13 @@ fn run<A: PortOps>(
             lost += 1;
         }
     }
-    let mut latency = Histogram::new();
+    let mut latency = latency_histogram();
     for r in &reports {
-        latency.merge(&r.latency);
+        // Same bounds on every histogram: the sum always fits.
+        if let Err(e) = latency.add(&r.latency) {
+            eprintln!("latency: {e}");
+            w.errors.fetch_add(1, Relaxed);
+        }
     }
     let handled: u64 = reports.iter().map(|r| r.handled).sum();
     Ok(RunResult {
@@ -994,9 +971,9 @@ fn print_run(r: &RunResult, spec: &RunSpec, args: &Args) {
     }
     println!(
         "  latency send→handle: p50 {}  p99 {}  p99.9 {}   events {:.0}k/s (offered {:.0}k/s, {} sends{})",
-        opt_ms(r.latency.quantile(0.5)),
-        opt_ms(r.latency.quantile(0.99)),
-        opt_ms(r.latency.quantile(0.999)),
+        opt_ms(quantile(&r.latency, 0.5)),
+        opt_ms(quantile(&r.latency, 0.99)),
+        opt_ms(quantile(&r.latency, 0.999)),
         r.handled_per_s / 1e3,
         r.offered_per_s / 1e3,
         r.sends,
@@ -1045,17 +1022,17 @@ fn print_summary(results: &[RunResult]) {
     println!(
         "  {:<28}{}",
         "latency p50",
-        col(&|r| opt_ms(r.latency.quantile(0.5)))
+        col(&|r| opt_ms(quantile(&r.latency, 0.5)))
     );
     println!(
         "  {:<28}{}",
         "latency p99",
-        col(&|r| opt_ms(r.latency.quantile(0.99)))
+        col(&|r| opt_ms(quantile(&r.latency, 0.99)))
     );
     println!(
         "  {:<28}{}",
         "latency p99.9",
-        col(&|r| opt_ms(r.latency.quantile(0.999)))
+        col(&|r| opt_ms(quantile(&r.latency, 0.999)))
     );
     println!("  {:<28}{}", "lost", col(&|r| r.lost.to_string()));
     println!(
@@ -1072,17 +1049,7 @@ fn print_summary(results: &[RunResult]) {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("storm: {msg}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = parse_args();
     // Enough port numbers for the storm (port 0 is never bound).
     let nr_ports = args.ports + 1;
     let words = nr_ports.div_ceil(64);
