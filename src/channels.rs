@@ -16,7 +16,7 @@ use crate::port::{
     ACTIVE, BOUND, CLOSING, FREE, GEN_SHIFT, LATEEOI, PRIORITY_SHIFT, REASONS, REPLAY,
 };
 use crate::sync::{store_load_fence, AtomicU32, AtomicU64, Lock, Ordering::*};
-#[cfg(loom)]
+#[cfg(all(loom, feature = "loom"))]
 use crate::weaken::Weaken as W;
 use crate::weaken::{Weaken, Weakness};
 use crate::Error;
@@ -26,6 +26,44 @@ use crate::Error;
 /// Called whenever an operation made an upcall pending on a vCPU whose
 /// upcall-pending flag was clear (contract C2): a vCPU that halts only after
 /// seeing no upcall pending is always kicked when work arrives.
+///
+/// # Where `kick` runs
+///
+/// On the thread of the operation that raised the event, in two contexts:
+///
+/// * *Holding the control-plane lock*: in [`Channels::bind`] (Xen's
+///   spurious event, or a stale raise its unmask catches), and wherever a
+///   port's last mask reason goes or a port moves: [`Channels::unmask`],
+///   [`Channels::eoi`], [`Channels::lateeoi`], [`Channels::set_affinity`],
+///   [`Channels::set_online`] (its rebinds, and the hand-over of what is
+///   still queued on the vCPU going offline) and [`Channels::rebalance`].
+/// * *Without the lock*: in [`Channels::send`]; in an upcall
+///   ([`Vcpu::upcall`] and its bounded forms) raising a port it found bound
+///   elsewhere on the vCPU it is bound to now; and at the end of a handler
+///   run, re-raising an event another vCPU left to it, also when the
+///   handler panics (the in-flight guard is released as it unwinds).
+///
+/// `close`, `mask`, `mask_until_eoi`, `set_lateeoi` and `set_priority`
+/// never kick.
+///
+/// So `kick`:
+///
+/// * must not call a [`Channels`] method that takes the lock: `bind`,
+///   `close`, `mask`, `unmask`, `mask_until_eoi`, `eoi`, `lateeoi`,
+///   `set_lateeoi`, `set_affinity`, `set_priority`, `set_online`,
+///   `rebalance`, `set_policy`, `policy`, `bound_ports`, `is_online`. The
+///   lock is not reentrant: made where the lock is held, the call deadlocks
+///   (spins forever, without `std`). The lock-free ones (`send`, `port`,
+///   `status`, `upcall_pending`) do not take it;
+/// * must not block for long: the lock's other users, or the sender, wait
+///   for it to return;
+/// * may run on several threads at once, for one vCPU or several;
+/// * may be spurious: the vCPU kicked may find nothing to do (a running
+///   upcall took the event first, or a concurrent rebind moved it), and may
+///   be the caller's own (a handler that sends to a port bound to its
+///   vCPU);
+/// * should not panic: it may run while a handler unwinds, and a panic then
+///   aborts the process.
 pub trait Notify: Sync {
     /// Wake `vcpu`.
     fn kick(&self, vcpu: u32);
@@ -91,12 +129,28 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// A control plane over `abi`, kicking vCPUs through `notify`. Every
     /// port starts free and masked; vCPUs are those of the ABI's memory (at
     /// most 65535).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Channels, Fifo, OwnedFifo, OwnedMemory, TwoLevel};
+    ///
+    /// // 2-level: 2 words of 64 ports, 4 vCPUs; no kicks (the vCPUs poll).
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(2, 4)), ());
+    /// assert_eq!((ch.nr_ports(), ch.nr_vcpus()), (128, 4));
+    ///
+    /// // FIFO: up to 1024 ports (event array pages are mapped as ports are
+    /// // bound), 2 vCPUs.
+    /// let ch = Channels::new(Fifo::new(OwnedFifo::new(1024, 2)), ());
+    /// assert_eq!((ch.nr_ports(), ch.nr_vcpus()), (1024, 2));
+    /// ```
+    #[must_use]
     pub fn new(abi: A, notify: N) -> Self {
         Self::build(abi, notify, Weakness::default())
     }
 
     /// A control plane with one protective step weakened (loom models only).
-    #[cfg(loom)]
+    #[cfg(all(loom, feature = "loom"))]
     #[doc(hidden)]
     pub fn weakened(abi: A, notify: N, w: W) -> Self {
         Self::build(abi, notify, Weakness::new(w))
@@ -122,22 +176,88 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     }
 
     /// The ABI this control plane drives.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, PortOps, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// ch.send(port)?;
+    /// assert!(ch.abi().is_pending(port.number())?);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    #[must_use]
     pub fn abi(&self) -> &A {
         &self.abi
     }
 
     /// The notification hook.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    /// use evtchn::{Bind, Channels, Notify, OwnedMemory, TwoLevel};
+    ///
+    /// /// Counts kicks (an embedder would wake the vCPU's thread).
+    /// #[derive(Default)]
+    /// struct Doorbell(AtomicU32);
+    ///
+    /// impl Notify for Doorbell {
+    ///     fn kick(&self, _vcpu: u32) {
+    ///         self.0.fetch_add(1, Relaxed);
+    ///     }
+    /// }
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), Doorbell::default());
+    /// let port = ch.bind(Bind::Affinity(1))?;
+    /// ch.send(port)?;
+    /// ch.send(port)?; // coalesces: no second kick
+    /// assert_eq!(ch.notifier().0.load(Relaxed), 1);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    #[must_use]
     pub fn notifier(&self) -> &N {
         &self.notify
     }
 
     /// Number of port numbers (port 0 is reserved, as in Xen).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, Error, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// assert_eq!(ch.nr_ports(), 64);
+    /// // Ports 1 to 63 can be bound; port 0 never is.
+    /// let ports = (1..64)
+    ///     .map(|_| ch.bind(Bind::Affinity(0)))
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// assert_eq!(ports[0].number(), 1);
+    /// assert_eq!(ch.bind(Bind::Affinity(0)), Err(Error::NoFreePort));
+    /// # Ok::<(), Error>(())
+    /// ```
+    #[must_use]
     pub fn nr_ports(&self) -> u32 {
         // The table never exceeds the ABI's u32 port count.
         u32::try_from(self.table.len()).unwrap_or(u32::MAX)
     }
 
     /// Number of vCPUs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Channels, Error, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 3)), ());
+    /// assert_eq!(ch.nr_vcpus(), 3);
+    /// assert_eq!(ch.upcall_pending(3), Err(Error::VcpuOutOfRange));
+    /// ```
+    #[must_use]
     pub fn nr_vcpus(&self) -> u32 {
         self.nr_vcpus
     }
@@ -197,6 +317,27 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     }
 
     /// The handle of the port bound at `number` now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if `number` is 0 or not below
+    /// [`Channels::nr_ports`]; [`Error::NotBound`] if no port is bound at
+    /// `number` (free, or closed while its handler is still in flight).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, Error, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// assert_eq!(ch.port(port.number())?, port);
+    /// ch.close(port)?;
+    /// assert_eq!(ch.port(port.number()), Err(Error::NotBound));
+    /// assert_eq!(ch.port(0), Err(Error::PortOutOfRange));
+    /// # Ok::<(), Error>(())
+    /// ```
+    #[must_use = "a lookup; it changes nothing"]
     pub fn port(&self, number: u32) -> Result<Port, Error> {
         let slot = self.slot(number)?;
         // Acquire: pairs with bind's Release publish.
@@ -214,6 +355,35 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     ///
     /// The new port has no pending event, no mask reason and no state of an
     /// earlier life of its number (C6); it is bound as `mode` says.
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::VcpuOutOfRange`]: `Bind::Affinity(v)` with `v` not below
+    ///   [`Channels::nr_vcpus`] (or `Bind::Auto` over memory of no vCPU);
+    /// * [`Error::VcpuOffline`]: the vCPU it binds to is offline (vCPU 0 for
+    ///   `Bind::XenCompat`);
+    /// * [`Error::NoFreePort`]: every port is bound, or closed while its
+    ///   handler is still in flight; or the ABI cannot hold the lowest free
+    ///   one (a FIFO event array that cannot grow to it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// // On vCPU 1 from the first instant, with nothing raised anywhere.
+    /// let a = ch.bind(Bind::Affinity(1))?;
+    /// assert_eq!(ch.status(a.number())?.vcpu, 1);
+    /// assert!(!ch.upcall_pending(0)? && !ch.upcall_pending(1)?);
+    ///
+    /// // As Xen: on vCPU 0, with one (spurious) event raised there.
+    /// let x = ch.bind(Bind::XenCompat)?;
+    /// assert_eq!((x.number(), ch.status(x.number())?.vcpu), (2, 0));
+    /// assert!(ch.status(x.number())?.pending && ch.upcall_pending(0)?);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    #[must_use = "a bound port stays bound until it is closed: dropping its handle leaks it"]
     pub fn bind(&self, mode: Bind) -> Result<Port, Error> {
         let mut plane = self.lock.lock();
         let target = match mode {
@@ -315,6 +485,30 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// the send returns `Err(NotBound)` or `Err(Stale)`; when the number was
     /// meanwhile bound again, the new life may then see one spurious event,
     /// as it may see Xen's own bind event — never a lost or doubled one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotBound`] if `port` was closed, [`Error::Stale`] if its
+    /// number was bound again since, [`Error::PortOutOfRange`] if its number
+    /// is not a port here (a handle of another instance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, Error, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// let port = ch.bind(Bind::Affinity(1))?;
+    /// ch.send(port)?;
+    /// assert!(ch.upcall_pending(1)? && !ch.upcall_pending(0)?);
+    ///
+    /// ch.close(port)?;
+    /// assert_eq!(ch.send(port), Err(Error::NotBound));
+    /// let again = ch.bind(Bind::Affinity(1))?; // the same number, a new life
+    /// assert_eq!(again.number(), port.number());
+    /// assert_eq!(ch.send(port), Err(Error::Stale));
+    /// # Ok::<(), Error>(())
+    /// ```
     #[inline]
     pub fn send(&self, port: Port) -> Result<(), Error> {
         let slot = self.slot(port.number)?;
@@ -352,6 +546,27 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
 
     /// Masks `port` (reason: explicit). Idempotent. Once it returns, no
     /// handler of `port` starts until the last mask reason is gone (C4).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotBound`] if `port` was closed, [`Error::Stale`] if its
+    /// number was bound again since, [`Error::PortOutOfRange`] if its number
+    /// is not a port here (a handle of another instance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// ch.mask(port)?;
+    /// ch.send(port)?; // pending, but nobody is told
+    /// assert!(ch.status(port.number())?.pending);
+    /// assert!(!ch.upcall_pending(0)?);
+    /// assert_eq!(ch.vcpu(0)?.upcall(|_| {})?, 0);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
     pub fn mask(&self, port: Port) -> Result<(), Error> {
         let _guard = self.lock.lock();
         self.add_reason(port, MaskReason::Explicit)
@@ -360,12 +575,56 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// Removes the explicit mask reason of `port`. Idempotent. If no reason
     /// remains and the port is pending, the event is raised on the port's
     /// current vCPU (C4).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotBound`] if `port` was closed, [`Error::Stale`] if its
+    /// number was bound again since, [`Error::PortOutOfRange`] if its number
+    /// is not a port here (a handle of another instance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// ch.mask(port)?;
+    /// ch.send(port)?;
+    /// assert!(!ch.upcall_pending(0)?);
+    /// ch.unmask(port)?; // raises what was sent while masked
+    /// assert!(ch.upcall_pending(0)?);
+    /// assert_eq!(ch.vcpu(0)?.upcall(|_| {})?, 1);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
     pub fn unmask(&self, port: Port) -> Result<(), Error> {
         let _guard = self.lock.lock();
         self.remove_reason(port, MaskReason::Explicit)
     }
 
     /// Masks `port` until [`Channels::eoi`] (a late EOI).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotBound`] if `port` was closed, [`Error::Stale`] if its
+    /// number was bound again since, [`Error::PortOutOfRange`] if its number
+    /// is not a port here (a handle of another instance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// ch.mask_until_eoi(port)?;
+    /// ch.send(port)?;
+    /// ch.unmask(port)?; // removes the explicit reason only: there is none
+    /// assert!(!ch.upcall_pending(0)?);
+    /// ch.eoi(port)?;
+    /// assert!(ch.upcall_pending(0)?);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
     pub fn mask_until_eoi(&self, port: Port) -> Result<(), Error> {
         let _guard = self.lock.lock();
         self.add_reason(port, MaskReason::EoiPending)
@@ -373,6 +632,30 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
 
     /// Signals the end of interrupt of a port masked by
     /// [`Channels::mask_until_eoi`]: removes that reason (and only that one).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotEoiPending`] if `port` is not masked for an EOI.
+    /// [`Error::NotBound`] if `port` was closed, [`Error::Stale`] if its
+    /// number was bound again since, [`Error::PortOutOfRange`] if its number
+    /// is not a port here (a handle of another instance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, Error, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// assert_eq!(ch.eoi(port), Err(Error::NotEoiPending));
+    /// ch.mask_until_eoi(port)?;
+    /// ch.send(port)?;
+    /// assert!(ch.status(port.number())?.masked_eoi);
+    /// ch.eoi(port)?;
+    /// assert!(!ch.status(port.number())?.masked_eoi);
+    /// assert_eq!(ch.vcpu(0)?.upcall(|_| {})?, 1);
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn eoi(&self, port: Port) -> Result<(), Error> {
         let _guard = self.lock.lock();
         let slot = self.slot(port.number)?;
@@ -432,6 +715,31 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// re-raised on the new one by the unmask, never lost; once this returns
     /// every later send is raised on `vcpu`. A handler still running on the
     /// old vCPU is never joined by one on the new (the in-flight guard).
+    /// Binding a port to the vCPU it is bound to does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
+    /// [`Channels::nr_vcpus`], [`Error::VcpuOffline`] if it is offline.
+    /// [`Error::NotBound`] if `port` was closed, [`Error::Stale`] if its
+    /// number was bound again since, [`Error::PortOutOfRange`] if its number
+    /// is not a port here (a handle of another instance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, Error, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// ch.send(port)?; // pending on vCPU 0, not handled yet
+    /// ch.set_affinity(port, 1)?;
+    /// // The rebind's unmask raised it on vCPU 1, where it runs, once.
+    /// assert_eq!(ch.vcpu(0)?.upcall(|_| {})?, 0);
+    /// assert_eq!(ch.vcpu(1)?.upcall(|_| {})?, 1);
+    /// assert_eq!(ch.set_affinity(port, 2), Err(Error::VcpuOutOfRange));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn set_affinity(&self, port: Port, vcpu: u32) -> Result<(), Error> {
         self.check_vcpu(vcpu)?;
         let mut plane = self.lock.lock();
@@ -465,16 +773,65 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
 
     /// The policy `bind(Bind::Auto)` follows (and `set_online` uses to place
     /// the ports of a vCPU going offline).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, Policy, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 3)), ());
+    /// ch.set_policy(Policy::RoundRobin);
+    /// let mut vcpus = Vec::new();
+    /// for _ in 0..4 {
+    ///     let port = ch.bind(Bind::Auto)?;
+    ///     vcpus.push(ch.status(port.number())?.vcpu);
+    /// }
+    /// assert_eq!(vcpus, [0, 1, 2, 0]);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
     pub fn set_policy(&self, policy: Policy) {
         self.lock.lock().policy = policy;
     }
 
     /// The current policy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Channels, OwnedMemory, Policy, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// assert_eq!(ch.policy(), Policy::Vcpu0); // Xen's, by default
+    /// ch.set_policy(Policy::LeastLoaded);
+    /// assert_eq!(ch.policy(), Policy::LeastLoaded);
+    /// ```
+    #[must_use]
     pub fn policy(&self) -> Policy {
         self.lock.lock().policy
     }
 
     /// Number of ports bound to `vcpu`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
+    /// [`Channels::nr_vcpus`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// let a = ch.bind(Bind::Affinity(1))?;
+    /// let b = ch.bind(Bind::Affinity(1))?;
+    /// assert_eq!((ch.bound_ports(0)?, ch.bound_ports(1)?), (0, 2));
+    /// ch.set_affinity(a, 0)?;
+    /// ch.close(b)?;
+    /// assert_eq!((ch.bound_ports(0)?, ch.bound_ports(1)?), (1, 0));
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    #[must_use = "a query; it changes nothing"]
     pub fn bound_ports(&self, vcpu: u32) -> Result<u32, Error> {
         self.check_vcpu(vcpu)?;
         Ok(self
@@ -487,6 +844,25 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     }
 
     /// Whether `vcpu` is online (all are, at first).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
+    /// [`Channels::nr_vcpus`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Channels, Error, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// assert!(ch.is_online(1)?);
+    /// ch.set_online(1, false)?;
+    /// assert!(!ch.is_online(1)?);
+    /// assert_eq!(ch.is_online(2), Err(Error::VcpuOutOfRange));
+    /// # Ok::<(), Error>(())
+    /// ```
+    #[must_use = "a query; it changes nothing"]
     pub fn is_online(&self, vcpu: u32) -> Result<bool, Error> {
         self.check_vcpu(vcpu)?;
         Ok(self.lock.lock().is_online(vcpu))
@@ -497,7 +873,29 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// protocol (nothing lost, C1/C5), to the vCPU the policy picks among
     /// the others; what is still queued on `vcpu` is then handed to the
     /// vCPUs its ports are bound to, so the offline vCPU need not run
-    /// another upcall. Returns how many ports moved.
+    /// another upcall. Returns how many ports moved (none when `vcpu` is
+    /// already as asked, or comes online).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
+    /// [`Channels::nr_vcpus`]; [`Error::LastOnlineVcpu`] if it is the only
+    /// vCPU online and `online` is `false`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, Error, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// let port = ch.bind(Bind::Affinity(1))?;
+    /// assert_eq!(ch.set_online(1, false)?, 1);
+    /// assert_eq!(ch.status(port.number())?.vcpu, 0);
+    /// assert_eq!(ch.bind(Bind::Affinity(1)), Err(Error::VcpuOffline));
+    /// assert_eq!(ch.set_online(0, false), Err(Error::LastOnlineVcpu));
+    /// assert_eq!(ch.set_online(1, true)?, 0); // nothing moves back by itself
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn set_online(&self, vcpu: u32, online: bool) -> Result<usize, Error> {
         self.check_vcpu(vcpu)?;
         let mut plane = self.lock.lock();
@@ -566,6 +964,35 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// by the deliver side, never by the send path), with the rebind
     /// protocol: nothing is lost, nothing runs twice at once. See
     /// [`plan_rebalance`] for the rule.
+    ///
+    /// # Errors
+    ///
+    /// Only an error of the ABI's mask or unmask of a port it moves, which
+    /// this crate's ABIs do not return (every port moved is bound, and the
+    /// lock keeps it so); the moves made before it stand.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, Move, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// let hot = ch.bind(Bind::Affinity(0))?;
+    /// let warm = ch.bind(Bind::Affinity(0))?;
+    /// let mut vcpu0 = ch.vcpu(0)?;
+    /// for i in 0..10 {
+    ///     ch.send(hot)?;
+    ///     if i % 2 == 0 {
+    ///         ch.send(warm)?;
+    ///     }
+    ///     vcpu0.upcall(|_| {})?;
+    /// }
+    /// // vCPU 0 ran 15 handlers and vCPU 1 none: the hot port moves.
+    /// let moves = ch.rebalance(4)?;
+    /// assert_eq!(moves, [Move { port: hot, from: 0, to: 1 }]);
+    /// assert_eq!(ch.status(hot.number())?.vcpu, 1);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
     pub fn rebalance(&self, max_moves: usize) -> Result<Vec<Move>, Error> {
         let mut plane = self.lock.lock();
         let mut loads: Vec<Option<u64>> = (0..self.nr_vcpus)
@@ -612,6 +1039,31 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// on, the port stays masked (reason: EOI pending) until its owner calls
     /// [`Channels::eoi`] or [`Channels::lateeoi`] — Linux's lateeoi, the
     /// storm throttle of XSA-332.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotBound`] if `port` was closed, [`Error::Stale`] if its
+    /// number was bound again since, [`Error::PortOutOfRange`] if its number
+    /// is not a port here (a handle of another instance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// ch.set_lateeoi(port, true)?;
+    /// let mut vcpu0 = ch.vcpu(0)?;
+    /// ch.send(port)?;
+    /// assert_eq!(vcpu0.upcall(|_| {})?, 1);
+    /// // That run masked the port until its EOI.
+    /// ch.send(port)?;
+    /// assert_eq!(vcpu0.upcall(|_| {})?, 0);
+    /// ch.eoi(port)?;
+    /// assert_eq!(vcpu0.upcall(|_| {})?, 1);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
     pub fn set_lateeoi(&self, port: Port, on: bool) -> Result<(), Error> {
         let _plane = self.lock.lock();
         let slot = self.slot(port.number)?;
@@ -628,6 +1080,38 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// returns the delay in milliseconds (1, 2, 4, ... up to 1000) after
     /// which the owner calls [`Channels::eoi`]; otherwise the port is
     /// unmasked at once (pending events are raised) and it returns `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotEoiPending`] if `port` is not masked for an EOI.
+    /// [`Error::NotBound`] if `port` was closed, [`Error::Stale`] if its
+    /// number was bound again since, [`Error::PortOutOfRange`] if its number
+    /// is not a port here (a handle of another instance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// ch.set_lateeoi(port, true)?;
+    /// let mut vcpu0 = ch.vcpu(0)?;
+    /// // A handler that found work: unmasked at once.
+    /// ch.send(port)?;
+    /// vcpu0.upcall(|_| {})?;
+    /// assert_eq!(ch.lateeoi(port, false)?, None);
+    /// // Two spurious ones in a row: back off 1 ms, then `eoi`.
+    /// for backoff in [None, Some(1)] {
+    ///     ch.send(port)?;
+    ///     vcpu0.upcall(|_| {})?;
+    ///     assert_eq!(ch.lateeoi(port, true)?, backoff);
+    /// }
+    /// assert!(ch.status(port.number())?.masked_eoi);
+    /// ch.eoi(port)?;
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    #[must_use = "`Some(delay)`: the port stays masked until `eoi` is called after the delay"]
     pub fn lateeoi(&self, port: Port, spurious: bool) -> Result<Option<u32>, Error> {
         let mut plane = self.lock.lock();
         let slot = self.slot(port.number)?;
@@ -659,6 +1143,31 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// FIFO ABI links the port's next event on the queue of that priority
     /// (an event already linked is delivered once on its old priority); the
     /// 2-level ABI has no priorities and only records it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PriorityOutOfRange`] if `priority` is above 15.
+    /// [`Error::NotBound`] if `port` was closed, [`Error::Stale`] if its
+    /// number was bound again since, [`Error::PortOutOfRange`] if its number
+    /// is not a port here (a handle of another instance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, Error, Fifo, OwnedFifo};
+    ///
+    /// let ch = Channels::new(Fifo::new(OwnedFifo::new(64, 1)), ());
+    /// let low = ch.bind(Bind::Affinity(0))?;
+    /// let high = ch.bind(Bind::Affinity(0))?;
+    /// ch.set_priority(high, 0)?;
+    /// ch.send(low)?;
+    /// ch.send(high)?;
+    /// let mut order = Vec::new();
+    /// ch.vcpu(0)?.upcall(|p| order.push(p))?;
+    /// assert_eq!(order, [high, low]); // strict priority, sent last or not
+    /// assert_eq!(ch.set_priority(low, 16), Err(Error::PriorityOutOfRange));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn set_priority(&self, port: Port, priority: u8) -> Result<(), Error> {
         if priority > 15 {
             return Err(Error::PriorityOutOfRange);
@@ -678,6 +1187,27 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// starts again (C6); a handler already running finishes, and the number
     /// is reused only after it has (state `Closing` until then). Sends on
     /// the handle fail with `NotBound`, and after a rebind with `Stale`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotBound`] if `port` is closed already, [`Error::Stale`] if
+    /// its number was bound again since, [`Error::PortOutOfRange`] if its
+    /// number is not a port here (a handle of another instance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, Error, OwnedMemory, State, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// ch.send(port)?;
+    /// ch.close(port)?;
+    /// assert_eq!(ch.vcpu(0)?.upcall(|_| {})?, 0); // the event went with it
+    /// assert_eq!(ch.status(port.number())?.state, State::Free);
+    /// assert_eq!(ch.close(port), Err(Error::NotBound));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn close(&self, port: Port) -> Result<(), Error> {
         let mut plane = self.lock.lock();
         let slot = self.slot(port.number)?;
@@ -701,6 +1231,28 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     }
 
     /// A snapshot of port `number`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if `number` is 0 or not below
+    /// [`Channels::nr_ports`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, State, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// let port = ch.bind(Bind::Affinity(1))?;
+    /// ch.mask(port)?;
+    /// ch.send(port)?;
+    /// let s = ch.status(port.number())?;
+    /// assert_eq!((s.state, s.vcpu, s.priority), (State::Bound, 1, 7));
+    /// assert!(s.pending && s.masked_explicit && !s.in_flight);
+    /// assert_eq!(ch.status(2)?.state, State::Free);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    #[must_use = "a snapshot; taking it changes nothing"]
     pub fn status(&self, number: u32) -> Result<Status, Error> {
         let slot = self.slot(number)?;
         // Acquire: a consistent snapshot of what the last writer published.
@@ -736,6 +1288,25 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
 
     /// Whether `vcpu` has an upcall pending. A vCPU halts only after this
     /// returned `false` (C2).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
+    /// [`Channels::nr_vcpus`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// let port = ch.bind(Bind::Affinity(1))?;
+    /// assert!(!ch.upcall_pending(1)?);
+    /// ch.send(port)?;
+    /// assert!(ch.upcall_pending(1)? && !ch.upcall_pending(0)?);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    #[must_use = "a vCPU may halt only after this returned `false`"]
     pub fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error> {
         self.check_vcpu(vcpu)?;
         self.abi.upcall_pending(vcpu)
@@ -748,6 +1319,26 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
     /// ([`Vcpu::upcall_budget`]) take turns over the pending ports. A fresh
     /// handle starts a 2-level scan at port 0 again, and under a storm of a
     /// low port a fresh handle per upcall would never reach the others.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
+    /// [`Channels::nr_vcpus`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, Error, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// let port = ch.bind(Bind::Affinity(1))?;
+    /// let mut vcpu1 = ch.vcpu(1)?; // kept for as long as vCPU 1 runs
+    /// ch.send(port)?;
+    /// assert_eq!(vcpu1.upcall(|p| assert_eq!(p, port))?, 1);
+    /// assert!(matches!(ch.vcpu(2), Err(Error::VcpuOutOfRange)));
+    /// # Ok::<(), Error>(())
+    /// ```
+    #[must_use = "the handle runs the vCPU's upcalls; making one does nothing"]
     pub fn vcpu(&self, vcpu: u32) -> Result<Vcpu<'_, A, N>, Error> {
         self.check_vcpu(vcpu)?;
         Ok(Vcpu {
@@ -845,7 +1436,7 @@ impl<A: PortOps, N: Notify> Channels<A, N> {
         });
         if ran {
             handler(port);
-            #[cfg(not(loom))]
+            #[cfg(not(all(loom, feature = "loom")))]
             if let Some(h) = self.handled.get(number as usize) {
                 // Relaxed, and no read-modify-write: statistics written only
                 // by the guard's holder (not modelled under loom: no protocol
@@ -962,8 +1553,27 @@ pub struct Vcpu<'a, A: PortOps, N: Notify> {
     cursor: A::Cursor,
 }
 
+impl<A: PortOps, N: Notify> core::fmt::Debug for Vcpu<'_, A, N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Vcpu")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<A: PortOps, N: Notify> Vcpu<'_, A, N> {
     /// This vCPU's index.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// assert_eq!(ch.vcpu(1)?.id(), 1);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    #[must_use]
     pub fn id(&self) -> u32 {
         self.id
     }
@@ -976,6 +1586,29 @@ impl<A: PortOps, N: Notify> Vcpu<'_, A, N> {
     /// Under a storm that re-raises ports as fast as they are handled this
     /// call does not return; bound it with [`Vcpu::upcall_budget`] or
     /// [`Vcpu::upcall_until`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if the ABI's memory holds no state for this
+    /// vCPU; [`Channels::vcpu`] checked that it does, so over this crate's
+    /// ABIs an upcall does not fail.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// let a = ch.bind(Bind::Affinity(0))?;
+    /// let b = ch.bind(Bind::Affinity(1))?;
+    /// ch.send(a)?;
+    /// ch.send(b)?;
+    /// let mut seen = Vec::new();
+    /// assert_eq!(ch.vcpu(0)?.upcall(|p| seen.push(p))?, 1);
+    /// assert_eq!(seen, [a]); // `b` is vCPU 1's
+    /// assert!(ch.upcall_pending(1)?);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
     pub fn upcall(&mut self, handler: impl FnMut(Port)) -> Result<usize, Error> {
         self.upcall_until(|_| false, handler)
     }
@@ -987,6 +1620,12 @@ impl<A: PortOps, N: Notify> Vcpu<'_, A, N> {
     /// another upcall before it halts: nothing is lost, and the vCPU gets
     /// to do other work in between. The next upcall resumes after the last
     /// port offered (2-level round-robin; FIFO keeps its strict priority).
+    ///
+    /// # Errors
+    ///
+    /// As [`Vcpu::upcall`]: none over this crate's ABIs.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
@@ -1014,6 +1653,33 @@ impl<A: PortOps, N: Notify> Vcpu<'_, A, N> {
     /// asked before each port is taken. A time budget is
     /// `|_| clock() >= deadline` (the core has no clock of its own). What is
     /// left is deferred as by [`Vcpu::upcall_budget`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Vcpu::upcall`]: none over this crate's ABIs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// for _ in 0..3 {
+    ///     let port = ch.bind(Bind::Affinity(0))?;
+    ///     ch.send(port)?;
+    /// }
+    /// let mut vcpu = ch.vcpu(0)?;
+    /// // A clock that ticks once per port taken; the deadline is tick 2.
+    /// let mut clock = 0;
+    /// let mut deadline_passed = |_runs: usize| {
+    ///     clock += 1;
+    ///     clock > 2
+    /// };
+    /// assert_eq!(vcpu.upcall_until(&mut deadline_passed, |_| {})?, 2);
+    /// assert!(vcpu.upcall_pending(), "the third event is deferred");
+    /// assert_eq!(vcpu.upcall_until(|_| false, |_| {})?, 1);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
     pub fn upcall_until(
         &mut self,
         mut stop: impl FnMut(usize) -> bool,
@@ -1039,6 +1705,24 @@ impl<A: PortOps, N: Notify> Vcpu<'_, A, N> {
     }
 
     /// Whether an upcall is pending here; halt only after `false`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// let mut vcpu = ch.vcpu(0)?;
+    /// ch.send(port)?;
+    /// // The vCPU's loop: upcalls while one is pending, then halt.
+    /// while vcpu.upcall_pending() {
+    ///     vcpu.upcall_budget(64, |_| {})?;
+    /// }
+    /// assert_eq!(ch.status(port.number())?.handled, 1);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    #[must_use = "a vCPU may halt only after this returned `false`"]
     pub fn upcall_pending(&self) -> bool {
         matches!(self.channels.abi.upcall_pending(self.id), Ok(true))
     }

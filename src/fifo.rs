@@ -23,7 +23,7 @@
 
 use alloc::boxed::Box;
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, feature = "loom")))]
 use crate::abi::fifo::EVENT_WORDS_PER_PAGE;
 use crate::abi::fifo::{
     ControlBlock, EventWord, BUSY, LINKED, LINK_MASK, MASKED, MAX_QUEUES, NR_CHANNELS, PENDING,
@@ -42,9 +42,9 @@ const _: () = assert!(QUEUES as usize == MAX_QUEUES);
 
 /// Event words per page of [`OwnedFifo`]: a 4 KiB page natively; a tiny
 /// page under loom, whose every word is a modelled atomic.
-#[cfg(not(loom))]
+#[cfg(not(all(loom, feature = "loom")))]
 const PAGE_WORDS: u32 = EVENT_WORDS_PER_PAGE;
-#[cfg(loom)]
+#[cfg(all(loom, feature = "loom"))]
 const PAGE_WORDS: u32 = 8;
 
 /// Memory the FIFO ABI works over: the event array, and per vCPU a control
@@ -52,17 +52,26 @@ const PAGE_WORDS: u32 = 8;
 /// too).
 pub trait FifoMemory: Sync {
     /// The event word of `port`, if the event array covers it.
+    #[must_use]
     fn event_word(&self, port: u32) -> Option<&EventWord>;
-    /// Makes the event array cover `port` (Xen's `EVTCHNOP_expand_array`),
-    /// or fails with `PortOutOfRange`.
+    /// Makes the event array cover `port` (Xen's `EVTCHNOP_expand_array`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the array cannot grow to `port`
+    /// ([`FifoMemory::max_ports`]).
     fn expand(&self, port: u32) -> Result<(), Error>;
     /// The most ports the event array can grow to.
+    #[must_use]
     fn max_ports(&self) -> u32;
     /// The control block of `vcpu`.
+    #[must_use]
     fn control_block(&self, vcpu: u32) -> Option<&ControlBlock>;
     /// The `vcpu_info` of `vcpu`.
+    #[must_use]
     fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo>;
     /// Number of vCPUs.
+    #[must_use]
     fn nr_vcpus(&self) -> u32;
 }
 
@@ -90,6 +99,7 @@ impl core::fmt::Debug for OwnedFifo {
 impl OwnedFifo {
     /// Memory for up to `max_ports.clamp(1, 2^17)` ports (no page mapped
     /// yet) and `vcpus.max(1)` vCPUs.
+    #[must_use]
     pub fn new(max_ports: u32, vcpus: usize) -> Self {
         let max_ports = max_ports.clamp(1, NR_CHANNELS);
         let nr_pages = max_ports.div_ceil(PAGE_WORDS);
@@ -105,6 +115,7 @@ impl OwnedFifo {
     }
 
     /// Pages mapped so far.
+    #[must_use]
     pub fn mapped_pages(&self) -> usize {
         self.pages
             .iter()
@@ -262,6 +273,7 @@ pub struct FifoCursor {
 
 /// What a guest's conditional unmask did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "`Hypercall`: the port stays masked until the hypervisor's unmask"]
 pub enum GuestUnmask {
     /// The port is unmasked (it was not pending, so nothing to link).
     Done,
@@ -272,12 +284,13 @@ pub enum GuestUnmask {
 
 impl<M: FifoMemory> Fifo<M> {
     /// The FIFO ABI over `mem`.
+    #[must_use]
     pub fn new(mem: M) -> Self {
         Self::build(mem, Weakness::default())
     }
 
     /// The FIFO ABI with one protective step weakened (loom models only).
-    #[cfg(loom)]
+    #[cfg(all(loom, feature = "loom"))]
     #[doc(hidden)]
     pub fn weakened(mem: M, w: Weaken) -> Self {
         Self::build(mem, Weakness::new(w))
@@ -300,6 +313,7 @@ impl<M: FifoMemory> Fifo<M> {
     }
 
     /// The memory this ABI works over.
+    #[must_use]
     pub fn memory(&self) -> &M {
         &self.mem
     }
@@ -312,6 +326,10 @@ impl<M: FifoMemory> Fifo<M> {
     /// XSA-332): clear `MASKED` only if the port is not pending and the
     /// raise side is not rewriting the word (`BUSY`); a pending port needs
     /// the hypervisor's unmask, which links it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the event array does not cover `port`.
     pub fn guest_unmask(&self, port: u32) -> Result<GuestUnmask, Error> {
         let word = self.word(port)?;
         // Acquire: see the raiser's PENDING before deciding.

@@ -2,7 +2,8 @@
 //! channels.
 //!
 //! * [`abi`] — Xen's shared-memory layouts (`shared_info`, `vcpu_info`),
-//!   bit for bit, usable over a real page.
+//!   bit for bit, usable over a real page ([`MaxVcpus`] serves a domain of
+//!   fewer than its 32 vCPUs).
 //! * [`PortOps`] — the ABI operations (Xen's `evtchn_port_ops`), with two
 //!   implementations: the 2-level ABI, [`TwoLevel`], and the FIFO ABI,
 //!   [`Fifo`] (per-vCPU queues of 16 priorities, 2^17 ports). Each has a
@@ -49,7 +50,7 @@
 //! for the control plane.
 
 #![no_std]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
 // The core does not panic on any input: no unwrap, expect, panic, indexing,
 // unchecked arithmetic or truncating cast outside the tests. Arithmetic is
@@ -70,6 +71,15 @@
         clippy::cast_possible_truncation
     )
 )]
+
+// Each port's control word is one `AtomicU64` (see `port`), and so is each
+// 2-level pending, mask and selector word (`xen_ulong_t`): without 64-bit
+// atomics there is no core to build. Said once here, rather than as an
+// unresolved import deep in the atomics layer.
+#[cfg(not(target_has_atomic = "64"))]
+compile_error!(
+    "evtchn needs 64-bit atomics (`AtomicU64`), which this target lacks: each port's control word is one, and so is each 2-level pending, mask and selector word"
+);
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
@@ -102,6 +112,6 @@ pub use policy::{plan_rebalance, Move, Policy};
 pub use port::{MaskReason, Port, State, Status};
 #[cfg(feature = "alloc")]
 pub use twolevel::OwnedMemory;
-pub use twolevel::{Cursor as TwoLevelCursor, Memory2l, TwoLevel};
+pub use twolevel::{Cursor as TwoLevelCursor, MaxVcpus, Memory2l, TwoLevel};
 #[doc(hidden)]
 pub use weaken::Weaken;

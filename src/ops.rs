@@ -35,6 +35,7 @@ pub enum Raised {
 
 impl Raised {
     /// The vCPU to kick, if any.
+    #[must_use = "the vCPU named must be kicked (C2)"]
     pub fn kick(self) -> Kick {
         match self {
             Raised::Notified { vcpu, kick: true } => Some(vcpu),
@@ -60,14 +61,24 @@ pub enum Delivery {
 }
 
 /// One event-channel ABI.
+///
+/// Errors are those of bad indices only, and change nothing: a method taking
+/// a port fails with [`Error::PortOutOfRange`] when the memory does not hold
+/// it (2-level: beyond its pending and mask words, or 4096; FIFO: beyond
+/// the event array, or on a page of it not mapped yet), and one taking a vCPU fails
+/// with [`Error::VcpuOutOfRange`] when the memory holds no state for it. A
+/// `target` closure naming a vCPU the memory does not hold is no error: the
+/// event stays pending, visible to nobody.
 pub trait PortOps: Sync {
     /// Deliver-side scan state of one vCPU (the round-robin position),
     /// owned by whoever runs that vCPU's upcalls.
     type Cursor: Default + Send;
 
     /// Number of ports this memory holds.
+    #[must_use]
     fn nr_ports(&self) -> u32;
     /// Number of vCPUs this memory holds.
+    #[must_use]
     fn nr_vcpus(&self) -> u32;
 
     /// Raises `port`: marks it pending and, if it is unmasked and was not
@@ -76,19 +87,38 @@ pub trait PortOps: Sync {
     /// set and the mask read), so that a concurrent rebind is seen.
     ///
     /// Returns what the raise did; [`Raised::kick`] names the vCPU to kick.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
+    #[must_use = "`Raised::kick` names a vCPU to notify (C2)"]
     fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Raised, Error>;
 
     /// Clears the pending state of `port` (used on close and bind).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
     fn clear_pending(&self, port: u32) -> Result<(), Error>;
 
     /// Clears the pending state of `port`; returns whether it was pending.
     /// The deliver side calls it, holding the port's in-flight guard, just
     /// before the handler runs; Acquire, so the handler sees what the sender
     /// wrote before its `set_pending`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
+    #[must_use = "`true`: the event is consumed, and its handler must run"]
     fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error>;
 
     /// Makes `port` usable (the FIFO ABI maps the event array page that
     /// holds it); called by bind before the port is handed out.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory cannot hold `port` (the FIFO
+    /// event array cannot grow to it). The default accepts every port.
     fn prepare(&self, port: u32) -> Result<(), Error> {
         let _ = port;
         Ok(())
@@ -96,6 +126,12 @@ pub trait PortOps: Sync {
 
     /// Sets the priority of `port` (0 highest ..= 15). The 2-level ABI has
     /// no priorities and accepts any value in range.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PriorityOutOfRange`] if `priority` is above 15;
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port` (the
+    /// default, which records nothing, does not check it).
     fn set_priority(&self, port: u32, priority: u8) -> Result<(), Error> {
         let _ = port;
         if priority < 16 {
@@ -106,25 +142,54 @@ pub trait PortOps: Sync {
     }
 
     /// Whether `port` is pending.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
+    #[must_use = "a query; it changes nothing"]
     fn is_pending(&self, port: u32) -> Result<bool, Error>;
 
     /// Masks `port`: later raises leave it pending but notify nobody.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
     fn mask(&self, port: u32) -> Result<(), Error>;
 
     /// Unmasks `port`; if it was masked and is pending, raises it on the
     /// vCPU `target` names (read after the mask is cleared).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
+    #[must_use = "the `Kick` names a vCPU to notify (C2)"]
     fn unmask(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error>;
 
     /// Whether `port` is masked.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
+    #[must_use = "a query; it changes nothing"]
     fn is_masked(&self, port: u32) -> Result<bool, Error>;
 
     /// Makes a pending, unmasked `port` visible again to `target`, without
     /// touching its pending or mask state (used when a vCPU hands over an
     /// event it could not run because the port was in flight elsewhere).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
+    #[must_use = "the `Kick` names a vCPU to notify (C2)"]
     fn reraise(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error>;
 
     /// Whether `vcpu` has an upcall pending. A vCPU may halt only after this
     /// returned `false`; a raise that sets it reports the vCPU to kick.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if the memory holds no state for `vcpu`.
+    #[must_use = "a vCPU may halt only after this returned `false`"]
     fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error>;
 
     /// Clears the upcall-pending flag of `vcpu` and calls `each` for every
@@ -133,6 +198,11 @@ pub trait PortOps: Sync {
     /// new work was flagged meanwhile. `each` decides (it checks the
     /// binding and takes the in-flight guard) and says what it did; `kick`
     /// receives the vCPUs an ABI's own re-raise made pending.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if the memory holds no state for `vcpu`;
+    /// nothing is scanned then.
     fn scan(
         &self,
         vcpu: u32,
@@ -150,6 +220,11 @@ pub trait PortOps: Sync {
     /// takes every event off `vcpu`'s queues and links it on `v`; the
     /// 2-level ABI queues nothing on a vCPU (a rebind's unmask raised a
     /// pending port on its new vCPU) and by default does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if the memory holds no state for `vcpu`
+    /// (the default does not check it).
     fn evacuate(
         &self,
         vcpu: u32,
@@ -168,6 +243,11 @@ pub trait PortOps: Sync {
     /// another upcall for the rest. No port is lost; the cursor resumes at
     /// the first port not offered. (The FIFO ABI also bounds an upcall by
     /// itself, at twice the ports it can hold, against a guest's cycles.)
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if the memory holds no state for `vcpu`;
+    /// nothing is scanned then.
     fn scan_bounded(
         &self,
         vcpu: u32,

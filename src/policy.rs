@@ -105,6 +105,7 @@ impl Plane {
 /// `(port number, vCPU, load)` of the candidate ports. Returns
 /// `(port number, from, to)` triples. Deterministic: ties go to the lowest
 /// vCPU and port numbers.
+#[must_use]
 pub fn plan_rebalance(
     loads: &[Option<u64>],
     ports: &[(u32, u32, u64)],

@@ -98,11 +98,13 @@ pub struct Port {
 
 impl Port {
     /// The port number, as Xen numbers it (an index into the pending bits).
+    #[must_use]
     pub const fn number(self) -> u32 {
         self.number
     }
 
     /// The generation of the bind that made this handle.
+    #[must_use]
     pub const fn generation(self) -> u32 {
         self.generation
     }

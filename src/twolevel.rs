@@ -21,15 +21,19 @@ use crate::Error;
 /// Memory the 2-level ABI works over: pending and mask words and the
 /// `vcpu_info` of each vCPU.
 ///
-/// [`SharedInfo`] is one (the real page: 4096 ports, 32 vCPUs);
-/// [`OwnedMemory`] is another, of any size (more vCPUs, as Xen allows with
+/// [`SharedInfo`] is one (the real page: 4096 ports, 32 vCPUs), and
+/// [`MaxVcpus`] the same page for a domain of fewer vCPUs; [`OwnedMemory`]
+/// is another, of any size (more vCPUs, as Xen allows with
 /// `VCPUOP_register_vcpu_info`, or tiny instances for model checking).
 pub trait Memory2l: Sync {
     /// `evtchn_pending`.
+    #[must_use]
     fn pending(&self) -> &[XenUlong];
     /// `evtchn_mask`; the same length as `pending`.
+    #[must_use]
     fn mask(&self) -> &[XenUlong];
     /// The `vcpu_info` of each vCPU.
+    #[must_use]
     fn vcpu_info(&self) -> &[VcpuInfo];
 }
 
@@ -70,6 +74,85 @@ impl<T: Memory2l + ?Sized> Memory2l for alloc::boxed::Box<T> {
     }
 }
 
+/// 2-level memory `M` serving only its first `max_vcpus` vCPUs: a real
+/// `shared_info` page for a domain of fewer vCPUs than the page's 32
+/// `vcpu_info`s (Xen's `max_vcpus`).
+///
+/// As [`Memory2l`], a [`SharedInfo`] holds 32 vCPUs, and a control plane
+/// over it has 32, of which a 4-vCPU domain would have to take 28 offline.
+/// Through `MaxVcpus` it has `max_vcpus`: a vCPU beyond them is
+/// [`Error::VcpuOutOfRange`], and their `vcpu_info`s are neither read nor
+/// written. The pending and mask words are `M`'s, all of them.
+///
+/// ```
+/// use evtchn::abi::SharedInfo;
+/// use evtchn::{Bind, Channels, Error, MaxVcpus, Policy, TwoLevel};
+///
+/// // A 4-vCPU domain's page (zeroed here; `SharedInfo::from_ptr` overlays
+/// // a real one).
+/// let page = Box::new(SharedInfo::new());
+/// let ch = Channels::new(TwoLevel::new(MaxVcpus::new(&*page, 4)), ());
+/// assert_eq!(ch.nr_vcpus(), 4);
+/// assert_eq!(ch.nr_ports(), 4096);
+/// assert_eq!(ch.upcall_pending(4), Err(Error::VcpuOutOfRange));
+///
+/// // Round-robin goes round the domain's 4 vCPUs, not the page's 32.
+/// ch.set_policy(Policy::RoundRobin);
+/// let mut vcpus = Vec::new();
+/// for _ in 0..5 {
+///     let port = ch.bind(Bind::Auto)?;
+///     vcpus.push(ch.status(port.number())?.vcpu);
+/// }
+/// assert_eq!(vcpus, [0, 1, 2, 3, 0]);
+/// # Ok::<(), Error>(())
+/// ```
+pub struct MaxVcpus<M> {
+    mem: M,
+    max_vcpus: usize,
+}
+
+impl<M: Memory2l> MaxVcpus<M> {
+    /// `mem` serving its first `max_vcpus` vCPUs, clamped to `1..=` the
+    /// number `mem` holds (32 for a `shared_info` page).
+    #[must_use]
+    pub fn new(mem: M, max_vcpus: usize) -> Self {
+        let held = mem.vcpu_info().len();
+        MaxVcpus {
+            max_vcpus: max_vcpus.min(held).max(1),
+            mem,
+        }
+    }
+
+    /// The memory it serves the first vCPUs of.
+    #[must_use]
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+}
+
+impl<M: Memory2l> Memory2l for MaxVcpus<M> {
+    fn pending(&self) -> &[XenUlong] {
+        self.mem.pending()
+    }
+    fn mask(&self) -> &[XenUlong] {
+        self.mem.mask()
+    }
+    fn vcpu_info(&self) -> &[VcpuInfo] {
+        let all = self.mem.vcpu_info();
+        // `new` clamped the count to what `mem` held; should `mem` hold
+        // fewer now, all it holds.
+        all.get(..self.max_vcpus).unwrap_or(all)
+    }
+}
+
+impl<M: Memory2l> core::fmt::Debug for MaxVcpus<M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MaxVcpus")
+            .field("max_vcpus", &self.vcpu_info().len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Crate-owned 2-level memory of any size: `words` pending/mask words (64
 /// ports each, at most 64 words) and `vcpus` `vcpu_info`s.
 #[cfg(feature = "alloc")]
@@ -84,6 +167,7 @@ pub struct OwnedMemory {
 impl OwnedMemory {
     /// Memory for `words.clamp(1, 64) * 64` ports and `vcpus.max(1)` vCPUs,
     /// all clear.
+    #[must_use]
     pub fn new(words: usize, vcpus: usize) -> Self {
         let words = words.clamp(1, BITS_PER_WORD as usize);
         let zeroed = || (0..words).map(|_| XenUlong::new(0)).collect();
@@ -124,6 +208,7 @@ pub struct Cursor {
 
 impl<M: Memory2l> TwoLevel<M> {
     /// The 2-level ABI over `mem`.
+    #[must_use]
     pub fn new(mem: M) -> Self {
         TwoLevel {
             mem,
@@ -132,7 +217,7 @@ impl<M: Memory2l> TwoLevel<M> {
     }
 
     /// The 2-level ABI with one protective step weakened (loom models only).
-    #[cfg(loom)]
+    #[cfg(all(loom, feature = "loom"))]
     #[doc(hidden)]
     pub fn weakened(mem: M, w: Weaken) -> Self {
         TwoLevel {
@@ -142,6 +227,7 @@ impl<M: Memory2l> TwoLevel<M> {
     }
 
     /// The memory this ABI works over.
+    #[must_use]
     pub fn memory(&self) -> &M {
         &self.mem
     }

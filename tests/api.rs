@@ -4,6 +4,8 @@
 //! three behaviours, mask reasons, close and reuse (C6), the in-flight guard
 //! (C3, single-threaded through nested upcalls), round-robin fairness, and
 //! the memory variants (`OwnedMemory`, boxed `SharedInfo`, `from_ptr`).
+// Native tests; under RUSTFLAGS="--cfg loom" only the models run.
+#![cfg(not(loom))]
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};

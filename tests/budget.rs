@@ -2,6 +2,8 @@
 //! upcall does bounded work and defers the rest, on both ABIs, and nothing
 //! deferred is lost, run twice, or starved. Single-threaded; the races with
 //! senders are in the loom model `s11_budget`.
+// Native tests; under RUSTFLAGS="--cfg loom" only the models run.
+#![cfg(not(loom))]
 
 use evtchn::{Bind, Channels, Fifo, OwnedFifo, OwnedMemory, Port, PortOps, TwoLevel};
 

@@ -13,6 +13,8 @@
 //!
 //! The raw ABI (`PortOps` over caller memory, hostile memory, BUSY) is in
 //! `tests/fifo_raw.rs`.
+// Native tests; under RUSTFLAGS="--cfg loom" only the models run.
+#![cfg(not(loom))]
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
@@ -233,7 +235,7 @@ fn set_priority_of_a_linked_event_applies_from_the_next_link() {
 // (b) Moves while linked: scripted cases
 // ---------------------------------------------------------------------------
 
-/// DESIGN §6 scenario 11 (the stale-tail corruption Xen fixed with `lastq`):
+/// docs/DESIGN.md §6, F11 (the stale-tail corruption Xen fixed with `lastq`):
 /// `p` is the private tail of vCPU 0's priority-7 queue when the guest
 /// consumes it; `p` then moves to vCPU 1 and is linked there. A later event
 /// on vCPU 0's queue must start a new queue there (head + READY + kick of
@@ -335,7 +337,7 @@ fn seed3_event_linked_during_set_affinity_is_handled_once_on_the_new_vcpu() {
     }
 }
 
-/// DESIGN §6 scenario 6 on FIFO: handler in flight on vCPU 0, rebind to
+/// docs/DESIGN.md §6, S6 on FIFO: handler in flight on vCPU 0, rebind to
 /// vCPU 1, new send, vCPU 1 runs meanwhile: never concurrent (C3), the
 /// second event runs once on vCPU 1 after the first handler ends.
 #[test]

@@ -10,6 +10,8 @@
 //! To replay one input: `EVTCHN_FUZZ_INPUT=path cargo test --test
 //! fuzz_replay one_input -- --ignored --nocapture` (the target is the
 //! input's parent directory name, `ops`, `guest_memory` or `fifo_memory`).
+// Native tests; under RUSTFLAGS="--cfg loom" only the models run.
+#![cfg(not(loom))]
 
 mod fuzz_bodies;
 

@@ -1,5 +1,7 @@
 //! Delivery policy, vCPU online/offline, late EOI and the rebalancer,
 //! single-threaded and deterministic.
+// Native tests; under RUSTFLAGS="--cfg loom" only the models run.
+#![cfg(not(loom))]
 
 use evtchn::{plan_rebalance, Bind, Channels, Error, OwnedMemory, Policy, TwoLevel};
 

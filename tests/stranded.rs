@@ -5,6 +5,8 @@
 //! ABIs. Also: a raiser that has not learned of a move (the 2-level
 //! foreign re-raise, single-threaded; the race is loom model
 //! `s12_stale_raiser`).
+// Native tests; under RUSTFLAGS="--cfg loom" only the models run.
+#![cfg(not(loom))]
 
 mod common;
 

@@ -68,6 +68,8 @@
 //! EVTCHN_STRESS_SENDS=10000000 cargo test --release --test stress -- --nocapture
 //! EVTCHN_STRESS_ABI=fifo EVTCHN_STRESS_SENDS=1000000 cargo test --release --test stress -- --nocapture
 //! ```
+// Native tests; under RUSTFLAGS="--cfg loom" only the models run.
+#![cfg(not(loom))]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, OnceLock};

@@ -4,6 +4,8 @@
 //! memory contents (C7): arbitrary words in the pending, mask, selector and
 //! upcall fields never make an operation panic, loop or touch memory outside
 //! the port's own bits and the target vCPU's `vcpu_info`.
+// Native tests; under RUSTFLAGS="--cfg loom" only the models run.
+#![cfg(not(loom))]
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};

@@ -11,7 +11,7 @@
 //! `EVTCHN_SKIP_XEN_HEADERS=1` is set, in which case the test prints a skip
 //! line and passes. `CC` selects the C compiler (default `cc`).
 //!
-//! The figures are those of x86_64 (see DESIGN.md section 4), so the test is
+//! The figures are those of x86_64 (see docs/DESIGN.md §3), so the test is
 //! ignored on other hosts.
 
 // Under `--cfg loom` the atomics are loom's, which have different layouts.

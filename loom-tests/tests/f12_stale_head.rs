@@ -13,7 +13,8 @@
 
 use evtchn::Bind;
 use loom::thread;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 #[test]
 fn fifo_append_vs_consume() {

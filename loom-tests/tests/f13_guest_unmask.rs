@@ -8,7 +8,8 @@
 
 use evtchn::{Bind, GuestUnmask, PortOps, Weaken};
 use loom::thread;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 fn scenario(weaken: Option<Weaken>) {
     model(2, move || {

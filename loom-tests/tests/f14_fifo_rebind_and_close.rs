@@ -6,7 +6,8 @@
 #![cfg(loom)]
 
 use evtchn::Weaken;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 #[test]
 fn fifo_rebind_in_flight() {

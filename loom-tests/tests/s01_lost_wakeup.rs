@@ -11,7 +11,8 @@
 
 use evtchn::{Bind, Weaken};
 use loom::thread;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 fn scenario(weaken: Option<Weaken>) {
     model(2, move || {

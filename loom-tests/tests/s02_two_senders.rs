@@ -7,7 +7,8 @@
 
 use evtchn::Bind;
 use loom::thread;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 #[test]
 fn two_senders_coalesce() {

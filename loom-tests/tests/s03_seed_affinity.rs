@@ -2,10 +2,11 @@
 //! `set_affinity(0 → 1)` runs and both vCPUs run upcalls. The event is
 //! handled exactly once, at most once on vCPU 0; the next send (made after
 //! `set_affinity` returned) is raised on vCPU 1 only. The model is
-//! [`loom_tests::seed_scenario`]; scenario 6 runs its other twins.
+//! [`harness::seed_scenario`]; scenario 6 runs its other twins.
 #![cfg(loom)]
 
-use loom_tests::seed_scenario;
+mod harness;
+use harness::seed_scenario;
 
 #[test]
 fn event_in_flight_during_set_affinity() {

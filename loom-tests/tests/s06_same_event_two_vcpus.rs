@@ -11,7 +11,8 @@
 #![cfg(loom)]
 
 use evtchn::Weaken;
-use loom_tests::seed_scenario;
+mod harness;
+use harness::seed_scenario;
 
 /// Without the in-flight guard vCPU 1 runs the handler while vCPU 0 is still
 /// inside it: the probe's "inside" flag (and loom's race detector on the

@@ -13,7 +13,8 @@
 use evtchn::{Bind, Weaken};
 
 use loom::thread;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 fn close_scenario(weaken: Option<Weaken>) {
     close_scenario_on::<TwoL>(weaken);

@@ -8,7 +8,8 @@
 
 use evtchn::Bind;
 use loom::thread;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 #[test]
 fn xen_compat_bind_raises_on_vcpu0() {

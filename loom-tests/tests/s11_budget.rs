@@ -9,7 +9,8 @@
 
 use evtchn::{Bind, Weaken};
 use loom::thread;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 fn scenario<A: Abi>(weaken: Option<Weaken>) {
     model(2, move || {

@@ -16,7 +16,8 @@
 
 use evtchn::{Bind, PortOps, Weaken};
 use loom::thread;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 fn scenario(weaken: Option<Weaken>) {
     model(2, move || {

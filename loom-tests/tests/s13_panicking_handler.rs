@@ -22,7 +22,8 @@
 
 use evtchn::{Bind, State, Weaken};
 use loom::thread;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 fn guard<A: Abi>(weaken: Option<Weaken>) {
     model(2, move || {

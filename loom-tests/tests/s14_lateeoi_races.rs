@@ -18,7 +18,8 @@
 
 use evtchn::{Bind, Weaken};
 use loom::thread;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 fn stale_claim(weaken: Option<Weaken>) {
     model(2, move || {

@@ -17,7 +17,8 @@
 
 use evtchn::{Bind, Weaken};
 use loom::thread;
-use loom_tests::*;
+mod harness;
+use harness::*;
 
 fn follows_port(weaken: Option<Weaken>) {
     model(2, move || {

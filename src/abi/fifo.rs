@@ -50,6 +50,7 @@ pub struct ControlBlock {
 
 impl ControlBlock {
     /// A zeroed control block.
+    #[must_use]
     pub fn new() -> Self {
         ControlBlock {
             ready: AtomicU32::new(0),
@@ -65,7 +66,7 @@ impl Default for ControlBlock {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, feature = "loom")))]
 mod layout {
     use super::ControlBlock;
     use core::mem::{offset_of, size_of};

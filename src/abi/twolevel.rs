@@ -30,6 +30,7 @@ pub struct VcpuInfo {
 
 impl VcpuInfo {
     /// A zeroed `vcpu_info`.
+    #[must_use]
     pub fn new() -> Self {
         VcpuInfo {
             evtchn_upcall_pending: AtomicU8::new(0),
@@ -50,6 +51,9 @@ impl Default for VcpuInfo {
 
 /// `struct shared_info`: the page shared between Xen and a guest (3136 bytes
 /// used; the page is 4096).
+///
+/// As [`crate::Memory2l`] it holds 32 vCPUs, one per `vcpu_info`;
+/// [`crate::MaxVcpus`] serves a domain of fewer from the same page.
 ///
 /// | offset | field            | meaning                                   |
 /// |--------|------------------|-------------------------------------------|
@@ -73,6 +77,7 @@ pub struct SharedInfo {
 
 impl SharedInfo {
     /// A zeroed `shared_info`: nothing pending, nothing masked.
+    #[must_use]
     pub fn new() -> Self {
         SharedInfo {
             vcpu_info: core::array::from_fn(|_| VcpuInfo::new()),
@@ -98,6 +103,7 @@ impl SharedInfo {
     ///
     /// Contents need not be valid in any sense: every bit pattern is a valid
     /// `SharedInfo`, and the raise side treats it all as untrusted.
+    #[must_use]
     pub unsafe fn from_ptr<'a>(ptr: *mut SharedInfo) -> &'a SharedInfo {
         // SAFETY: the caller guarantees validity, alignment and lifetime; all
         // fields are atomics (interior mutability), so concurrent atomic
@@ -113,7 +119,7 @@ impl Default for SharedInfo {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, feature = "loom")))]
 mod layout {
     use super::{SharedInfo, VcpuInfo};
     use core::mem::{align_of, offset_of, size_of};

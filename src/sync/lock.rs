@@ -1,25 +1,30 @@
-#![cfg_attr(all(not(loom), not(feature = "alloc")), allow(dead_code))]
+#![cfg_attr(
+    all(not(all(loom, feature = "loom")), not(feature = "alloc")),
+    allow(dead_code)
+)]
 
 //! The locks: one API over three backends.
 //!
 //! | build              | [`Lock`] (control plane)          | [`SpinLock`] (FIFO queue tails)   |
 //! |--------------------|-----------------------------------|-----------------------------------|
-//! | `cfg(loom)`        | `loom::sync::Mutex`               | the spin lock, on loom's atomics  |
+//! | `cfg(loom)` + `loom` feature | `loom::sync::Mutex`     | the spin lock, on loom's atomics  |
 //! | `std` feature      | `parking_lot::Mutex`              | spin lock, yielding after a while |
 //! | neither (`no_std`) | a test-and-test-and-set spin lock | the same spin lock                |
 //!
-//! Only bind, close, mask/unmask and rebind take the control-plane lock;
-//! the send path and the upcall path never do. A FIFO raise takes the
+//! Every control-plane operation of `Channels` takes the control-plane
+//! lock (bind, close, the mask operations and EOIs, set_affinity,
+//! set_priority, set_lateeoi, set_online, rebalance, the policy and
+//! bookkeeping reads); the send path and the upcall path never do. A FIFO raise takes the
 //! spin lock of its queue for a few instructions (Xen's `q->lock` is a
 //! spin lock too): its release is a plain Release store, where
 //! `parking_lot`'s is a compare-exchange, one locked instruction more on
 //! every fresh FIFO send. `lock()` returns the guard directly (no
 //! poisoning).
 
-#[cfg(loom)]
+#[cfg(all(loom, feature = "loom"))]
 pub(crate) struct Lock<T>(loom::sync::Mutex<T>);
 
-#[cfg(loom)]
+#[cfg(all(loom, feature = "loom"))]
 impl<T> Lock<T> {
     pub(crate) fn new(t: T) -> Self {
         Lock(loom::sync::Mutex::new(t))
@@ -35,10 +40,10 @@ impl<T> Lock<T> {
     }
 }
 
-#[cfg(all(not(loom), feature = "std"))]
+#[cfg(all(not(all(loom, feature = "loom")), feature = "std"))]
 pub(crate) struct Lock<T>(parking_lot::Mutex<T>);
 
-#[cfg(all(not(loom), feature = "std"))]
+#[cfg(all(not(all(loom, feature = "loom")), feature = "std"))]
 impl<T> Lock<T> {
     pub(crate) const fn new(t: T) -> Self {
         Lock(parking_lot::Mutex::new(t))
@@ -49,7 +54,7 @@ impl<T> Lock<T> {
     }
 }
 
-#[cfg(all(not(loom), not(feature = "std")))]
+#[cfg(all(not(all(loom, feature = "loom")), not(feature = "std")))]
 pub(crate) use spin::Lock;
 
 pub(crate) use spin::Lock as SpinLock;
@@ -60,9 +65,9 @@ pub(crate) use spin::Lock as SpinLock;
 mod spin {
     use core::ops::{Deref, DerefMut};
 
-    #[cfg(not(loom))]
+    #[cfg(not(all(loom, feature = "loom")))]
     use core::cell::UnsafeCell;
-    #[cfg(loom)]
+    #[cfg(all(loom, feature = "loom"))]
     use loom::cell::{MutPtr, UnsafeCell};
 
     use super::super::{spin_loop, AtomicU8, Ordering};
@@ -88,13 +93,13 @@ mod spin {
         /// Loom's record of this holder's exclusive access to `value`, for
         /// as long as the guard lives: an access by another holder not
         /// ordered after it is a reported race.
-        #[cfg(loom)]
+        #[cfg(all(loom, feature = "loom"))]
         access: MutPtr<T>,
     }
 
     impl<T> Lock<T> {
         /// Used as the control-plane lock of `no_std` builds.
-        #[cfg_attr(any(loom, feature = "std"), allow(dead_code))]
+        #[cfg_attr(any(all(loom, feature = "loom"), feature = "std"), allow(dead_code))]
         pub(crate) fn new(t: T) -> Self {
             Self::with_weakness(t, Weakness::default())
         }
@@ -121,16 +126,16 @@ mod spin {
                 {
                     return Guard {
                         lock: self,
-                        #[cfg(loom)]
+                        #[cfg(all(loom, feature = "loom"))]
                         access: self.value.get_mut(),
                     };
                 }
-                #[cfg(all(feature = "std", not(loom)))]
+                #[cfg(all(feature = "std", not(all(loom, feature = "loom"))))]
                 let mut spins = 0u32;
                 // Relaxed: only a hint to retry the CAS; the CAS orders.
                 while self.locked.load(Ordering::Relaxed) != 0 {
                     spin_loop();
-                    #[cfg(all(feature = "std", not(loom)))]
+                    #[cfg(all(feature = "std", not(all(loom, feature = "loom"))))]
                     {
                         spins = spins.saturating_add(1);
                         if spins >= 128 {
@@ -145,12 +150,12 @@ mod spin {
     impl<T> Deref for Guard<'_, T> {
         type Target = T;
         fn deref(&self) -> &T {
-            #[cfg(not(loom))]
+            #[cfg(not(all(loom, feature = "loom")))]
             // SAFETY: the guard exists only while `locked` is held by us.
             unsafe {
                 &*self.lock.value.get()
             }
-            #[cfg(loom)]
+            #[cfg(all(loom, feature = "loom"))]
             // SAFETY: as above; loom checks the claim through `access`.
             unsafe {
                 self.access.deref()
@@ -160,13 +165,13 @@ mod spin {
 
     impl<T> DerefMut for Guard<'_, T> {
         fn deref_mut(&mut self) -> &mut T {
-            #[cfg(not(loom))]
+            #[cfg(not(all(loom, feature = "loom")))]
             // SAFETY: the guard exists only while `locked` is held by us,
             // and `&mut self` makes this the only live reference.
             unsafe {
                 &mut *self.lock.value.get()
             }
-            #[cfg(loom)]
+            #[cfg(all(loom, feature = "loom"))]
             // SAFETY: as above; loom checks the claim through `access`.
             unsafe {
                 self.access.deref()

@@ -2,24 +2,25 @@
 //! primitives and loom's model-checked ones.
 //!
 //! Nothing else in the crate names `core::sync::atomic` or `loom`. Natively
-//! this is `core::sync::atomic` plus `crossbeam_utils::CachePadded`; under
-//! `RUSTFLAGS="--cfg loom"` every atomic, fence, spin hint and the
-//! control-plane lock come from loom, so the model checker sees every access
-//! the core makes.
+//! this is `core::sync::atomic` plus `crossbeam_utils::CachePadded`; with
+//! the `loom` feature under `RUSTFLAGS="--cfg loom"` every atomic, fence,
+//! spin hint and the control-plane lock come from loom, so the model checker
+//! sees every access the core makes. (`--cfg loom` alone leaves the crate
+//! native: a user's own loom build does not switch it unasked.)
 
-#[cfg(not(loom))]
+#[cfg(not(all(loom, feature = "loom")))]
 mod native;
-#[cfg(not(loom))]
+#[cfg(not(all(loom, feature = "loom")))]
 use native as imp;
 
-#[cfg(loom)]
+#[cfg(all(loom, feature = "loom"))]
 mod model;
-#[cfg(loom)]
+#[cfg(all(loom, feature = "loom"))]
 use model as imp;
 
 mod lock;
 
-#[cfg(loom)]
+#[cfg(all(loom, feature = "loom"))]
 pub(crate) use imp::atomic::fence;
 #[cfg(feature = "alloc")]
 pub(crate) use imp::atomic::AtomicPtr;
@@ -51,6 +52,6 @@ pub(crate) use lock::{Lock, SpinLock};
 ///   models `SeqCst` *fences* exactly.
 #[inline(always)]
 pub(crate) fn store_load_fence() {
-    #[cfg(loom)]
+    #[cfg(all(loom, feature = "loom"))]
     fence(Ordering::SeqCst);
 }

@@ -1,13 +1,16 @@
-//! The harness of the loom models of the evtchn core.
+//! The harness of the loom models of the evtchn core (`mod harness;` in
+//! each model).
 //!
-//! The models live in `tests/`, one file per scenario of DESIGN.md §6; they
-//! drive the *real* core (`evtchn::Channels` over `evtchn::TwoLevel`), built
-//! with `--cfg loom` so that every atomic, fence and lock of the core is
-//! loom's. Run them with
+//! The models live in `tests/`, one file per scenario; they drive the
+//! *real* core (`evtchn::Channels` over `evtchn::TwoLevel` or `evtchn::Fifo`),
+//! built with `--cfg loom` so that every atomic, fence and lock of the core
+//! is loom's. Run them, at the workspace root, with
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p loom-tests --release
+//! RUSTFLAGS="--cfg loom" cargo test
 //! ```
+//!
+//! (preemption bound 2 unless `LOOM_MAX_PREEMPTIONS` says otherwise).
 //!
 //! The tiny instance: one pending word (64 ports), two vCPUs, each a loom
 //! thread that halts until kicked: it runs an upcall, and parks only after
@@ -16,6 +19,8 @@
 //! a lost event leaves the model's "every send observed" condition unmet,
 //! which ends the same way.
 #![cfg(loom)]
+// Every model uses part of the harness.
+#![allow(dead_code)]
 
 use std::sync::Mutex as StdMutex;
 
@@ -29,7 +34,8 @@ use std::sync::Arc;
 
 /// The 2-level ABI of the models: one pending word (64 ports).
 pub type TwoL = TwoLevel<OwnedMemory>;
-/// The FIFO ABI of the models: one page of 8 event words (ports 1..8).
+/// The FIFO ABI of the models: one page of 8 event words (ports 1..7; port
+/// 0 is reserved).
 pub type FifoAbi = Fifo<OwnedFifo>;
 
 /// An ABI a model can build, plain or with one step weakened.
@@ -503,7 +509,7 @@ where
     );
 }
 
-/// The seed's scenario (DESIGN §6, scenarios 3 and 6): an event is pending on
+/// The seed's scenario (docs/DESIGN.md §6, S3 and S6): an event is pending on
 /// vCPU 0 when a rebinder moves the port to vCPU 1 and then sends again,
 /// while both vCPUs run upcalls. Checks C1 (both sends observed), C5 (at
 /// most one run on vCPU 0; the send after `set_affinity` kicks only vCPU 1)
