@@ -47,7 +47,7 @@ fn fifo_double_set_pending() {
 /// The FIFO pending bit set and consumed with Relaxed: the handler that
 /// consumes the event need not see the sender's write.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_fifo_relaxed_pending() {
     scenario(Some(Weaken::RelaxedPending));
 }

@@ -63,7 +63,7 @@ fn fifo_move_while_linked() {
 /// Without invalidating the old queue's tail, `b` is appended after `a` in
 /// vCPU 1's queue and the link written for `c` overwrites it: `b` is lost.
 #[test]
-#[should_panic]
+#[should_panic(expected = "C1: b lost or misplaced")]
 fn twin_no_tail_invalidation() {
     scenario(Some(Weaken::NoTailInvalidation));
 }

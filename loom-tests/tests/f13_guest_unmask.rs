@@ -56,7 +56,7 @@ fn fifo_guest_unmask_vs_raise() {
 /// A guest unmask that clears MASKED although the port is pending: the
 /// raise saw the mask and linked nothing, and nobody links it now.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_guest_unmask_ignores_pending() {
     scenario(Some(Weaken::GuestUnmaskIgnoresPending));
 }

@@ -17,7 +17,7 @@ fn fifo_rebind_in_flight() {
 /// Without the old vCPU's relink, an event linked on its queue when the
 /// rebind ran is taken off and never linked where it now belongs.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_no_foreign_relink() {
     seed_scenario_on::<FifoAbi>(Some(Weaken::NoForeignRelink));
 }

@@ -51,7 +51,7 @@ fn appends_to_one_queue_are_serialised() {
 /// With the lock's Acquire/Release weakened to Relaxed, the second holder's
 /// tail access is not ordered after the first's: loom reports the race.
 #[test]
-#[should_panic]
+#[should_panic(expected = "Causality violation: Concurrent write accesses to `UnsafeCell`")]
 fn twin_relaxed_queue_lock() {
     scenario(Some(Weaken::RelaxedQueueLock));
 }

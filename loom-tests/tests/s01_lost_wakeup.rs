@@ -56,7 +56,7 @@ fn send_vs_upcall() {
 /// selector bit after the exchange but sees the flag still set and kicks
 /// nobody; the vCPU then clears the flag and halts with work pending.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_clear_upcall_after_selector() {
     scenario(Some(Weaken::ClearUpcallAfterSelector));
 }
@@ -65,7 +65,7 @@ fn twin_clear_upcall_after_selector() {
 /// not see the vCPU's clear, so it reports no kick while the clear lands
 /// after it.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_relaxed_selector() {
     scenario(Some(Weaken::RelaxedSelector));
 }
@@ -73,7 +73,7 @@ fn twin_relaxed_selector() {
 /// A Relaxed pending bit: the handler that consumes the send need not see
 /// the sender's flag written before it.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_relaxed_pending() {
     scenario(Some(Weaken::RelaxedPending));
 }

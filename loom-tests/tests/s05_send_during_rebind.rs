@@ -44,7 +44,7 @@ fn send_during_rebind() {
 /// Without the store-load fence both sides may read the old value: the
 /// sender sees the rebind's mask, the unmask misses the pending bit.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_no_store_load_fence() {
     scenario(Some(Weaken::NoStoreLoadFence));
 }

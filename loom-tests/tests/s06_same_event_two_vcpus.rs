@@ -18,7 +18,7 @@ use harness::seed_scenario;
 /// inside it: the probe's "inside" flag (and loom's race detector on the
 /// handler's data) reports it.
 #[test]
-#[should_panic]
+#[should_panic(expected = "C3: handler of port 1 entered on vCPU 1 while running elsewhere")]
 fn twin_no_in_flight_guard() {
     seed_scenario(Some(Weaken::NoInFlightGuard));
 }
@@ -26,7 +26,7 @@ fn twin_no_in_flight_guard() {
 /// With the guard but no replay request, vCPU 1 skips the in-flight port and
 /// vCPU 0 never learns of the second event: it stays pending, unhandled.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_no_replay() {
     seed_scenario(Some(Weaken::NoReplay));
 }

@@ -48,7 +48,7 @@ fn unmask_and_eoi_race() {
 /// With one mask bit instead of reasons, the first of unmask and eoi opens
 /// the port while the other reason still holds.
 #[test]
-#[should_panic]
+#[should_panic(expected = "C4: handler of port 1 started while mask reason 1 remained")]
 fn twin_single_mask_reason() {
     scenario(Some(Weaken::SingleMaskReason));
 }

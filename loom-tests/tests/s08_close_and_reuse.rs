@@ -28,7 +28,7 @@ fn close_is_final() {
 /// Without the reset on bind the reused number keeps the pending bit of its
 /// last life: the new life runs for an event it was never sent.
 #[test]
-#[should_panic]
+#[should_panic(expected = "C6: new life ran 2 times")]
 fn twin_no_reset_on_bind() {
     close_scenario(Some(Weaken::NoResetOnBind));
 }
@@ -36,7 +36,7 @@ fn twin_no_reset_on_bind() {
 /// Freeing the number at once while the old handler is in flight lets the
 /// new life's handler run on vCPU 1 while the old one runs on vCPU 0.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_close_ignores_in_flight() {
     close_scenario(Some(Weaken::CloseIgnoresInFlight));
 }

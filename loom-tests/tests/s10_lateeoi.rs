@@ -59,7 +59,7 @@ fn lateeoi_holds_events_until_eoi() {
 /// the EOI was outstanding (the ABI's mask bit was never set) stays pending
 /// with nothing raised.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_no_eoi_reraise() {
     scenario(Some(Weaken::NoEoiReraise));
 }

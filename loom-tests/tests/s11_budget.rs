@@ -61,7 +61,7 @@ fn budget_defers_without_loss_fifo() {
 /// Without giving back the selector bits, the deferred port stays pending
 /// in its word with no selector bit: the next upcall never looks there.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_budget_drops_selector() {
     scenario::<TwoL>(Some(Weaken::BudgetDropsSelector));
 }
@@ -69,13 +69,13 @@ fn twin_budget_drops_selector() {
 /// Without the upcall flag, the vCPU halts with a port deferred, and a
 /// send to the same word (or queue) kicks nobody: its bit is already set.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_budget_no_upcall_flag_2l() {
     scenario::<TwoL>(Some(Weaken::BudgetNoUpcallFlag));
 }
 
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_budget_no_upcall_flag_fifo() {
     scenario::<FifoAbi>(Some(Weaken::BudgetNoUpcallFlag));
 }
@@ -84,7 +84,7 @@ fn twin_budget_no_upcall_flag_fifo() {
 /// with the dropped handle: the next handle finds no ready queue, or the
 /// stale shared head of an event already taken.
 #[test]
-#[should_panic]
+#[should_panic(expected = "deadlock")]
 fn twin_budget_no_hand_back() {
     scenario::<FifoAbi>(Some(Weaken::BudgetNoHandBack));
 }
