@@ -1,4 +1,4 @@
-//! Issue item 2: the upcall drain beside a hand-written two-level scan.
+//! The upcall drain beside a hand-written two-level scan.
 //!
 //! 4096 ports (64 words), all bound to vCPU 0 (port 0 is reserved, as in
 //! Xen, and stays masked). Every iteration re-arms the pending words, the

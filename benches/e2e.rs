@@ -1,4 +1,4 @@
-//! Issue item 3: end to end on two threads — the bench thread sends, one
+//! End to end on two threads — the bench thread sends, one
 //! vCPU thread runs the handlers — beside what a Rust programmer would pick
 //! instead: a `parking_lot::Mutex<VecDeque<u32>>` per vCPU and a
 //! `crossbeam-channel` per vCPU, carrying port numbers.

@@ -1,4 +1,4 @@
-//! Issue item 5: memory. Not a timing: a counting global allocator (in this
+//! Memory. Not a timing: a counting global allocator (in this
 //! bench binary only) measures
 //!
 //! * `static` — the bytes of each transport for 4096 ports and 8 vCPUs:

@@ -1,4 +1,4 @@
-//! Issue item 4: the cost of `set_affinity`, and the send while another
+//! The cost of `set_affinity`, and the send while another
 //! thread rebinds the same port continuously.
 //!
 //! * `rebind/set_affinity` — `Channels::set_affinity`, moving one bound,

@@ -1,4 +1,4 @@
-//! Issue item 1: the uncontended send beside its physical floor.
+//! The uncontended send beside its physical floor.
 //!
 //! * `send/fresh` — a raise that finds the port's pending bit, the vCPU's
 //!   selector bit and its upcall flag all clear. Every iteration first

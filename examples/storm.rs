@@ -1,5 +1,5 @@
 //! An event storm on real threads, and what the delivery policies make of
-//! it: the seed's story of a storm that lands on vCPU 0 and soft-locks it.
+//! it: the story of a storm that lands on vCPU 0 and soft-locks it.
 //!
 //! ```text
 //! cargo run --release --example storm              # six runs side by side, ~17 s

@@ -1,7 +1,7 @@
 //! Single-threaded integration tests of the public `Channels` API over the
 //! 2-level ABI: every operation, every reachable `Error`, "an error changes
-//! nothing" (C8), kicks on the upcall flag's 0 → 1 edge only (C2), the seed's
-//! three behaviours, mask reasons, close and reuse (C6), the in-flight guard
+//! nothing" (C8), kicks on the upcall flag's 0 → 1 edge only (C2), Xen's
+//! three affinity behaviours, mask reasons, close and reuse (C6), the in-flight guard
 //! (C3, single-threaded through nested upcalls), round-robin fairness, and
 //! the memory variants (`OwnedMemory`, boxed `SharedInfo`, `from_ptr`).
 // Native tests; under RUSTFLAGS="--cfg loom" only the models run.
@@ -82,7 +82,7 @@ fn assert_err_unchanged<M: Memory2l, T: std::fmt::Debug>(
 }
 
 // ---------------------------------------------------------------------------
-// Bind (seed items 1 and 2)
+// Bind (Xen affinity items 1 and 2 of docs/DESIGN.md §1.3)
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -653,10 +653,10 @@ fn late_eoi_from_the_handler_holds_later_events_until_eoi() {
 }
 
 // ---------------------------------------------------------------------------
-// set_affinity (seed item 3, C5)
+// set_affinity (Xen affinity item 3, C5)
 // ---------------------------------------------------------------------------
 
-/// The seed's case: an event pending on vCPU 0 while `set_affinity(p, 1)`
+/// The rebind-in-flight case: an event pending on vCPU 0 while `set_affinity(p, 1)`
 /// runs. The rebind's unmask re-raises it on vCPU 1; vCPU 0's scan sees
 /// the port is no longer bound there. Handled exactly once.
 #[test]

@@ -309,7 +309,7 @@ fn events_moved_while_linked_are_forwarded_in_order_and_run_once() {
     assert!(drain(&ch).is_empty());
 }
 
-/// The seed's case on FIFO (C5): an event linked on vCPU 0 while
+/// The rebind-in-flight case on FIFO (C5): an event linked on vCPU 0 while
 /// `set_affinity(0 → 1)` runs is handled exactly once, on vCPU 1, whichever
 /// vCPU scans first; a send after `set_affinity` returned lands on vCPU 1
 /// only.

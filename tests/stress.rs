@@ -531,7 +531,7 @@ fn run_control<A: PortOps>(
                 let p = live[i];
                 let v = rng.below(vcpus) as u32;
                 let status = ch.status(p.number());
-                // The seed's case: a rebind while a handler is in flight.
+                // The rebind-in-flight case: a rebind while a handler is in flight.
                 if status.is_ok_and(|s| s.in_flight && s.vcpu != v) {
                     st.affinity_in_flight += 1;
                 }

@@ -1,4 +1,4 @@
-//! FIFO: the seed's rebind-in-flight scenario (3 and 6) and close vs send
+//! FIFO: the rebind-in-flight scenario (3 and 6) and close vs send
 //! with port reuse (8), on the FIFO ABI. The protective step special to
 //! FIFO: an event still linked on the old vCPU's queue when the rebind's
 //! unmask runs cannot be linked again by it; the old vCPU, taking it off its
@@ -11,7 +11,7 @@ use harness::*;
 
 #[test]
 fn fifo_rebind_in_flight() {
-    seed_scenario_on::<FifoAbi>(None);
+    rebind_in_flight_scenario_on::<FifoAbi>(None);
 }
 
 /// Without the old vCPU's relink, an event linked on its queue when the
@@ -19,7 +19,7 @@ fn fifo_rebind_in_flight() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn twin_no_foreign_relink() {
-    seed_scenario_on::<FifoAbi>(Some(Weaken::NoForeignRelink));
+    rebind_in_flight_scenario_on::<FifoAbi>(Some(Weaken::NoForeignRelink));
 }
 
 #[test]

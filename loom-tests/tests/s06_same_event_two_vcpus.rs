@@ -5,14 +5,14 @@
 //! replay request, and vCPU 0 re-raises the event on vCPU 1 when its
 //! handler ends.
 //!
-//! The interleavings are those of the seed's scenario (s03, whose positive
+//! The interleavings are those of the rebind-in-flight scenario (s03, whose positive
 //! model covers them); this file holds the twins of the two steps that make
 //! it safe.
 #![cfg(loom)]
 
 use evtchn::Weaken;
 mod harness;
-use harness::seed_scenario;
+use harness::rebind_in_flight_scenario;
 
 /// Without the in-flight guard vCPU 1 runs the handler while vCPU 0 is still
 /// inside it: the probe's "inside" flag (and loom's race detector on the
@@ -20,7 +20,7 @@ use harness::seed_scenario;
 #[test]
 #[should_panic(expected = "C3: handler of port 1 entered on vCPU 1 while running elsewhere")]
 fn twin_no_in_flight_guard() {
-    seed_scenario(Some(Weaken::NoInFlightGuard));
+    rebind_in_flight_scenario(Some(Weaken::NoInFlightGuard));
 }
 
 /// With the guard but no replay request, vCPU 1 skips the in-flight port and
@@ -28,5 +28,5 @@ fn twin_no_in_flight_guard() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn twin_no_replay() {
-    seed_scenario(Some(Weaken::NoReplay));
+    rebind_in_flight_scenario(Some(Weaken::NoReplay));
 }

@@ -1,4 +1,4 @@
-//! Scenario 9: bind (seed items 1 and 2).
+//! Scenario 9: bind (Xen affinity items 1 and 2 of docs/DESIGN.md §1.3).
 //!
 //! * Xen-compatible bind: the port starts on vCPU 0 and the bind raises one
 //!   spurious event there, even when the binder rebinds at once.

@@ -509,17 +509,17 @@ where
     );
 }
 
-/// The seed's scenario (docs/DESIGN.md §6, S3 and S6): an event is pending on
+/// The rebind-in-flight scenario (docs/DESIGN.md §6, S3 and S6): an event is pending on
 /// vCPU 0 when a rebinder moves the port to vCPU 1 and then sends again,
 /// while both vCPUs run upcalls. Checks C1 (both sends observed), C5 (at
 /// most one run on vCPU 0; the send after `set_affinity` kicks only vCPU 1)
 /// and, through the handler probe, C3.
-pub fn seed_scenario(weaken: Option<Weaken>) {
-    seed_scenario_on::<TwoL>(weaken);
+pub fn rebind_in_flight_scenario(weaken: Option<Weaken>) {
+    rebind_in_flight_scenario_on::<TwoL>(weaken);
 }
 
-/// [`seed_scenario`] over ABI `A`.
-pub fn seed_scenario_on<A: Abi>(weaken: Option<Weaken>) {
+/// [`rebind_in_flight_scenario`] over ABI `A`.
+pub fn rebind_in_flight_scenario_on<A: Abi>(weaken: Option<Weaken>) {
     model(2, move || {
         let w = World::<A>::build(Config {
             weaken,
