@@ -41,7 +41,7 @@ use std::hint::black_box;
 use std::sync::atomic::Ordering::*;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use evtchn::abi::fifo::PRIORITY_DEFAULT;
+use evtchn::xen::fifo::PRIORITY_DEFAULT;
 use evtchn::{Fifo, Memory2l, OwnedFifo, OwnedMemory, TwoLevel};
 
 mod floor;

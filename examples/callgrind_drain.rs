@@ -22,7 +22,7 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::*;
 
-use evtchn::abi::fifo::PRIORITY_DEFAULT;
+use evtchn::xen::fifo::PRIORITY_DEFAULT;
 use evtchn::{Fifo, Memory2l, OwnedFifo, OwnedMemory, TwoLevel, Vcpu};
 
 #[path = "../benches/floor/mod.rs"]

@@ -24,7 +24,7 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::*;
 
-use evtchn::abi::fifo::PRIORITY_DEFAULT;
+use evtchn::xen::fifo::PRIORITY_DEFAULT;
 use evtchn::{Bind, Channels, Fifo, FifoMemory, OwnedFifo, OwnedMemory, Port, PortOps, TwoLevel};
 
 #[path = "../benches/floor/mod.rs"]

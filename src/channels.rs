@@ -9,7 +9,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use crate::ops::{Delivery, Kick, PortOps, Raised};
+use crate::abi::{Delivery, Kick, PortOps, Raised};
 use crate::policy::{plan_rebalance, Move, Plane, Policy};
 use crate::port::{self, MaskReason, Port, State, Status};
 use crate::port::{

@@ -1,7 +1,7 @@
 //! A lock-free, model-checked event-delivery core modelled on Xen event
 //! channels.
 //!
-//! * [`abi`] — Xen's shared-memory layouts (`shared_info`, `vcpu_info`),
+//! * [`xen`] — Xen's shared-memory layouts (`shared_info`, `vcpu_info`),
 //!   bit for bit, usable over a real page ([`MaxVcpus`] serves a domain of
 //!   fewer than its 32 vCPUs).
 //! * [`PortOps`] — the ABI operations (Xen's `evtchn_port_ops`), with two
@@ -86,18 +86,15 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
-pub mod abi;
+mod abi;
 mod error;
-mod ops;
 mod port;
 mod sync;
-mod twolevel;
 mod weaken;
+pub mod xen;
 
 #[cfg(feature = "alloc")]
 mod channels;
-#[cfg(feature = "alloc")]
-mod fifo;
 #[cfg(feature = "alloc")]
 mod policy;
 
@@ -105,13 +102,13 @@ mod policy;
 pub use channels::{Bind, Channels, Notify, Vcpu};
 pub use error::Error;
 #[cfg(feature = "alloc")]
-pub use fifo::{BorrowedFifo, Fifo, FifoCursor, FifoMemory, GuestUnmask, OwnedFifo};
-pub use ops::{Delivery, Kick, PortOps, Raised};
+pub use abi::fifo::{BorrowedFifo, Fifo, FifoCursor, FifoMemory, GuestUnmask, OwnedFifo};
+#[cfg(feature = "alloc")]
+pub use abi::twolevel::OwnedMemory;
+pub use abi::twolevel::{Cursor as TwoLevelCursor, MaxVcpus, Memory2l, TwoLevel};
+pub use abi::{Delivery, Kick, PortOps, Raised};
 #[cfg(feature = "alloc")]
 pub use policy::{plan_rebalance, Move, Policy};
 pub use port::{MaskReason, Port, State, Status};
-#[cfg(feature = "alloc")]
-pub use twolevel::OwnedMemory;
-pub use twolevel::{Cursor as TwoLevelCursor, MaxVcpus, Memory2l, TwoLevel};
 #[doc(hidden)]
 pub use weaken::Weaken;

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-use evtchn::abi::{SharedInfo, BITS_PER_WORD, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L};
+use evtchn::xen::{SharedInfo, BITS_PER_WORD, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L};
 use evtchn::{
     Bind, Channels, Error, Memory2l, OwnedMemory, Port, PortOps, State, Status, TwoLevel,
 };

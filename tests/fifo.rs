@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use evtchn::abi::fifo::{
+use evtchn::xen::fifo::{
     EVENT_WORDS_PER_PAGE, LINKED, LINK_MASK, MASKED, MAX_QUEUES, NR_CHANNELS, PENDING,
     PRIORITY_DEFAULT,
 };

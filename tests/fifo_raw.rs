@@ -15,11 +15,11 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use evtchn::abi::fifo::{
+use evtchn::xen::fifo::{
     ControlBlock, EventWord, BUSY, LINKED, LINK_MASK, MASKED, MAX_QUEUES, NR_CHANNELS, PENDING,
     PRIORITY_DEFAULT,
 };
-use evtchn::abi::VcpuInfo;
+use evtchn::xen::VcpuInfo;
 use evtchn::{
     BorrowedFifo, Delivery, Error, Fifo, FifoCursor, FifoMemory, GuestUnmask, OwnedFifo, PortOps,
     Raised,

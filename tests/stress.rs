@@ -76,7 +76,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use evtchn::abi::fifo::LINKED;
+use evtchn::xen::fifo::LINKED;
 use evtchn::{
     Bind, Channels, Error, Fifo, FifoMemory, Notify, OwnedFifo, OwnedMemory, Port, PortOps,
     TwoLevel,

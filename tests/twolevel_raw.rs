@@ -10,7 +10,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-use evtchn::abi::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
+use evtchn::xen::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
 use evtchn::{
     Bind, Channels, Delivery, Error, Memory2l, OwnedMemory, PortOps, Raised, TwoLevel,
     TwoLevelCursor,

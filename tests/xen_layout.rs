@@ -1,4 +1,4 @@
-//! `evtchn::abi` against Xen's real public headers.
+//! `evtchn::xen` against Xen's real public headers.
 //!
 //! Compiles `tests/xen_layout.c` against `<xen/xen.h>` and
 //! `<xen/event_channel.h>` (Debian: `libxen-dev`), runs it, and compares every
@@ -23,7 +23,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use evtchn::abi::{
+use evtchn::xen::{
     fifo, SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L,
 };
 
@@ -379,7 +379,7 @@ fn check(variant: &str, extra_flags: &[&str], with_nr_event_channels: bool) {
             Some(c_value) if c_value != *rust_value => {
                 println!("xen_layout[{variant}]: MISMATCH {name}: C={c_value} Rust={rust_value}");
                 failures.push(format!(
-                    "{name}: Xen's headers say {c_value}, evtchn::abi says {rust_value}"
+                    "{name}: Xen's headers say {c_value}, evtchn::xen says {rust_value}"
                 ));
             }
             Some(c_value) => {
@@ -400,7 +400,7 @@ fn check(variant: &str, extra_flags: &[&str], with_nr_event_channels: bool) {
     );
     assert!(
         failures.is_empty(),
-        "xen_layout[{variant}]: evtchn::abi does not match Xen's public headers \
+        "xen_layout[{variant}]: evtchn::xen does not match Xen's public headers \
          (flags {CFLAGS:?} {extra_flags:?}):\n  {}",
         failures.join("\n  ")
     );

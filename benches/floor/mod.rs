@@ -10,8 +10,8 @@ use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::*;
 
-use evtchn::abi::fifo::{ControlBlock, EventWord, LINKED, LINK_MASK, MASKED, MAX_QUEUES, PENDING};
-use evtchn::abi::{VcpuInfo, XenUlong};
+use evtchn::xen::fifo::{ControlBlock, EventWord, LINKED, LINK_MASK, MASKED, MAX_QUEUES, PENDING};
+use evtchn::xen::{VcpuInfo, XenUlong};
 use evtchn::{Bind, Channels, FifoMemory, Memory2l, PortOps};
 
 /// The words one raise of `port` on `vcpu` touches, resolved once.

@@ -1,142 +1,571 @@
-//! `struct vcpu_info` and `struct shared_info` of `xen/xen.h` (x86_64).
+//! The 2-level ABI (Xen's `event_2l.c` and the guest's upcall scan).
+//!
+//! State, all in shared memory (see [`crate::xen`]):
+//!
+//! | word                    | written by                 | read by            |
+//! |-------------------------|----------------------------|--------------------|
+//! | `evtchn_pending[w]`     | raiser sets, deliverer clears | both            |
+//! | `evtchn_mask[w]`        | control plane / guest      | raiser, deliverer  |
+//! | `evtchn_pending_sel`    | raiser sets, deliverer swaps 0 | both           |
+//! | `evtchn_upcall_pending` | raiser sets, deliverer clears  | both           |
+//!
+//! Port `p` is bit `p % 64` of word `p / 64`; word `w` is bit `w` of a
+//! vCPU's selector.
 
-use super::{XenUlong, BITS_PER_WORD, LEGACY_MAX_VCPUS};
-use crate::sync::{AtomicU32, AtomicU64, AtomicU8};
+use crate::xen::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
+use crate::abi::{Delivery, Kick, PortOps, Raised};
+use crate::sync::{store_load_fence, Ordering::*};
+use crate::weaken::{Weaken, Weakness};
+use crate::Error;
 
-const NR_WORDS: usize = BITS_PER_WORD as usize;
-
-/// `struct vcpu_info`: one vCPU's event-delivery state (64 bytes).
+/// Memory the 2-level ABI works over: pending and mask words and the
+/// `vcpu_info` of each vCPU.
 ///
-/// | offset | field                   | meaning                                 |
-/// |--------|-------------------------|-----------------------------------------|
-/// | 0      | `evtchn_upcall_pending` | set by the raiser, cleared by the upcall |
-/// | 1      | `evtchn_upcall_mask`    | the guest's "interrupts off" flag        |
-/// | 8      | `evtchn_pending_sel`    | bit `i`: pending word `i` may hold work  |
-/// | 16     | `arch`                  | opaque here (`cr2`, padding)             |
-/// | 32     | `time`                  | opaque here (`vcpu_time_info`)           |
-#[repr(C)]
-#[derive(Debug)]
-pub struct VcpuInfo {
-    /// Set when an event was raised for this vCPU since its last upcall.
-    pub evtchn_upcall_pending: AtomicU8,
-    /// The guest's own mask of upcalls; not consulted by the raise side.
-    pub evtchn_upcall_mask: AtomicU8,
-    _pad: [AtomicU8; 6],
-    /// Selector: bit `i` says pending word `i` may hold work for this vCPU.
-    pub evtchn_pending_sel: XenUlong,
-    arch: [AtomicU64; 2],
-    time: [AtomicU64; 4],
+/// [`SharedInfo`] is one (the real page: 4096 ports, 32 vCPUs), and
+/// [`MaxVcpus`] the same page for a domain of fewer vCPUs; [`OwnedMemory`]
+/// is another, of any size (more vCPUs, as Xen allows with
+/// `VCPUOP_register_vcpu_info`, or tiny instances for model checking).
+pub trait Memory2l: Sync {
+    /// `evtchn_pending`.
+    #[must_use]
+    fn pending(&self) -> &[XenUlong];
+    /// `evtchn_mask`; the same length as `pending`.
+    #[must_use]
+    fn mask(&self) -> &[XenUlong];
+    /// The `vcpu_info` of each vCPU.
+    #[must_use]
+    fn vcpu_info(&self) -> &[VcpuInfo];
 }
 
-impl VcpuInfo {
-    /// A zeroed `vcpu_info`.
+impl Memory2l for SharedInfo {
+    fn pending(&self) -> &[XenUlong] {
+        &self.evtchn_pending
+    }
+    fn mask(&self) -> &[XenUlong] {
+        &self.evtchn_mask
+    }
+    fn vcpu_info(&self) -> &[VcpuInfo] {
+        &self.vcpu_info
+    }
+}
+
+impl<T: Memory2l + ?Sized> Memory2l for &T {
+    fn pending(&self) -> &[XenUlong] {
+        (**self).pending()
+    }
+    fn mask(&self) -> &[XenUlong] {
+        (**self).mask()
+    }
+    fn vcpu_info(&self) -> &[VcpuInfo] {
+        (**self).vcpu_info()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<T: Memory2l + ?Sized> Memory2l for alloc::boxed::Box<T> {
+    fn pending(&self) -> &[XenUlong] {
+        (**self).pending()
+    }
+    fn mask(&self) -> &[XenUlong] {
+        (**self).mask()
+    }
+    fn vcpu_info(&self) -> &[VcpuInfo] {
+        (**self).vcpu_info()
+    }
+}
+
+/// 2-level memory `M` serving only its first `max_vcpus` vCPUs: a real
+/// `shared_info` page for a domain of fewer vCPUs than the page's 32
+/// `vcpu_info`s (Xen's `max_vcpus`).
+///
+/// As [`Memory2l`], a [`SharedInfo`] holds 32 vCPUs, and a control plane
+/// over it has 32, of which a 4-vCPU domain would have to take 28 offline.
+/// Through `MaxVcpus` it has `max_vcpus`: a vCPU beyond them is
+/// [`Error::VcpuOutOfRange`], and their `vcpu_info`s are neither read nor
+/// written. The pending and mask words are `M`'s, all of them.
+///
+/// ```
+/// use evtchn::xen::SharedInfo;
+/// use evtchn::{Bind, Channels, Error, MaxVcpus, Policy, TwoLevel};
+///
+/// // A 4-vCPU domain's page (zeroed here; `SharedInfo::from_ptr` overlays
+/// // a real one).
+/// let page = Box::new(SharedInfo::new());
+/// let ch = Channels::new(TwoLevel::new(MaxVcpus::new(&*page, 4)), ());
+/// assert_eq!(ch.nr_vcpus(), 4);
+/// assert_eq!(ch.nr_ports(), 4096);
+/// assert_eq!(ch.upcall_pending(4), Err(Error::VcpuOutOfRange));
+///
+/// // Round-robin goes round the domain's 4 vCPUs, not the page's 32.
+/// ch.set_policy(Policy::RoundRobin);
+/// let mut vcpus = Vec::new();
+/// for _ in 0..5 {
+///     let port = ch.bind(Bind::Auto)?;
+///     vcpus.push(ch.status(port.number())?.vcpu);
+/// }
+/// assert_eq!(vcpus, [0, 1, 2, 3, 0]);
+/// # Ok::<(), Error>(())
+/// ```
+pub struct MaxVcpus<M> {
+    mem: M,
+    max_vcpus: usize,
+}
+
+impl<M: Memory2l> MaxVcpus<M> {
+    /// `mem` serving its first `max_vcpus` vCPUs, clamped to `1..=` the
+    /// number `mem` holds (32 for a `shared_info` page).
     #[must_use]
-    pub fn new() -> Self {
-        VcpuInfo {
-            evtchn_upcall_pending: AtomicU8::new(0),
-            evtchn_upcall_mask: AtomicU8::new(0),
-            _pad: core::array::from_fn(|_| AtomicU8::new(0)),
-            evtchn_pending_sel: AtomicU64::new(0),
-            arch: core::array::from_fn(|_| AtomicU64::new(0)),
-            time: core::array::from_fn(|_| AtomicU64::new(0)),
+    pub fn new(mem: M, max_vcpus: usize) -> Self {
+        let held = mem.vcpu_info().len();
+        MaxVcpus {
+            max_vcpus: max_vcpus.min(held).max(1),
+            mem,
+        }
+    }
+
+    /// The memory it serves the first vCPUs of.
+    #[must_use]
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+}
+
+impl<M: Memory2l> Memory2l for MaxVcpus<M> {
+    fn pending(&self) -> &[XenUlong] {
+        self.mem.pending()
+    }
+    fn mask(&self) -> &[XenUlong] {
+        self.mem.mask()
+    }
+    fn vcpu_info(&self) -> &[VcpuInfo] {
+        let all = self.mem.vcpu_info();
+        // `new` clamped the count to what `mem` held; should `mem` hold
+        // fewer now, all it holds.
+        all.get(..self.max_vcpus).unwrap_or(all)
+    }
+}
+
+impl<M: Memory2l> core::fmt::Debug for MaxVcpus<M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MaxVcpus")
+            .field("max_vcpus", &self.vcpu_info().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Crate-owned 2-level memory of any size: `words` pending/mask words (64
+/// ports each, at most 64 words) and `vcpus` `vcpu_info`s.
+#[cfg(feature = "alloc")]
+#[derive(Debug)]
+pub struct OwnedMemory {
+    pending: alloc::boxed::Box<[XenUlong]>,
+    mask: alloc::boxed::Box<[XenUlong]>,
+    vcpus: alloc::boxed::Box<[VcpuInfo]>,
+}
+
+#[cfg(feature = "alloc")]
+impl OwnedMemory {
+    /// Memory for `words.clamp(1, 64) * 64` ports and `vcpus.max(1)` vCPUs,
+    /// all clear.
+    #[must_use]
+    pub fn new(words: usize, vcpus: usize) -> Self {
+        let words = words.clamp(1, BITS_PER_WORD as usize);
+        let zeroed = || (0..words).map(|_| XenUlong::new(0)).collect();
+        OwnedMemory {
+            pending: zeroed(),
+            mask: zeroed(),
+            vcpus: (0..vcpus.max(1)).map(|_| VcpuInfo::new()).collect(),
         }
     }
 }
 
-impl Default for VcpuInfo {
-    fn default() -> Self {
-        Self::new()
+#[cfg(feature = "alloc")]
+impl Memory2l for OwnedMemory {
+    fn pending(&self) -> &[XenUlong] {
+        &self.pending
+    }
+    fn mask(&self) -> &[XenUlong] {
+        &self.mask
+    }
+    fn vcpu_info(&self) -> &[VcpuInfo] {
+        &self.vcpus
     }
 }
 
-/// `struct shared_info`: the page shared between Xen and a guest (3136 bytes
-/// used; the page is 4096).
-///
-/// As [`crate::Memory2l`] it holds 32 vCPUs, one per `vcpu_info`;
-/// [`crate::MaxVcpus`] serves a domain of fewer from the same page.
-///
-/// | offset | field            | meaning                                   |
-/// |--------|------------------|-------------------------------------------|
-/// | 0      | `vcpu_info[32]`  | legacy per-vCPU state                      |
-/// | 2048   | `evtchn_pending` | 4096 pending bits                          |
-/// | 2560   | `evtchn_mask`    | 4096 mask bits                             |
-/// | 3072   | `wc_*`           | wall clock, opaque here                    |
-/// | 3088   | `arch`           | `arch_shared_info`, opaque here            |
-#[repr(C)]
+/// The 2-level ABI over memory `M`.
 #[derive(Debug)]
-pub struct SharedInfo {
-    /// `vcpu_info` of vCPUs 0..32.
-    pub vcpu_info: [VcpuInfo; LEGACY_MAX_VCPUS],
-    /// Pending bit per port: bit `p % 64` of word `p / 64`.
-    pub evtchn_pending: [XenUlong; NR_WORDS],
-    /// Mask bit per port, same indexing as `evtchn_pending`.
-    pub evtchn_mask: [XenUlong; NR_WORDS],
-    wc: [AtomicU32; 4],
-    arch: [AtomicU64; 6],
+pub struct TwoLevel<M> {
+    mem: M,
+    weak: Weakness,
 }
 
-impl SharedInfo {
-    /// A zeroed `shared_info`: nothing pending, nothing masked.
+/// Round-robin position of one vCPU's scan: where the last upcall stopped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cursor {
+    word: u32,
+    bit: u32,
+}
+
+impl<M: Memory2l> TwoLevel<M> {
+    /// The 2-level ABI over `mem`.
     #[must_use]
-    pub fn new() -> Self {
-        SharedInfo {
-            vcpu_info: core::array::from_fn(|_| VcpuInfo::new()),
-            evtchn_pending: core::array::from_fn(|_| AtomicU64::new(0)),
-            evtchn_mask: core::array::from_fn(|_| AtomicU64::new(0)),
-            wc: core::array::from_fn(|_| AtomicU32::new(0)),
-            arch: core::array::from_fn(|_| AtomicU64::new(0)),
+    pub fn new(mem: M) -> Self {
+        TwoLevel {
+            mem,
+            weak: Weakness::default(),
         }
     }
 
-    /// Views caller-owned memory, such as a real `shared_info` page, as a
-    /// `SharedInfo`.
-    ///
-    /// # Safety
-    ///
-    /// * `ptr` is non-null, aligned to 8 bytes, and valid for reads and
-    ///   writes of `size_of::<SharedInfo>()` (3136) bytes for all of `'a`;
-    /// * for all of `'a`, every other party (a guest, the hypervisor, another
-    ///   thread) accesses that memory only with atomic instructions of the
-    ///   field's width, or not at all — which is what Xen and its guests do
-    ///   with the event-channel fields; the memory is never deallocated or
-    ///   unmapped during `'a`.
-    ///
-    /// Contents need not be valid in any sense: every bit pattern is a valid
-    /// `SharedInfo`, and the raise side treats it all as untrusted.
+    /// The 2-level ABI with one protective step weakened (loom models only).
+    #[cfg(all(loom, feature = "loom"))]
+    #[doc(hidden)]
+    pub fn weakened(mem: M, w: Weaken) -> Self {
+        TwoLevel {
+            mem,
+            weak: Weakness::new(w),
+        }
+    }
+
+    /// The memory this ABI works over.
     #[must_use]
-    pub unsafe fn from_ptr<'a>(ptr: *mut SharedInfo) -> &'a SharedInfo {
-        // SAFETY: the caller guarantees validity, alignment and lifetime; all
-        // fields are atomics (interior mutability), so concurrent atomic
-        // writes by others do not invalidate a shared reference, and any bit
-        // pattern is a valid value of an integer atomic.
-        unsafe { &*ptr }
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Word, bit mask and the pending and mask words of `port`.
+    #[inline]
+    fn locate(&self, port: u32) -> Result<(u32, u64, &XenUlong, &XenUlong), Error> {
+        let w = port / BITS_PER_WORD;
+        // A selector names at most 64 words, whatever the memory holds.
+        if w >= BITS_PER_WORD {
+            return Err(Error::PortOutOfRange);
+        }
+        let bit = 1u64 << (port % BITS_PER_WORD);
+        let pending = self.mem.pending().get(w as usize);
+        let mask = self.mem.mask().get(w as usize);
+        match (pending, mask) {
+            (Some(p), Some(m)) => Ok((w, bit, p, m)),
+            _ => Err(Error::PortOutOfRange),
+        }
+    }
+
+    /// The pending, unmasked ports of word `w`; none for a word the memory
+    /// does not have (a hostile selector bit).
+    #[inline]
+    fn load_word(pending: &[XenUlong], mask: &[XenUlong], w: u32) -> u64 {
+        let (Some(p), Some(m)) = (pending.get(w as usize), mask.get(w as usize)) else {
+            return 0;
+        };
+        // Acquire: pairs with the raiser's Release fetch_or (the deliverer
+        // re-acquires on its clear; this orders the mask read after it).
+        p.load(Acquire) & !m.load(Acquire)
+    }
+
+    /// Offers the ports `bits` of word `w` to `each`, lowest first, moving
+    /// the cursor along; asks `more` before each and returns `false` as soon
+    /// as it says no (the cursor then names the last port offered).
+    #[inline]
+    fn offer(
+        w: u32,
+        mut bits: u64,
+        cursor: &mut Cursor,
+        more: &mut impl FnMut() -> bool,
+        each: &mut impl FnMut(u32),
+    ) -> bool {
+        while bits != 0 {
+            if !more() {
+                return false;
+            }
+            let b = bits.trailing_zeros();
+            // Clears the lowest set bit (bits != 0, so no wrap happens).
+            bits &= bits.wrapping_sub(1);
+            cursor.word = w;
+            cursor.bit = b;
+            // w and b are below 64 (a selector and a word bit): the port is
+            // below 4096 and the shift and or cannot overflow.
+            each(w << BITS_PER_WORD.trailing_zeros() | b);
+        }
+        true
+    }
+
+    /// Ends a scan out of budget: gives back the selector bits `sel` its
+    /// pass took (a word fully offered comes back too and costs the next
+    /// pass one load; the ports not offered are still pending in their
+    /// words, so their selector bits are all the next pass needs), then sets
+    /// the vCPU's own upcall flag so that it runs another upcall before it
+    /// halts (no kick: the vCPU is running).
+    #[inline]
+    fn defer(&self, vi: &VcpuInfo, sel: u64) {
+        if !self.weak.has(Weaken::BudgetDropsSelector) {
+            // Release: a scan on another handle of this vCPU whose Acquire
+            // swap reads these bits also sees the pending bits we acquired.
+            vi.evtchn_pending_sel.fetch_or(sel, Release);
+        }
+        if !self.weak.has(Weaken::BudgetNoUpcallFlag) {
+            // Release: after the selector bits; pairs with `upcall_pending`'s
+            // Acquire load, so a vCPU that sees the flag finds the bits.
+            vi.evtchn_upcall_pending.store(1, Release);
+        }
+    }
+
+    /// Sets selector bit `w` of `vcpu` and then its upcall flag; returns the
+    /// vCPU to kick if the flag went 0 → 1. An out-of-range vCPU raises
+    /// nothing: the event stays pending (the control plane never passes one).
+    #[inline]
+    fn raise_selector(&self, vcpu: u32, w: u32) -> Kick {
+        let vi = self.mem.vcpu_info().get(vcpu as usize)?;
+        let sel = 1u64 << w;
+        // AcqRel. Release: a deliverer whose selector swap reads this bit
+        // also sees our pending bit. Acquire: pairs with the deliverer's
+        // Release swap, so its earlier `upcall_pending = 0` is visible to our
+        // swap below and a needed kick is not missed.
+        let old = vi
+            .evtchn_pending_sel
+            .fetch_or(sel, self.weak.ord(Weaken::RelaxedSelector, AcqRel));
+        if old & sel != 0 {
+            // Someone else raised this word and owns the upcall flag.
+            return None;
+        }
+        // AcqRel: ordered after the selector bit, so a deliverer that sees
+        // the flag set and loops again also sees the selector bit.
+        if vi.evtchn_upcall_pending.swap(1, AcqRel) == 0 {
+            Some(vcpu)
+        } else {
+            None
+        }
     }
 }
 
-impl Default for SharedInfo {
-    fn default() -> Self {
-        Self::new()
+/// One pass of a 2-level scan. Dropped only when a handler unwinds out of
+/// the pass (the pass `forget`s it otherwise): its selector bits go back and
+/// the vCPU's upcall flag is set, as when the scan runs out of budget, so
+/// that the ports the pass had not offered yet are not stranded.
+struct Unwind<'a, M: Memory2l> {
+    abi: &'a TwoLevel<M>,
+    vi: &'a VcpuInfo,
+    sel: u64,
+}
+
+impl<M: Memory2l> Drop for Unwind<'_, M> {
+    fn drop(&mut self) {
+        if !self.abi.weak.has(Weaken::ScanNotUnwindSafe) {
+            self.abi.defer(self.vi, self.sel);
+        }
     }
 }
 
-#[cfg(not(all(loom, feature = "loom")))]
-mod layout {
-    use super::{SharedInfo, VcpuInfo};
-    use core::mem::{align_of, offset_of, size_of};
-    use static_assertions::const_assert_eq;
+impl<M: Memory2l> PortOps for TwoLevel<M> {
+    type Cursor = Cursor;
 
-    const_assert_eq!(size_of::<VcpuInfo>(), 64);
-    const_assert_eq!(offset_of!(VcpuInfo, evtchn_upcall_pending), 0);
-    const_assert_eq!(offset_of!(VcpuInfo, evtchn_upcall_mask), 1);
-    const_assert_eq!(offset_of!(VcpuInfo, evtchn_pending_sel), 8);
-    const_assert_eq!(offset_of!(VcpuInfo, arch), 16);
-    const_assert_eq!(offset_of!(VcpuInfo, time), 32);
+    fn nr_ports(&self) -> u32 {
+        // A selector names at most 64 words: ports beyond 4096 are ignored.
+        let words = self.mem.pending().len().min(self.mem.mask().len());
+        u32::try_from(words.min(BITS_PER_WORD as usize))
+            .map_or(0, |w| w.saturating_mul(BITS_PER_WORD))
+    }
 
-    const_assert_eq!(size_of::<SharedInfo>(), 3136);
-    const_assert_eq!(align_of::<SharedInfo>(), 8);
-    const_assert_eq!(offset_of!(SharedInfo, vcpu_info), 0);
-    const_assert_eq!(offset_of!(SharedInfo, evtchn_pending), 2048);
-    const_assert_eq!(offset_of!(SharedInfo, evtchn_mask), 2560);
-    const_assert_eq!(offset_of!(SharedInfo, wc), 3072);
-    const_assert_eq!(offset_of!(SharedInfo, arch), 3088);
+    fn nr_vcpus(&self) -> u32 {
+        u32::try_from(self.mem.vcpu_info().len()).unwrap_or(u32::MAX)
+    }
+
+    #[inline]
+    fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Raised, Error> {
+        let (w, bit, pending, mask) = self.locate(port)?;
+        // SeqCst: the write half of the send/unmask Dekker pattern (see
+        // `store_load_fence`); it is also the Release that publishes what the
+        // sender wrote before the send to the handler's Acquire clear.
+        let old = pending.fetch_or(bit, self.weak.ord(Weaken::RelaxedPending, SeqCst));
+        if old & bit != 0 {
+            // Coalesced: whoever set it first raises (edge semantics).
+            return Ok(Raised::Coalesced);
+        }
+        if !self.weak.has(Weaken::NoStoreLoadFence) {
+            store_load_fence();
+        }
+        // SeqCst: the read half of the Dekker pattern; a masked port is
+        // raised by the unmask, which is certain to see our pending bit.
+        // Also Acquire: pairs with the unmask's Release, so `target()` sees
+        // the binding a rebinder wrote before unmasking.
+        if mask.load(SeqCst) & bit != 0 {
+            return Ok(Raised::Masked);
+        }
+        let vcpu = target();
+        let kick = self.raise_selector(vcpu, w).is_some();
+        Ok(Raised::Notified { vcpu, kick })
+    }
+
+    fn clear_pending(&self, port: u32) -> Result<(), Error> {
+        let (_, bit, pending, _) = self.locate(port)?;
+        // Release: a raiser whose fetch_or reads this value (or a later
+        // one) sees what the control plane wrote before: bind's new
+        // generation, so a stale sender landing after the reset says so.
+        // (Loom cannot show this one: its SeqCst model orders bind's mask
+        // before the sender's fence, which C++20 does not promise.)
+        pending.fetch_and(!bit, Release);
+        Ok(())
+    }
+
+    #[inline]
+    fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error> {
+        let (_, bit, pending, _) = self.locate(port)?;
+        // Acquire: pairs with the raiser's Release fetch_or, so the handler
+        // that runs next sees everything written before the send (C1).
+        let old = pending.fetch_and(!bit, self.weak.ord(Weaken::RelaxedPending, AcqRel));
+        Ok(old & bit != 0)
+    }
+
+    fn is_pending(&self, port: u32) -> Result<bool, Error> {
+        let (_, bit, pending, _) = self.locate(port)?;
+        // Acquire: a status read; pairs with the raiser's Release.
+        Ok(pending.load(Acquire) & bit != 0)
+    }
+
+    fn mask(&self, port: u32) -> Result<(), Error> {
+        let (_, bit, _, mask) = self.locate(port)?;
+        // SeqCst: a raiser that misses this bit is one the unmask Dekker
+        // pattern covers; setting needs no more than the RMW's own order.
+        mask.fetch_or(bit, SeqCst);
+        Ok(())
+    }
+
+    fn unmask(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error> {
+        let (w, bit, pending, mask) = self.locate(port)?;
+        // SeqCst: the write half of the Dekker pattern with `set_pending`;
+        // Release: a raiser that reads the cleared bit sees the binding the
+        // control plane wrote before unmasking.
+        let old = mask.fetch_and(!bit, SeqCst);
+        if old & bit == 0 {
+            return Ok(None);
+        }
+        if !self.weak.has(Weaken::NoStoreLoadFence) {
+            store_load_fence();
+        }
+        // SeqCst: the read half of the Dekker pattern: if the raiser saw the
+        // mask still set, this load sees its pending bit.
+        if pending.load(SeqCst) & bit == 0 {
+            return Ok(None);
+        }
+        Ok(self.raise_selector(target(), w))
+    }
+
+    fn is_masked(&self, port: u32) -> Result<bool, Error> {
+        let (_, bit, _, mask) = self.locate(port)?;
+        // Acquire: a status read.
+        Ok(mask.load(Acquire) & bit != 0)
+    }
+
+    fn reraise(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error> {
+        let (w, bit, pending, mask) = self.locate(port)?;
+        // SeqCst: a masked port is left to its unmask, exactly as in
+        // `set_pending`; the caller's Acquire on the port state already
+        // ordered the pending bit it saw before this load.
+        if pending.load(SeqCst) & bit == 0 || mask.load(SeqCst) & bit != 0 {
+            return Ok(None);
+        }
+        Ok(self.raise_selector(target(), w))
+    }
+
+    fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error> {
+        let vi = self
+            .mem
+            .vcpu_info()
+            .get(vcpu as usize)
+            .ok_or(Error::VcpuOutOfRange)?;
+        // Acquire: pairs with the raiser's AcqRel swap, so a vCPU that sees
+        // the flag also sees the selector bit set before it.
+        Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
+    }
+
+    fn scan_bounded(
+        &self,
+        vcpu: u32,
+        cursor: &mut Cursor,
+        mut more: impl FnMut() -> bool,
+        mut each: impl FnMut(u32) -> Delivery,
+        mut kick: impl FnMut(u32),
+    ) -> Result<(), Error> {
+        // A pending port bound elsewhere is raised again on the vCPU it is
+        // bound to now, as the FIFO ABI relinks it. When the rebind's
+        // unmask already raised it there this costs that vCPU one look;
+        // but a raiser that has not learned of the move yet (a hypervisor
+        // whose `notify_vcpu_id` lags the guest's `set_affinity`) sets the
+        // pending bit and the selector bit here, after the unmask: nobody
+        // else would ever raise it on the new vCPU.
+        let mut each = |port| {
+            if let Delivery::Foreign(v) = each(port) {
+                if !self.weak.has(Weaken::NoForeignRelink) {
+                    if let Ok(Some(k)) = self.reraise(port, || v) {
+                        kick(k);
+                    }
+                }
+            }
+        };
+        let vi = self
+            .mem
+            .vcpu_info()
+            .get(vcpu as usize)
+            .ok_or(Error::VcpuOutOfRange)?;
+        let pending = self.mem.pending();
+        let mask = self.mem.mask();
+        loop {
+            let clear_after = self.weak.has(Weaken::ClearUpcallAfterSelector);
+            if !clear_after {
+                // Relaxed: the AcqRel selector swap below is after this store
+                // in program order and releases it; a raiser whose selector
+                // fetch_or reads our swap then sees the flag clear and kicks.
+                vi.evtchn_upcall_pending.store(0, Relaxed);
+            }
+            // AcqRel. Acquire: pairs with the raiser's Release fetch_or, so
+            // the pending bits behind the selector bits are visible. Release:
+            // publishes the flag clear above to the next raiser.
+            let sel = vi
+                .evtchn_pending_sel
+                .swap(0, self.weak.ord(Weaken::RelaxedSelector, AcqRel));
+            if clear_after {
+                // The weakened order (loom models only): see `Weaken`.
+                vi.evtchn_upcall_pending.store(0, Relaxed);
+            }
+            // Round-robin (fairness, as Linux's scan): resume just after the
+            // last port handled, i.e. the start word's bits above it, then
+            // the other selected words in order, then the start word's bits
+            // up to and including it.
+            let start = cursor.word % BITS_PER_WORD;
+            let above = match cursor.bit % BITS_PER_WORD {
+                63 => 0,
+                b => !0u64 << b << 1,
+            };
+            // The start word is read once for both of its parts: a port of
+            // it raised after this read set its selector bit again after our
+            // swap, so the next pass takes it.
+            let start_bits = if sel & (1u64 << start) != 0 {
+                Self::load_word(pending, mask, start)
+            } else {
+                0
+            };
+            // Held while ports are offered: a handler that unwinds through
+            // the pass gives this pass's selector bits back (see `Unwind`).
+            let pass = Unwind { abi: self, vi, sel };
+            let mut done = Self::offer(start, start_bits & above, cursor, &mut more, &mut each);
+            let mut others = (sel & !(1u64 << start)).rotate_right(start);
+            while done && others != 0 {
+                // Both terms are below 64: the sum cannot wrap.
+                let w = others.trailing_zeros().wrapping_add(start) % BITS_PER_WORD;
+                // Clears the lowest set bit (others != 0).
+                others &= others.wrapping_sub(1);
+                let bits = Self::load_word(pending, mask, w);
+                done = Self::offer(w, bits, cursor, &mut more, &mut each);
+            }
+            done = done && Self::offer(start, start_bits & !above, cursor, &mut more, &mut each);
+            core::mem::forget(pass);
+            if !done {
+                self.defer(vi, sel);
+                return Ok(());
+            }
+            // Acquire: pairs with a raiser's swap; its selector bit is then
+            // visible to the next pass's swap.
+            if vi.evtchn_upcall_pending.load(Acquire) == 0 {
+                return Ok(());
+            }
+        }
+    }
 }

@@ -42,11 +42,11 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 
-use evtchn::abi::fifo::{
+use evtchn::xen::fifo::{
     ControlBlock, EventWord, BUSY, EVENT_WORDS_PER_PAGE, LINKED, LINK_MASK, MASKED, MAX_QUEUES,
     NR_CHANNELS, PENDING, PRIORITY_DEFAULT,
 };
-use evtchn::abi::VcpuInfo;
+use evtchn::xen::VcpuInfo;
 use evtchn::{
     Bind, BorrowedFifo, Channels, Delivery, Error, Fifo, FifoCursor, FifoMemory, GuestUnmask,
     OwnedFifo, Port, PortOps, Raised, Vcpu,

@@ -30,7 +30,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-use evtchn::abi::{SharedInfo, VcpuInfo, XenUlong};
+use evtchn::xen::{SharedInfo, VcpuInfo, XenUlong};
 use evtchn::{
     Bind, Channels, Delivery, Error, Memory2l, OwnedMemory, Port, PortOps, Raised, TwoLevel,
     TwoLevelCursor,

@@ -84,7 +84,7 @@ use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::sync::atomic::Ordering::SeqCst;
 
-use evtchn::abi::fifo::{BUSY, LINKED, LINK_MASK, MASKED, MAX_QUEUES, PENDING};
+use evtchn::xen::fifo::{BUSY, LINKED, LINK_MASK, MASKED, MAX_QUEUES, PENDING};
 use evtchn::{
     Bind, Channels, Error, Fifo, FifoMemory, Memory2l, OwnedFifo, OwnedMemory, Port, PortOps,
     State, Status, TwoLevel, Vcpu,
@@ -1322,7 +1322,7 @@ impl Model {
 /// can: by binding on a side instance (closing and re-binding for later
 /// generations).
 fn forge(n: u32, generation: u32) -> Option<Port> {
-    if n == 0 || generation == 0 || n >= evtchn::abi::NR_EVENT_CHANNELS_2L {
+    if n == 0 || generation == 0 || n >= evtchn::xen::NR_EVENT_CHANNELS_2L {
         return None;
     }
     let side = Channels::new(TwoLevel::new(OwnedMemory::new(n as usize / 64 + 1, 1)), ());
