@@ -45,7 +45,8 @@ use std::sync::atomic::Ordering::*;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use evtchn::xen::fifo::PRIORITY_DEFAULT;
-use evtchn::{Bind, Channels, Fifo, FifoMemory, OwnedFifo, OwnedMemory, PortOps, Raised, TwoLevel};
+use evtchn::Raise;
+use evtchn::{Bind, Channels, Fifo, FifoMemory, OwnedFifo, OwnedMemory, Raised, TwoLevel};
 
 mod floor;
 

@@ -25,7 +25,8 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering::*;
 
 use evtchn::xen::fifo::PRIORITY_DEFAULT;
-use evtchn::{Bind, Channels, Fifo, FifoMemory, OwnedFifo, OwnedMemory, Port, PortOps, TwoLevel};
+use evtchn::Raise;
+use evtchn::{Bind, Channels, Fifo, FifoMemory, OwnedFifo, OwnedMemory, Port, TwoLevel};
 
 #[path = "../benches/floor/mod.rs"]
 mod floor;

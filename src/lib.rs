@@ -99,14 +99,14 @@ mod channels;
 mod policy;
 
 #[cfg(feature = "alloc")]
-pub use channels::{Bind, Channels, Notify, Vcpu};
-pub use error::Error;
-#[cfg(feature = "alloc")]
-pub use abi::fifo::{BorrowedFifo, Fifo, FifoCursor, FifoMemory, GuestUnmask, OwnedFifo};
+pub use abi::fifo::{BorrowedFifo, Fifo, FifoCursor, FifoMemory, OwnedFifo};
 #[cfg(feature = "alloc")]
 pub use abi::twolevel::OwnedMemory;
 pub use abi::twolevel::{Cursor as TwoLevelCursor, MaxVcpus, Memory2l, TwoLevel};
-pub use abi::{Delivery, Kick, PortOps, Raised};
+pub use abi::{Deliver, Delivery, GuestUnmask, Kick, PortOps, Ports, Raise, Raised};
+#[cfg(feature = "alloc")]
+pub use channels::{Bind, Channels, Notify, Vcpu};
+pub use error::Error;
 #[cfg(feature = "alloc")]
 pub use policy::{plan_rebalance, Move, Policy};
 pub use port::{MaskReason, Port, State, Status};

@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use evtchn::xen::{SharedInfo, BITS_PER_WORD, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L};
-use evtchn::{
-    Bind, Channels, Error, Memory2l, OwnedMemory, Port, PortOps, State, Status, TwoLevel,
-};
+use evtchn::Ports;
+use evtchn::{Bind, Channels, Error, Memory2l, OwnedMemory, Port, State, Status, TwoLevel};
 
 mod common;
 

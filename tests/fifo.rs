@@ -25,7 +25,8 @@ use evtchn::xen::fifo::{
     EVENT_WORDS_PER_PAGE, LINKED, LINK_MASK, MASKED, MAX_QUEUES, NR_CHANNELS, PENDING,
     PRIORITY_DEFAULT,
 };
-use evtchn::{Bind, Channels, Error, Fifo, FifoMemory, OwnedFifo, Port, PortOps, State, Status};
+use evtchn::{Bind, Channels, Error, Fifo, FifoMemory, OwnedFifo, Port, State, Status};
+use evtchn::{Deliver, Ports, Raise};
 
 mod common;
 
@@ -1100,7 +1101,7 @@ fn ports_beyond_max_are_port_out_of_range_and_change_nothing() {
         assert_err_unchanged(&ch, Error::PortOutOfRange, || abi.reraise(n, || 0));
         assert_err_unchanged(&ch, Error::PortOutOfRange, || abi.set_priority(n, 0));
         assert_err_unchanged(&ch, Error::PortOutOfRange, || abi.mask(n));
-        assert_err_unchanged(&ch, Error::PortOutOfRange, || abi.guest_unmask(n));
+        assert_err_unchanged(&ch, Error::PortOutOfRange, || abi.try_unmask(n));
         assert_err_unchanged(&ch, Error::PortOutOfRange, || abi.prepare(n));
     }
     let sparse = new_ch(4 * EVENT_WORDS_PER_PAGE, 1);
@@ -1109,7 +1110,7 @@ fn ports_beyond_max_are_port_out_of_range_and_change_nothing() {
     let abi = sparse.abi();
     assert_eq!(abi.set_pending(unmapped, || 0), Err(Error::PortOutOfRange));
     assert_eq!(abi.is_pending(unmapped), Err(Error::PortOutOfRange));
-    assert_eq!(abi.guest_unmask(unmapped), Err(Error::PortOutOfRange));
+    assert_eq!(abi.try_unmask(unmapped), Err(Error::PortOutOfRange));
     assert_eq!(
         abi.memory().mapped_pages(),
         1,

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use evtchn::xen::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
 use evtchn::{
-    Bind, Channels, Delivery, Error, Memory2l, OwnedMemory, PortOps, Raised, TwoLevel,
-    TwoLevelCursor,
+    Bind, Channels, Delivery, Error, Memory2l, OwnedMemory, Raised, TwoLevel, TwoLevelCursor,
 };
+use evtchn::{Deliver, Ports, Raise};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -555,7 +555,7 @@ fn random_hostile_words_never_break_the_raise_side() {
             0 => ops.set_pending(p, || t).map(Raised::kick),
             1 => ops.unmask(p, || t),
             2 => ops.reraise(p, || t),
-            3 => ops.mask(p).map(|()| None),
+            3 => ops.mask(p).map(|_| None),
             _ => ops.test_and_clear_pending(p).map(|_| None),
         };
         let after = raw(mem);

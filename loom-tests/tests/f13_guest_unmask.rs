@@ -30,7 +30,7 @@ fn scenario(weaken: Option<Weaken>) {
         let g = w.clone();
         let guest = thread::spawn(move || {
             let n = p.number();
-            if g.ch.abi().guest_unmask(n).expect("guest_unmask") == GuestUnmask::Hypercall {
+            if g.ch.abi().try_unmask(n).expect("guest_unmask") == GuestUnmask::Hypercall {
                 let k = g.ch.abi().unmask(n, || 0).expect("unmask");
                 if let Some(v) = k {
                     evtchn::Notify::kick(g.ch.notifier(), v);

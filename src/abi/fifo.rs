@@ -23,6 +23,9 @@
 
 use alloc::boxed::Box;
 
+use crate::abi::{Deliver, Delivery, GuestUnmask, Kick, Ports, Raise, Raised};
+use crate::sync::{spin_loop, AtomicPtr, AtomicU32, AtomicU8, Lock, Ordering::*, SpinLock};
+use crate::weaken::{Weaken, Weakness};
 #[cfg(not(all(loom, feature = "loom")))]
 use crate::xen::fifo::EVENT_WORDS_PER_PAGE;
 use crate::xen::fifo::{
@@ -30,9 +33,6 @@ use crate::xen::fifo::{
     PRIORITY_DEFAULT,
 };
 use crate::xen::VcpuInfo;
-use crate::abi::{Delivery, Kick, PortOps, Raised};
-use crate::sync::{spin_loop, AtomicPtr, AtomicU32, AtomicU8, Lock, Ordering::*, SpinLock};
-use crate::weaken::{Weaken, Weakness};
 use crate::Error;
 
 /// [`MAX_QUEUES`] as a `u32`, and the lowest priority (the highest number).
@@ -271,17 +271,6 @@ pub struct FifoCursor {
     head: [u32; MAX_QUEUES],
 }
 
-/// What a guest's conditional unmask did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[must_use = "`Hypercall`: the port stays masked until the hypervisor's unmask"]
-pub enum GuestUnmask {
-    /// The port is unmasked (it was not pending, so nothing to link).
-    Done,
-    /// The port is pending: the guest must ask the hypervisor to unmask it
-    /// (`EVTCHNOP_unmask`, here [`PortOps::unmask`]), which links it.
-    Hypercall,
-}
-
 impl<M: FifoMemory> Fifo<M> {
     /// The FIFO ABI over `mem`.
     #[must_use]
@@ -320,41 +309,6 @@ impl<M: FifoMemory> Fifo<M> {
 
     fn word(&self, port: u32) -> Result<&EventWord, Error> {
         self.mem.event_word(port).ok_or(Error::PortOutOfRange)
-    }
-
-    /// The guest's conditional unmask (Linux's `evtchn_fifo_unmask` after
-    /// XSA-332): clear `MASKED` only if the port is not pending and the
-    /// raise side is not rewriting the word (`BUSY`); a pending port needs
-    /// the hypervisor's unmask, which links it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::PortOutOfRange`] if the event array does not cover `port`.
-    pub fn guest_unmask(&self, port: u32) -> Result<GuestUnmask, Error> {
-        let word = self.word(port)?;
-        // Acquire: see the raiser's PENDING before deciding.
-        let mut w = word.load(Acquire);
-        loop {
-            if w & MASKED == 0 {
-                return Ok(GuestUnmask::Done);
-            }
-            if w & PENDING != 0 && !self.weak.has(Weaken::GuestUnmaskIgnoresPending) {
-                return Ok(GuestUnmask::Hypercall);
-            }
-            let old = w & !BUSY;
-            // AcqRel: the compare-exchange fails while BUSY or PENDING
-            // appear, and otherwise orders the unmask after the raiser's
-            // last write to the word.
-            match word.compare_exchange(old, old & !MASKED, AcqRel, Acquire) {
-                Ok(_) => return Ok(GuestUnmask::Done),
-                Err(now) => {
-                    if now & BUSY != 0 {
-                        spin_loop();
-                    }
-                    w = now;
-                }
-            }
-        }
     }
 
     /// Links pending, unmasked, unlinked `port` onto queue (`vcpu`, its
@@ -622,9 +576,7 @@ impl<M: FifoMemory> Drop for Unwind<'_, M> {
     }
 }
 
-impl<M: FifoMemory> PortOps for Fifo<M> {
-    type Cursor = FifoCursor;
-
+impl<M: FifoMemory> Ports for Fifo<M> {
     fn nr_ports(&self) -> u32 {
         self.mem.max_ports()
     }
@@ -633,6 +585,34 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
         self.mem.nr_vcpus()
     }
 
+    fn clear_pending(&self, port: u32) -> Result<(), Error> {
+        // Release: a raiser whose fetch_or reads this value sees what the
+        // control plane wrote before (bind's new generation).
+        self.word(port)?.fetch_and(!PENDING, Release);
+        Ok(())
+    }
+
+    fn is_pending(&self, port: u32) -> Result<bool, Error> {
+        // Acquire: a status read.
+        Ok(self.word(port)?.load(Acquire) & PENDING != 0)
+    }
+
+    fn is_masked(&self, port: u32) -> Result<bool, Error> {
+        // Acquire: a status read.
+        Ok(self.word(port)?.load(Acquire) & MASKED != 0)
+    }
+
+    fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error> {
+        if vcpu >= self.mem.nr_vcpus() {
+            return Err(Error::VcpuOutOfRange);
+        }
+        let vi = self.mem.vcpu_info(vcpu).ok_or(Error::VcpuOutOfRange)?;
+        // Acquire: pairs with the raiser's AcqRel swap.
+        Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
+    }
+}
+
+impl<M: FifoMemory> Raise for Fifo<M> {
     fn prepare(&self, port: u32) -> Result<(), Error> {
         self.mem.expand(port)
     }
@@ -669,43 +649,16 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
         Ok(Raised::Notified { vcpu, kick })
     }
 
-    fn clear_pending(&self, port: u32) -> Result<(), Error> {
-        // Release: a raiser whose fetch_or reads this value sees what the
-        // control plane wrote before (bind's new generation).
-        self.word(port)?.fetch_and(!PENDING, Release);
-        Ok(())
-    }
-
-    fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error> {
-        // Acquire: pairs with the raiser's Release fetch_or (C1).
-        let old = self.word(port)?.fetch_and(!PENDING, AcqRel);
-        Ok(old & PENDING != 0)
-    }
-
-    fn is_pending(&self, port: u32) -> Result<bool, Error> {
-        // Acquire: a status read.
-        Ok(self.word(port)?.load(Acquire) & PENDING != 0)
-    }
-
-    fn mask(&self, port: u32) -> Result<(), Error> {
-        // AcqRel: one total order with the raiser's fetch_or on this word.
-        self.word(port)?.fetch_or(MASKED, AcqRel);
-        Ok(())
-    }
-
     fn unmask(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error> {
         // AcqRel: Release publishes the binding written before it to a
         // raiser's Acquire fetch_or; Acquire sees its PENDING.
+        // As Xen's `evtchn_fifo_unmask`: link whenever the port is pending
+        // (`link` does nothing to a port still linked).
         let old = self.word(port)?.fetch_and(!MASKED, AcqRel);
-        if old & MASKED == 0 || old & PENDING == 0 {
+        if old & PENDING == 0 {
             return Ok(None);
         }
         Ok(self.link(port, target()))
-    }
-
-    fn is_masked(&self, port: u32) -> Result<bool, Error> {
-        // Acquire: a status read.
-        Ok(self.word(port)?.load(Acquire) & MASKED != 0)
     }
 
     fn reraise(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error> {
@@ -717,14 +670,50 @@ impl<M: FifoMemory> PortOps for Fifo<M> {
         }
         Ok(self.link(port, target()))
     }
+}
 
-    fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error> {
-        if vcpu >= self.mem.nr_vcpus() {
-            return Err(Error::VcpuOutOfRange);
+impl<M: FifoMemory> Deliver for Fifo<M> {
+    type Cursor = FifoCursor;
+
+    fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error> {
+        // Acquire: pairs with the raiser's Release fetch_or (C1).
+        let old = self.word(port)?.fetch_and(!PENDING, AcqRel);
+        Ok(old & PENDING != 0)
+    }
+
+    fn mask(&self, port: u32) -> Result<bool, Error> {
+        // AcqRel: one total order with the raiser's fetch_or on this word.
+        Ok(self.word(port)?.fetch_or(MASKED, AcqRel) & MASKED != 0)
+    }
+
+    // Linux's conditional unmask (after XSA-332): clear MASKED only if the
+    // port is not pending and the raise side is not rewriting the word
+    // (BUSY).
+    fn try_unmask(&self, port: u32) -> Result<GuestUnmask, Error> {
+        let word = self.word(port)?;
+        // Acquire: see the raiser's PENDING before deciding.
+        let mut w = word.load(Acquire);
+        loop {
+            if w & MASKED == 0 {
+                return Ok(GuestUnmask::Done);
+            }
+            if w & PENDING != 0 && !self.weak.has(Weaken::GuestUnmaskIgnoresPending) {
+                return Ok(GuestUnmask::Hypercall);
+            }
+            let old = w & !BUSY;
+            // AcqRel: the compare-exchange fails while BUSY or PENDING
+            // appear, and otherwise orders the unmask after the raiser's
+            // last write to the word.
+            match word.compare_exchange(old, old & !MASKED, AcqRel, Acquire) {
+                Ok(_) => return Ok(GuestUnmask::Done),
+                Err(now) => {
+                    if now & BUSY != 0 {
+                        spin_loop();
+                    }
+                    w = now;
+                }
+            }
         }
-        let vi = self.mem.vcpu_info(vcpu).ok_or(Error::VcpuOutOfRange)?;
-        // Acquire: pairs with the raiser's AcqRel swap.
-        Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
     }
 
     fn evacuate(

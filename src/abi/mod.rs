@@ -1,10 +1,13 @@
-//! The ABI operations: the shape of Xen's `struct evtchn_port_ops`.
+//! The ABI operations, in two halves: the shape of Xen's
+//! `struct evtchn_port_ops` ([`Raise`]) and of a guest's upcall
+//! ([`Deliver`]), with what both read ([`Ports`]).
 //!
-//! The control plane ([`crate::Channels`]) drives an ABI only through this
-//! trait and never knows which ABI it drives. An implementation has a *raise*
-//! side (what a hypervisor runs over guest memory) and a *deliver* side (what
-//! the receiving vCPU runs); a hypervisor uses the first alone, a guest
-//! kernel the second alone.
+//! A hypervisor drives the raise half alone over a guest's memory
+//! ([`crate::Host`]); a guest kernel drives the deliver half alone over its
+//! own ([`crate::Guest`]); in-process ([`crate::Channels`]) one value does
+//! both ([`PortOps`]). Neither side knows which ABI it drives. The
+//! implementations are the 2-level ABI ([`crate::TwoLevel`]) and the FIFO
+//! ABI ([`crate::Fifo`]).
 //!
 //! Ports and vCPUs are plain indices here. The raise side checks both
 //! against the sizes of the memory it was given and returns a typed error
@@ -64,20 +67,28 @@ pub enum Delivery {
     Foreign(u32),
 }
 
-/// One event-channel ABI.
+/// What a guest's own unmask did ([`Deliver::try_unmask`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[must_use = "`Hypercall`: the port stays masked until the hypervisor's unmask"]
+pub enum GuestUnmask {
+    /// The port is unmasked, and nothing was pending meanwhile.
+    Done,
+    /// The port is pending and still masked: the guest must ask the
+    /// hypervisor to unmask it (`EVTCHNOP_unmask`, [`Raise::unmask`]), which
+    /// raises it.
+    Hypercall,
+}
+
+/// What both halves of an ABI read: sizes, and a port's pending and mask
+/// state.
 ///
 /// Errors are those of bad indices only, and change nothing: a method taking
 /// a port fails with [`Error::PortOutOfRange`] when the memory does not hold
-/// it (2-level: beyond its pending and mask words, or 4096; FIFO: beyond
-/// the event array, or on a page of it not mapped yet), and one taking a vCPU fails
-/// with [`Error::VcpuOutOfRange`] when the memory holds no state for it. A
-/// `target` closure naming a vCPU the memory does not hold is no error: the
-/// event stays pending, visible to nobody.
-pub trait PortOps: Sync {
-    /// Deliver-side scan state of one vCPU (the round-robin position),
-    /// owned by whoever runs that vCPU's upcalls.
-    type Cursor: Default + Send;
-
+/// it (2-level: beyond its pending and mask words, or 4096; FIFO: beyond the
+/// event array, or on a page of it not registered yet), and one taking a
+/// vCPU fails with [`Error::VcpuOutOfRange`] when the memory holds no state
+/// for it.
+pub trait Ports: Sync {
     /// Number of ports this memory holds.
     #[must_use]
     fn nr_ports(&self) -> u32;
@@ -85,6 +96,48 @@ pub trait PortOps: Sync {
     #[must_use]
     fn nr_vcpus(&self) -> u32;
 
+    /// Whether `port` is pending.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
+    #[must_use = "a query; it changes nothing"]
+    fn is_pending(&self, port: u32) -> Result<bool, Error>;
+
+    /// Whether `port` is masked.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
+    #[must_use = "a query; it changes nothing"]
+    fn is_masked(&self, port: u32) -> Result<bool, Error>;
+
+    /// Clears the pending state of `port`: the hypervisor's close (Xen's
+    /// `evtchn_port_clear_pending`), and a guest that binds a port number
+    /// again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
+    fn clear_pending(&self, port: u32) -> Result<(), Error>;
+
+    /// Whether `vcpu` has an upcall pending. A vCPU may halt only after this
+    /// returned `false`; a raise that sets it reports the vCPU to kick.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if the memory holds no state for `vcpu`.
+    #[must_use = "a vCPU may halt only after this returned `false`"]
+    fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error>;
+}
+
+/// The raise half: what a hypervisor runs over a guest's memory.
+///
+/// It never writes the guest's mask (the 2-level `evtchn_mask` bit, the
+/// FIFO `MASKED` bit) except in [`Raise::unmask`], the guest's own request.
+/// A `target` closure naming a vCPU the memory does not hold is no error:
+/// the event stays pending, visible to nobody.
+pub trait Raise: Ports {
     /// Raises `port`: marks it pending and, if it is unmasked and was not
     /// already pending, makes it visible to the vCPU that `target` names,
     /// which is read only once the raise needs it (after the pending bit is
@@ -98,26 +151,31 @@ pub trait PortOps: Sync {
     #[must_use = "`Raised::kick` names a vCPU to notify (C2)"]
     fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Raised, Error>;
 
-    /// Clears the pending state of `port` (used on close and bind).
+    /// `EVTCHNOP_unmask`: clears the mask of `port` and, if the port is
+    /// pending, raises it on the vCPU `target` names (read after the mask
+    /// is cleared). 2-level raises only when this call cleared the mask, as
+    /// Xen's `evtchn_2l_unmask`; FIFO whenever the port is pending and not
+    /// linked, as Xen's `evtchn_fifo_unmask`.
     ///
     /// # Errors
     ///
     /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
-    fn clear_pending(&self, port: u32) -> Result<(), Error>;
+    #[must_use = "the `Kick` names a vCPU to notify (C2)"]
+    fn unmask(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error>;
 
-    /// Clears the pending state of `port`; returns whether it was pending.
-    /// The deliver side calls it, holding the port's in-flight guard, just
-    /// before the handler runs; Acquire, so the handler sees what the sender
-    /// wrote before its `set_pending`.
+    /// Makes a pending, unmasked `port` visible again to `target`, without
+    /// touching its pending or mask state: a hypervisor's `bind_vcpu` of a
+    /// pending port (2-level: its selector bit and upcall flag on the new
+    /// vCPU; FIFO: linked there, unless it is still linked on a queue).
     ///
     /// # Errors
     ///
     /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
-    #[must_use = "`true`: the event is consumed, and its handler must run"]
-    fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error>;
+    #[must_use = "the `Kick` names a vCPU to notify (C2)"]
+    fn reraise(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error>;
 
-    /// Makes `port` usable (the FIFO ABI maps the event array page that
-    /// holds it); called by bind before the port is handed out.
+    /// Makes `port` usable (the FIFO ABI registers the event array page
+    /// that holds it); called by bind before the port is handed out.
     ///
     /// # Errors
     ///
@@ -144,57 +202,45 @@ pub trait PortOps: Sync {
             Err(Error::PriorityOutOfRange)
         }
     }
+}
 
-    /// Whether `port` is pending.
+/// The deliver half: what a guest runs over its own memory (its upcall, and
+/// the mask bits it owns).
+pub trait Deliver: Ports {
+    /// Scan state of one vCPU (the round-robin position), owned by whoever
+    /// runs that vCPU's upcalls.
+    type Cursor: Default + Send;
+
+    /// Masks `port` (the guest's own mask bit): later raises leave it
+    /// pending but notify nobody. Returns whether it was masked already.
     ///
     /// # Errors
     ///
     /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
-    #[must_use = "a query; it changes nothing"]
-    fn is_pending(&self, port: u32) -> Result<bool, Error>;
+    fn mask(&self, port: u32) -> Result<bool, Error>;
 
-    /// Masks `port`: later raises leave it pending but notify nobody.
+    /// The guest's own unmask: clears the mask of `port` unless the port is
+    /// pending, in which case the mask stays and the hypervisor's unmask
+    /// ([`Raise::unmask`], `EVTCHNOP_unmask`) must raise it. 2-level: a
+    /// port raised between the check and the clear is masked again and
+    /// reported as [`GuestUnmask::Hypercall`] (Xen raises only on the mask's
+    /// 1 → 0); FIFO: one compare-exchange (Linux's conditional unmask).
     ///
     /// # Errors
     ///
     /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
-    fn mask(&self, port: u32) -> Result<(), Error>;
+    fn try_unmask(&self, port: u32) -> Result<GuestUnmask, Error>;
 
-    /// Unmasks `port`; if it was masked and is pending, raises it on the
-    /// vCPU `target` names (read after the mask is cleared).
+    /// Clears the pending state of `port`; returns whether it was pending.
+    /// The deliverer calls it, holding the port's in-flight guard, just
+    /// before the handler runs; Acquire, so the handler sees what the sender
+    /// wrote before its `set_pending`.
     ///
     /// # Errors
     ///
     /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
-    #[must_use = "the `Kick` names a vCPU to notify (C2)"]
-    fn unmask(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error>;
-
-    /// Whether `port` is masked.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
-    #[must_use = "a query; it changes nothing"]
-    fn is_masked(&self, port: u32) -> Result<bool, Error>;
-
-    /// Makes a pending, unmasked `port` visible again to `target`, without
-    /// touching its pending or mask state (used when a vCPU hands over an
-    /// event it could not run because the port was in flight elsewhere).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::PortOutOfRange`] if the memory does not hold `port`.
-    #[must_use = "the `Kick` names a vCPU to notify (C2)"]
-    fn reraise(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error>;
-
-    /// Whether `vcpu` has an upcall pending. A vCPU may halt only after this
-    /// returned `false`; a raise that sets it reports the vCPU to kick.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::VcpuOutOfRange`] if the memory holds no state for `vcpu`.
-    #[must_use = "a vCPU may halt only after this returned `false`"]
-    fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error>;
+    #[must_use = "`true`: the event is consumed, and its handler must run"]
+    fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error>;
 
     /// Clears the upcall-pending flag of `vcpu` and calls `each` for every
     /// port that may be pending and unmasked for it, in the ABI's order
@@ -239,7 +285,7 @@ pub trait PortOps: Sync {
         Ok(())
     }
 
-    /// [`PortOps::scan`] with a budget: `more` is asked before each port is
+    /// [`Deliver::scan`] with a budget: `more` is asked before each port is
     /// taken, and once it says `false` the scan stops, leaves every port it
     /// did not offer where the next scan finds it (the 2-level selector
     /// bits, the FIFO queues), and sets the vCPU's upcall-pending flag, so
@@ -261,3 +307,9 @@ pub trait PortOps: Sync {
         kick: impl FnMut(u32),
     ) -> Result<(), Error>;
 }
+
+/// Both halves over one memory: an in-process instance
+/// ([`crate::Channels`]) raises and delivers through one value.
+pub trait PortOps: Raise + Deliver {}
+
+impl<T: Raise + Deliver> PortOps for T {}

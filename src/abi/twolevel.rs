@@ -12,10 +12,10 @@
 //! Port `p` is bit `p % 64` of word `p / 64`; word `w` is bit `w` of a
 //! vCPU's selector.
 
-use crate::xen::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
-use crate::abi::{Delivery, Kick, PortOps, Raised};
+use crate::abi::{Deliver, Delivery, GuestUnmask, Kick, Ports, Raise, Raised};
 use crate::sync::{store_load_fence, Ordering::*};
 use crate::weaken::{Weaken, Weakness};
+use crate::xen::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
 use crate::Error;
 
 /// Memory the 2-level ABI works over: pending and mask words and the
@@ -354,9 +354,7 @@ impl<M: Memory2l> Drop for Unwind<'_, M> {
     }
 }
 
-impl<M: Memory2l> PortOps for TwoLevel<M> {
-    type Cursor = Cursor;
-
+impl<M: Memory2l> Ports for TwoLevel<M> {
     fn nr_ports(&self) -> u32 {
         // A selector names at most 64 words: ports beyond 4096 are ignored.
         let words = self.mem.pending().len().min(self.mem.mask().len());
@@ -368,7 +366,44 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
         u32::try_from(self.mem.vcpu_info().len()).unwrap_or(u32::MAX)
     }
 
+    fn clear_pending(&self, port: u32) -> Result<(), Error> {
+        let (_, bit, pending, _) = self.locate(port)?;
+        // Release: a raiser whose fetch_or reads this value (or a later
+        // one) sees what the control plane wrote before: bind's new
+        // generation, so a stale sender landing after the reset says so.
+        // (Loom cannot show this one: its SeqCst model orders bind's mask
+        // before the sender's fence, which C++20 does not promise.)
+        pending.fetch_and(!bit, Release);
+        Ok(())
+    }
+
+    fn is_pending(&self, port: u32) -> Result<bool, Error> {
+        let (_, bit, pending, _) = self.locate(port)?;
+        // Acquire: a status read; pairs with the raiser's Release.
+        Ok(pending.load(Acquire) & bit != 0)
+    }
+
+    fn is_masked(&self, port: u32) -> Result<bool, Error> {
+        let (_, bit, _, mask) = self.locate(port)?;
+        // Acquire: a status read.
+        Ok(mask.load(Acquire) & bit != 0)
+    }
+
+    fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error> {
+        let vi = self
+            .mem
+            .vcpu_info()
+            .get(vcpu as usize)
+            .ok_or(Error::VcpuOutOfRange)?;
+        // Acquire: pairs with the raiser's AcqRel swap, so a vCPU that sees
+        // the flag also sees the selector bit set before it.
+        Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
+    }
+}
+
+impl<M: Memory2l> Raise for TwoLevel<M> {
     #[inline]
+
     fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Raised, Error> {
         let (w, bit, pending, mask) = self.locate(port)?;
         // SeqCst: the write half of the send/unmask Dekker pattern (see
@@ -394,40 +429,6 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
         Ok(Raised::Notified { vcpu, kick })
     }
 
-    fn clear_pending(&self, port: u32) -> Result<(), Error> {
-        let (_, bit, pending, _) = self.locate(port)?;
-        // Release: a raiser whose fetch_or reads this value (or a later
-        // one) sees what the control plane wrote before: bind's new
-        // generation, so a stale sender landing after the reset says so.
-        // (Loom cannot show this one: its SeqCst model orders bind's mask
-        // before the sender's fence, which C++20 does not promise.)
-        pending.fetch_and(!bit, Release);
-        Ok(())
-    }
-
-    #[inline]
-    fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error> {
-        let (_, bit, pending, _) = self.locate(port)?;
-        // Acquire: pairs with the raiser's Release fetch_or, so the handler
-        // that runs next sees everything written before the send (C1).
-        let old = pending.fetch_and(!bit, self.weak.ord(Weaken::RelaxedPending, AcqRel));
-        Ok(old & bit != 0)
-    }
-
-    fn is_pending(&self, port: u32) -> Result<bool, Error> {
-        let (_, bit, pending, _) = self.locate(port)?;
-        // Acquire: a status read; pairs with the raiser's Release.
-        Ok(pending.load(Acquire) & bit != 0)
-    }
-
-    fn mask(&self, port: u32) -> Result<(), Error> {
-        let (_, bit, _, mask) = self.locate(port)?;
-        // SeqCst: a raiser that misses this bit is one the unmask Dekker
-        // pattern covers; setting needs no more than the RMW's own order.
-        mask.fetch_or(bit, SeqCst);
-        Ok(())
-    }
-
     fn unmask(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error> {
         let (w, bit, pending, mask) = self.locate(port)?;
         // SeqCst: the write half of the Dekker pattern with `set_pending`;
@@ -448,12 +449,6 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
         Ok(self.raise_selector(target(), w))
     }
 
-    fn is_masked(&self, port: u32) -> Result<bool, Error> {
-        let (_, bit, _, mask) = self.locate(port)?;
-        // Acquire: a status read.
-        Ok(mask.load(Acquire) & bit != 0)
-    }
-
     fn reraise(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Kick, Error> {
         let (w, bit, pending, mask) = self.locate(port)?;
         // SeqCst: a masked port is left to its unmask, exactly as in
@@ -464,16 +459,55 @@ impl<M: Memory2l> PortOps for TwoLevel<M> {
         }
         Ok(self.raise_selector(target(), w))
     }
+}
 
-    fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error> {
-        let vi = self
-            .mem
-            .vcpu_info()
-            .get(vcpu as usize)
-            .ok_or(Error::VcpuOutOfRange)?;
-        // Acquire: pairs with the raiser's AcqRel swap, so a vCPU that sees
-        // the flag also sees the selector bit set before it.
-        Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
+impl<M: Memory2l> Deliver for TwoLevel<M> {
+    type Cursor = Cursor;
+    #[inline]
+
+    fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error> {
+        let (_, bit, pending, _) = self.locate(port)?;
+        // Acquire: pairs with the raiser's Release fetch_or, so the handler
+        // that runs next sees everything written before the send (C1).
+        let old = pending.fetch_and(!bit, self.weak.ord(Weaken::RelaxedPending, AcqRel));
+        Ok(old & bit != 0)
+    }
+
+    fn mask(&self, port: u32) -> Result<bool, Error> {
+        let (_, bit, _, mask) = self.locate(port)?;
+        // SeqCst: a raiser that misses this bit is one the unmask Dekker
+        // pattern covers; setting needs no more than the RMW's own order.
+        Ok(mask.fetch_or(bit, SeqCst) & bit != 0)
+    }
+
+    fn try_unmask(&self, port: u32) -> Result<GuestUnmask, Error> {
+        let (_, bit, pending, mask) = self.locate(port)?;
+        // SeqCst: a status read that decides; a port pending now keeps its
+        // mask, and Xen's unmask (which raises on the mask's 1 -> 0) raises it.
+        if pending.load(SeqCst) & bit != 0 {
+            return Ok(GuestUnmask::Hypercall);
+        }
+        // SeqCst: the write half of the Dekker pattern with `set_pending`:
+        // a raiser that read the mask still set is seen by the load below.
+        let old = mask.fetch_and(!bit, SeqCst);
+        if old & bit == 0 {
+            return Ok(GuestUnmask::Done);
+        }
+        if !self.weak.has(Weaken::NoStoreLoadFence) {
+            store_load_fence();
+        }
+        // SeqCst: the read half. Pending now: a raise between the first
+        // load and the clear saw the mask and notified nobody. Mask again;
+        // if nobody else did meanwhile, the hypervisor's unmask raises it
+        // (a raiser that saw the mask clear raised it too: one spurious
+        // upcall at most).
+        if pending.load(SeqCst) & bit != 0
+            && !self.weak.has(Weaken::GuestUnmaskIgnoresPending)
+            && mask.fetch_or(bit, SeqCst) & bit == 0
+        {
+            return Ok(GuestUnmask::Hypercall);
+        }
+        Ok(GuestUnmask::Done)
     }
 
     fn scan_bounded(

@@ -49,8 +49,9 @@ use evtchn::xen::fifo::{
 use evtchn::xen::VcpuInfo;
 use evtchn::{
     Bind, BorrowedFifo, Channels, Delivery, Error, Fifo, FifoCursor, FifoMemory, GuestUnmask,
-    OwnedFifo, Port, PortOps, Raised, Vcpu,
+    OwnedFifo, Port, Raised, Vcpu,
 };
+use evtchn::{Deliver, Ports, Raise};
 
 use super::{
     bind_target, check_kicks, remember, Code, Control, ControlCodes, Input, KickLog, PortOp, Slot,
@@ -755,9 +756,15 @@ fn raw_op<M: FifoMemory>(
             name = "unmask";
             want_result = own.map_or(oor, |w| {
                 want.words[p as usize] = Some(w & !MASKED);
-                let kick = if w & MASKED != 0 && w & PENDING != 0 {
+                // Xen's `evtchn_fifo_unmask`: relink whenever pending (the
+                // link itself leaves a port still on a queue alone).
+                let kick = if w & PENDING != 0 {
                     want_calls = 1;
-                    queues.link(&mut want, p, t)
+                    if w & LINKED == 0 {
+                        queues.link(&mut want, p, t)
+                    } else {
+                        None
+                    }
                 } else {
                     None
                 };
@@ -794,7 +801,7 @@ fn raw_op<M: FifoMemory>(
                 })
             });
             got = match code {
-                5 => fifo.mask(p).map(|()| String::new()),
+                5 => fifo.mask(p).map(|_| String::new()),
                 6 => fifo.clear_pending(p).map(|()| String::new()),
                 _ => fifo.test_and_clear_pending(p).map(|x| x.to_string()),
             };
@@ -848,7 +855,7 @@ fn raw_op<M: FifoMemory>(
                     }
                 ))
             });
-            got = fifo.guest_unmask(p).map(|r| format!("{r:?}"));
+            got = fifo.try_unmask(p).map(|r| format!("{r:?}"));
         }
         11 => {
             name = "upcall_pending";

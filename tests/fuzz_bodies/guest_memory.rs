@@ -32,9 +32,9 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use evtchn::xen::{SharedInfo, VcpuInfo, XenUlong};
 use evtchn::{
-    Bind, Channels, Delivery, Error, Memory2l, OwnedMemory, Port, PortOps, Raised, TwoLevel,
-    TwoLevelCursor,
+    Bind, Channels, Delivery, Error, Memory2l, OwnedMemory, Port, Raised, TwoLevel, TwoLevelCursor,
 };
+use evtchn::{Deliver, Ports, Raise};
 
 use super::{check_kicks, remember, Code, Control, ControlCodes, Input, KickLog, St, Table};
 
@@ -555,7 +555,7 @@ fn raw<M: Memory2l>(st: &mut St, mem: &M, poke: &dyn Fn(usize, u64), watch: &Wat
             }
             4 => {
                 name = "mask";
-                got = ops.mask(p).map(|()| String::new());
+                got = ops.mask(p).map(|_| String::new());
                 if let Some(x) = want.mask.get_mut(w) {
                     *x |= b;
                 }
