@@ -19,12 +19,14 @@ use crate::xen::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
 use crate::Error;
 
 /// Memory the 2-level ABI works over: pending and mask words and the
-/// `vcpu_info` of each vCPU.
+/// `vcpu_info` of each vCPU, found per vCPU (a `vcpu_info` need not sit
+/// beside the others: Xen's `VCPUOP_register_vcpu_info` puts each
+/// anywhere).
 ///
 /// [`SharedInfo`] is one (the real page: 4096 ports, 32 vCPUs), and
 /// [`MaxVcpus`] the same page for a domain of fewer vCPUs; [`OwnedMemory`]
-/// is another, of any size (more vCPUs, as Xen allows with
-/// `VCPUOP_register_vcpu_info`, or tiny instances for model checking).
+/// is another, of any size (more vCPUs, or tiny instances for model
+/// checking).
 pub trait Memory2l: Sync {
     /// `evtchn_pending`.
     #[must_use]
@@ -32,9 +34,16 @@ pub trait Memory2l: Sync {
     /// `evtchn_mask`; the same length as `pending`.
     #[must_use]
     fn mask(&self) -> &[XenUlong];
-    /// The `vcpu_info` of each vCPU.
+    /// The `vcpu_info` of `vcpu`: `None` beyond [`Memory2l::nr_vcpus`], and
+    /// for a vCPU whose `vcpu_info` is not there (yet). The ABI reads it
+    /// anew on each use, so a `vcpu_info` may appear while the memory is in
+    /// use; it must not change once it has appeared.
     #[must_use]
-    fn vcpu_info(&self) -> &[VcpuInfo];
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo>;
+    /// Number of vCPUs: `0..nr_vcpus()` are the vCPUs there can be a
+    /// `vcpu_info` for.
+    #[must_use]
+    fn nr_vcpus(&self) -> u32;
 }
 
 impl Memory2l for SharedInfo {
@@ -44,8 +53,11 @@ impl Memory2l for SharedInfo {
     fn mask(&self) -> &[XenUlong] {
         &self.evtchn_mask
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        &self.vcpu_info
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        self.vcpu_info.get(vcpu as usize)
+    }
+    fn nr_vcpus(&self) -> u32 {
+        u32::try_from(self.vcpu_info.len()).unwrap_or(u32::MAX)
     }
 }
 
@@ -56,8 +68,11 @@ impl<T: Memory2l + ?Sized> Memory2l for &T {
     fn mask(&self) -> &[XenUlong] {
         (**self).mask()
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        (**self).vcpu_info()
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        (**self).vcpu_info(vcpu)
+    }
+    fn nr_vcpus(&self) -> u32 {
+        (**self).nr_vcpus()
     }
 }
 
@@ -69,8 +84,11 @@ impl<T: Memory2l + ?Sized> Memory2l for alloc::boxed::Box<T> {
     fn mask(&self) -> &[XenUlong] {
         (**self).mask()
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        (**self).vcpu_info()
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        (**self).vcpu_info(vcpu)
+    }
+    fn nr_vcpus(&self) -> u32 {
+        (**self).nr_vcpus()
     }
 }
 
@@ -108,7 +126,7 @@ impl<T: Memory2l + ?Sized> Memory2l for alloc::boxed::Box<T> {
 /// ```
 pub struct MaxVcpus<M> {
     mem: M,
-    max_vcpus: usize,
+    max_vcpus: u32,
 }
 
 impl<M: Memory2l> MaxVcpus<M> {
@@ -116,7 +134,8 @@ impl<M: Memory2l> MaxVcpus<M> {
     /// number `mem` holds (32 for a `shared_info` page).
     #[must_use]
     pub fn new(mem: M, max_vcpus: usize) -> Self {
-        let held = mem.vcpu_info().len();
+        let held = mem.nr_vcpus();
+        let max_vcpus = u32::try_from(max_vcpus).unwrap_or(u32::MAX);
         MaxVcpus {
             max_vcpus: max_vcpus.min(held).max(1),
             mem,
@@ -137,18 +156,23 @@ impl<M: Memory2l> Memory2l for MaxVcpus<M> {
     fn mask(&self) -> &[XenUlong] {
         self.mem.mask()
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        let all = self.mem.vcpu_info();
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        if vcpu >= self.max_vcpus {
+            return None;
+        }
+        self.mem.vcpu_info(vcpu)
+    }
+    fn nr_vcpus(&self) -> u32 {
         // `new` clamped the count to what `mem` held; should `mem` hold
         // fewer now, all it holds.
-        all.get(..self.max_vcpus).unwrap_or(all)
+        self.max_vcpus.min(self.mem.nr_vcpus())
     }
 }
 
 impl<M: Memory2l> core::fmt::Debug for MaxVcpus<M> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("MaxVcpus")
-            .field("max_vcpus", &self.vcpu_info().len())
+            .field("max_vcpus", &self.nr_vcpus())
             .finish_non_exhaustive()
     }
 }
@@ -187,8 +211,11 @@ impl Memory2l for OwnedMemory {
     fn mask(&self) -> &[XenUlong] {
         &self.mask
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        &self.vcpus
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        self.vcpus.get(vcpu as usize)
+    }
+    fn nr_vcpus(&self) -> u32 {
+        u32::try_from(self.vcpus.len()).unwrap_or(u32::MAX)
     }
 }
 
@@ -230,6 +257,16 @@ impl<M: Memory2l> TwoLevel<M> {
     #[must_use]
     pub fn memory(&self) -> &M {
         &self.mem
+    }
+
+    /// The `vcpu_info` of `vcpu`, if it is one of the memory's vCPUs and its
+    /// `vcpu_info` is there.
+    #[inline]
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        if vcpu >= self.mem.nr_vcpus() {
+            return None;
+        }
+        self.mem.vcpu_info(vcpu)
     }
 
     /// Word, bit mask and the pending and mask words of `port`.
@@ -313,7 +350,7 @@ impl<M: Memory2l> TwoLevel<M> {
     /// nothing: the event stays pending (the control plane never passes one).
     #[inline]
     fn raise_selector(&self, vcpu: u32, w: u32) -> Kick {
-        let vi = self.mem.vcpu_info().get(vcpu as usize)?;
+        let vi = self.vcpu_info(vcpu)?;
         let sel = 1u64 << w;
         // AcqRel. Release: a deliverer whose selector swap reads this bit
         // also sees our pending bit. Acquire: pairs with the deliverer's
@@ -363,7 +400,7 @@ impl<M: Memory2l> Ports for TwoLevel<M> {
     }
 
     fn nr_vcpus(&self) -> u32 {
-        u32::try_from(self.mem.vcpu_info().len()).unwrap_or(u32::MAX)
+        self.mem.nr_vcpus()
     }
 
     fn clear_pending(&self, port: u32) -> Result<(), Error> {
@@ -390,11 +427,7 @@ impl<M: Memory2l> Ports for TwoLevel<M> {
     }
 
     fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error> {
-        let vi = self
-            .mem
-            .vcpu_info()
-            .get(vcpu as usize)
-            .ok_or(Error::VcpuOutOfRange)?;
+        let vi = self.vcpu_info(vcpu).ok_or(Error::VcpuOutOfRange)?;
         // Acquire: pairs with the raiser's AcqRel swap, so a vCPU that sees
         // the flag also sees the selector bit set before it.
         Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
@@ -403,7 +436,6 @@ impl<M: Memory2l> Ports for TwoLevel<M> {
 
 impl<M: Memory2l> Raise for TwoLevel<M> {
     #[inline]
-
     fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Raised, Error> {
         let (w, bit, pending, mask) = self.locate(port)?;
         // SeqCst: the write half of the send/unmask Dekker pattern (see
@@ -464,7 +496,6 @@ impl<M: Memory2l> Raise for TwoLevel<M> {
 impl<M: Memory2l> Deliver for TwoLevel<M> {
     type Cursor = Cursor;
     #[inline]
-
     fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error> {
         let (_, bit, pending, _) = self.locate(port)?;
         // Acquire: pairs with the raiser's Release fetch_or, so the handler
@@ -534,11 +565,7 @@ impl<M: Memory2l> Deliver for TwoLevel<M> {
                 }
             }
         };
-        let vi = self
-            .mem
-            .vcpu_info()
-            .get(vcpu as usize)
-            .ok_or(Error::VcpuOutOfRange)?;
+        let vi = self.vcpu_info(vcpu).ok_or(Error::VcpuOutOfRange)?;
         let pending = self.mem.pending();
         let mask = self.mem.mask();
         loop {
