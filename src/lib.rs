@@ -102,7 +102,9 @@ mod policy;
 pub use abi::fifo::{BorrowedFifo, Fifo, FifoCursor, FifoMemory, OwnedFifo};
 #[cfg(feature = "alloc")]
 pub use abi::twolevel::OwnedMemory;
-pub use abi::twolevel::{Cursor as TwoLevelCursor, MaxVcpus, Memory2l, TwoLevel};
+pub use abi::twolevel::{
+    Cursor as TwoLevelCursor, MaxVcpus, Memory2l, RegisteredVcpus, TwoLevel,
+};
 pub use abi::{Deliver, Delivery, GuestUnmask, Kick, PortOps, Ports, Raise, Raised};
 #[cfg(feature = "alloc")]
 pub use channels::{Bind, Channels, Notify, Vcpu};
