@@ -99,12 +99,10 @@ mod channels;
 mod policy;
 
 #[cfg(feature = "alloc")]
-pub use abi::fifo::{BorrowedFifo, Fifo, FifoCursor, FifoMemory, OwnedFifo};
+pub use abi::fifo::{BorrowedFifo, Fifo, FifoCursor, FifoMemory, OwnedFifo, RegisteredFifo};
 #[cfg(feature = "alloc")]
 pub use abi::twolevel::OwnedMemory;
-pub use abi::twolevel::{
-    Cursor as TwoLevelCursor, MaxVcpus, Memory2l, RegisteredVcpus, TwoLevel,
-};
+pub use abi::twolevel::{Cursor as TwoLevelCursor, MaxVcpus, Memory2l, RegisteredVcpus, TwoLevel};
 pub use abi::{Deliver, Delivery, GuestUnmask, Kick, PortOps, Ports, Raise, Raised};
 #[cfg(feature = "alloc")]
 pub use channels::{Bind, Channels, Notify, Vcpu};
