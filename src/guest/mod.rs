@@ -445,19 +445,14 @@ impl<V: Hypervisor> Guest<V> {
         let gen = control::generation(old).wrapping_add(1);
         // 1. Mask (the guest's own bit): a sender of the port's last life
         //    that is still between its state check and its raise raises
-        //    nothing visible.
+        //    nothing visible. (The hypervisor's close cleared the pending
+        //    state of that life; a stale sender's bit that lands after it
+        //    is at most one spurious event of this life, whose send
+        //    returns `NotBound` or `Stale`.)
         self.v.abi().mask(n)?;
-        // 2. New generation, still FREE. A stale sender whose pending bit
-        //    lands after the clear below synchronises with the clear's
-        //    Release and so sees this generation, and reports `Stale`.
-        //    Release here: a reader of the port table sees the FREE state
-        //    no earlier than the mask above.
+        // 2. New generation, still FREE. Release: a reader of the port
+        //    table sees the FREE state no earlier than the mask above.
         slot.store((u64::from(gen) << GEN_SHIFT) | FREE, Release);
-        // 3. Clear what the last life (or a stale sender) left pending. No
-        //    sender of the new life exists yet: the state is not BOUND.
-        if !self.weak.has(Weaken::NoResetOnBind) {
-            self.v.abi().clear_pending(n)?;
-        }
         let cw = control::with_vcpu(BOUND, target)
             | (u64::from(DEFAULT_PRIORITY) << PRIORITY_SHIFT)
             | (u64::from(gen) << GEN_SHIFT);
