@@ -70,8 +70,8 @@ impl<A: PortOps, N: Notify> Hypervisor for InProcess<A, N> {
     /// rebind changes both while the port is masked). One load of the
     /// control word, as before the two sides were split.
     #[inline(always)]
-    fn send(&self, port: u32, binding: impl FnOnce() -> u32) -> Result<Option<Raised>, Error> {
-        self.host.raise(port, binding).map(Some)
+    fn send(&self, port: u32, binding: impl FnOnce() -> u32) -> Result<Raised, Error> {
+        self.host.raise(port, binding)
     }
 }
 

@@ -67,30 +67,38 @@ pub trait Memory2l: Sync {
 }
 
 impl Memory2l for SharedInfo {
+    #[inline]
     fn pending(&self) -> &[XenUlong] {
         &self.evtchn_pending
     }
+    #[inline]
     fn mask(&self) -> &[XenUlong] {
         &self.evtchn_mask
     }
+    #[inline]
     fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
         self.vcpu_info.get(vcpu as usize)
     }
+    #[inline]
     fn nr_vcpus(&self) -> u32 {
         u32::try_from(self.vcpu_info.len()).unwrap_or(u32::MAX)
     }
 }
 
 impl<T: Memory2l + ?Sized> Memory2l for &T {
+    #[inline]
     fn pending(&self) -> &[XenUlong] {
         (**self).pending()
     }
+    #[inline]
     fn mask(&self) -> &[XenUlong] {
         (**self).mask()
     }
+    #[inline]
     fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
         (**self).vcpu_info(vcpu)
     }
+    #[inline]
     fn nr_vcpus(&self) -> u32 {
         (**self).nr_vcpus()
     }
@@ -98,15 +106,19 @@ impl<T: Memory2l + ?Sized> Memory2l for &T {
 
 #[cfg(feature = "alloc")]
 impl<T: Memory2l + ?Sized> Memory2l for alloc::boxed::Box<T> {
+    #[inline]
     fn pending(&self) -> &[XenUlong] {
         (**self).pending()
     }
+    #[inline]
     fn mask(&self) -> &[XenUlong] {
         (**self).mask()
     }
+    #[inline]
     fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
         (**self).vcpu_info(vcpu)
     }
+    #[inline]
     fn nr_vcpus(&self) -> u32 {
         (**self).nr_vcpus()
     }
@@ -170,18 +182,22 @@ impl<M: Memory2l> MaxVcpus<M> {
 }
 
 impl<M: Memory2l> Memory2l for MaxVcpus<M> {
+    #[inline]
     fn pending(&self) -> &[XenUlong] {
         self.mem.pending()
     }
+    #[inline]
     fn mask(&self) -> &[XenUlong] {
         self.mem.mask()
     }
+    #[inline]
     fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
         if vcpu >= self.max_vcpus {
             return None;
         }
         self.mem.vcpu_info(vcpu)
     }
+    #[inline]
     fn nr_vcpus(&self) -> u32 {
         // `new` clamped the count to what `mem` held; should `mem` hold
         // fewer now, all it holds.
@@ -225,15 +241,19 @@ impl OwnedMemory {
 
 #[cfg(feature = "alloc")]
 impl Memory2l for OwnedMemory {
+    #[inline]
     fn pending(&self) -> &[XenUlong] {
         &self.pending
     }
+    #[inline]
     fn mask(&self) -> &[XenUlong] {
         &self.mask
     }
+    #[inline]
     fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
         self.vcpus.get(vcpu as usize)
     }
+    #[inline]
     fn nr_vcpus(&self) -> u32 {
         u32::try_from(self.vcpus.len()).unwrap_or(u32::MAX)
     }
@@ -367,12 +387,15 @@ impl<'a, M: Memory2l, const N: usize> RegisteredVcpus<'a, M, N> {
 }
 
 impl<M: Memory2l, const N: usize> Memory2l for RegisteredVcpus<'_, M, N> {
+    #[inline]
     fn pending(&self) -> &[XenUlong] {
         self.mem.pending()
     }
+    #[inline]
     fn mask(&self) -> &[XenUlong] {
         self.mem.mask()
     }
+    #[inline]
     fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
         if vcpu >= self.nr_vcpus {
             return None;
@@ -399,6 +422,7 @@ impl<M: Memory2l, const N: usize> Memory2l for RegisteredVcpus<'_, M, N> {
         // read through shared references: `VcpuInfo` is all atomics.
         Some(unsafe { &*ptr })
     }
+    #[inline]
     fn nr_vcpus(&self) -> u32 {
         self.nr_vcpus
     }
@@ -458,11 +482,9 @@ impl<M: Memory2l> TwoLevel<M> {
 
     /// The `vcpu_info` of `vcpu`, if it is one of the memory's vCPUs and its
     /// `vcpu_info` is there.
-    #[inline]
+    #[inline(always)]
     fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
-        if vcpu >= self.mem.nr_vcpus() {
-            return None;
-        }
+        // The memory answers `None` beyond its vCPUs (`Memory2l`'s rule).
         self.mem.vcpu_info(vcpu)
     }
 
@@ -596,6 +618,7 @@ impl<M: Memory2l> Ports for TwoLevel<M> {
             .map_or(0, |w| w.saturating_mul(BITS_PER_WORD))
     }
 
+    #[inline]
     fn nr_vcpus(&self) -> u32 {
         self.mem.nr_vcpus()
     }
@@ -701,6 +724,7 @@ impl<M: Memory2l> Deliver for TwoLevel<M> {
         Ok(old & bit != 0)
     }
 
+    #[inline]
     fn mask(&self, port: u32) -> Result<bool, Error> {
         let (_, bit, _, mask) = self.locate(port)?;
         // SeqCst: a raiser that misses this bit is one the unmask Dekker

@@ -127,6 +127,14 @@ impl Snapshot {
         self.0 & REPLAY != 0
     }
 
+    /// Whether the guard's release has more to do than its
+    /// compare-exchange: a close to finish, or a replay to raise.
+    #[inline(always)]
+    pub(super) const fn release_has_work(self) -> bool {
+        // CLOSING is the state's bit 1, which no other state has.
+        self.0 & (CLOSING | REPLAY) != 0
+    }
+
     #[inline(always)]
     pub(super) const fn is_lateeoi(self) -> bool {
         self.0 & LATEEOI != 0

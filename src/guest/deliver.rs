@@ -3,7 +3,7 @@
 //! closed meanwhile and re-raises an event another vCPU left to it), and
 //! the per-vCPU handle.
 
-use super::control::{Claim, Control};
+use super::control::{Claim, Control, Snapshot};
 use super::{Guest, Hypercalls, Hypervisor};
 use crate::abi::{Deliver, Delivery, Ports};
 use crate::port::{MaskReason, Port};
@@ -66,8 +66,21 @@ impl<V: Hypervisor> Guest<V> {
     /// and re-raises an event another vCPU left for us.
     /// `undo_eoi`: drop the late-EOI mask reason this claim added (set
     /// only when the handler did not run).
+    #[inline(always)]
     fn release(&self, slot: &Control, number: u32, undo_eoi: bool) {
         let cw = slot.release(undo_eoi);
+        // The common end (no close, no replay, no EOI given back) is the
+        // compare-exchange alone; the rest is out of line.
+        if cw.release_has_work() || undo_eoi {
+            self.after_release(cw, number, undo_eoi);
+        }
+    }
+
+    /// What a release does beyond the compare-exchange; `cw` is the word
+    /// just before it.
+    #[cold]
+    #[inline(never)]
+    fn after_release(&self, cw: Snapshot, number: u32, undo_eoi: bool) {
         if cw.is_closing() {
             // Closed while this handler ran: the guest's port is free now,
             // and so may the hypervisor's be (whatever it answers).

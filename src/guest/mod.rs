@@ -102,16 +102,18 @@ pub trait Hypervisor: Sync {
     fn notify(&self) -> &Self::Notify;
     /// Sends on `port`; `binding` reads the guest's binding of the port (a
     /// hypervisor in the same address space may raise on it; see
-    /// `InProcess`). `Some` when the raise's outcome is known here; the
-    /// default makes the hypercall and knows nothing more.
+    /// `InProcess`). Returns what the raise did where that is known here;
+    /// the default makes the hypercall and reports [`Raised::Masked`],
+    /// which tells the guest what a masked raise tells it: to read the
+    /// port's life again before it answers.
     ///
     /// # Errors
     ///
     /// As [`Hypercalls::send`].
     #[inline]
-    fn send(&self, port: u32, binding: impl FnOnce() -> u32) -> Result<Option<Raised>, Error> {
+    fn send(&self, port: u32, binding: impl FnOnce() -> u32) -> Result<Raised, Error> {
         let _ = binding;
-        self.calls().send(port).map(|()| None)
+        self.calls().send(port).map(|()| Raised::Masked)
     }
 }
 
@@ -525,11 +527,11 @@ impl<V: Hypervisor> Guest<V> {
             now.vcpu()
         })?;
         match raised {
-            Some(Raised::Coalesced) => Ok(()),
-            // A bind bumps the generation before it clears the pending bit;
-            // a raise that landed after that clear sees the bump.
-            Some(Raised::Notified { .. }) => now.check(port),
-            Some(Raised::Masked) | None => {
+            Raised::Coalesced => Ok(()),
+            // A bind bumps the generation before it unmasks; a raise that
+            // landed after that sees the bump.
+            Raised::Notified { .. } => now.check(port),
+            Raised::Masked => {
                 // Acquire: a close or bind that masked the port before our
                 // mask read is visible (rare path: a masked port, or a
                 // hypercall whose outcome is not known here).
