@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering::*;
 
 use evtchn::xen::fifo::PRIORITY_DEFAULT;
+use evtchn::InProcess;
 use evtchn::{Fifo, Memory2l, OwnedFifo, OwnedMemory, TwoLevel, Vcpu};
 
 #[path = "../benches/floor/mod.rs"]
@@ -33,8 +34,8 @@ use floor::{hand_scan, hand_walk, rearm_drain, FifoDrain, FifoPlain};
 const WORDS: usize = 64;
 const PORTS: u32 = WORDS as u32 * 64;
 
-type V<'a> = Vcpu<'a, TwoLevel<OwnedMemory>, ()>;
-type FifoV<'a> = Vcpu<'a, Fifo<OwnedFifo>, ()>;
+type V<'a> = Vcpu<'a, InProcess<TwoLevel<OwnedMemory>, ()>>;
+type FifoV<'a> = Vcpu<'a, InProcess<Fifo<OwnedFifo>, ()>>;
 
 #[inline(never)]
 fn drain_loop_rearm_fifo(d: &FifoDrain<'_>, all: bool, n: u64) {

@@ -93,8 +93,14 @@ mod sync;
 mod weaken;
 pub mod xen;
 
+mod notify;
+
 #[cfg(feature = "alloc")]
 mod channels;
+#[cfg(feature = "alloc")]
+mod guest;
+#[cfg(feature = "alloc")]
+mod host;
 #[cfg(feature = "alloc")]
 mod policy;
 
@@ -105,8 +111,13 @@ pub use abi::twolevel::OwnedMemory;
 pub use abi::twolevel::{Cursor as TwoLevelCursor, MaxVcpus, Memory2l, TwoLevel};
 pub use abi::{Deliver, Delivery, GuestUnmask, Kick, PortOps, Ports, Raise, Raised};
 #[cfg(feature = "alloc")]
-pub use channels::{Bind, Channels, Notify, Vcpu};
+pub use channels::{Channels, InProcess};
 pub use error::Error;
+#[cfg(feature = "alloc")]
+pub use guest::{Bind, Guest, Hypercalls, Hypervisor, OnXen, Vcpu};
+#[cfg(feature = "alloc")]
+pub use host::{Host, HostStatus};
+pub use notify::Notify;
 #[cfg(feature = "alloc")]
 pub use policy::{plan_rebalance, Move, Policy};
 pub use port::{MaskReason, Port, State, Status};

@@ -6,7 +6,7 @@
 //! links the event. No lost event, no double delivery.
 #![cfg(loom)]
 
-use evtchn::{Bind, GuestUnmask, PortOps, Weaken};
+use evtchn::{Bind, Deliver, GuestUnmask, Raise, Weaken};
 use loom::thread;
 mod harness;
 use harness::*;

@@ -14,7 +14,7 @@
 //! loom reports as a deadlock.
 #![cfg(loom)]
 
-use evtchn::{Bind, PortOps, Weaken};
+use evtchn::{Bind, Raise, Weaken};
 use loom::thread;
 mod harness;
 use harness::*;

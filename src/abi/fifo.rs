@@ -242,6 +242,10 @@ const NEVER: u32 = u32::MAX;
 /// Attempts to link after a tail whose word keeps changing under us.
 const SET_LINK_TRIES: usize = 4;
 
+/// Compare-exchange attempts of the guest's own unmask before it leaves the
+/// port to the hypervisor's unmask.
+const UNMASK_TRIES: usize = 64;
+
 /// The FIFO ABI over memory `M`.
 pub struct Fifo<M> {
     mem: M,
@@ -693,7 +697,10 @@ impl<M: FifoMemory> Deliver for Fifo<M> {
         let word = self.word(port)?;
         // Acquire: see the raiser's PENDING before deciding.
         let mut w = word.load(Acquire);
-        loop {
+        // Bounded: a word the other side keeps BUSY (or keeps changing) is
+        // left to the hypervisor's unmask, which is always correct, so that
+        // hostile memory cannot hang the guest here.
+        for _ in 0..UNMASK_TRIES {
             if w & MASKED == 0 {
                 return Ok(GuestUnmask::Done);
             }
@@ -714,6 +721,7 @@ impl<M: FifoMemory> Deliver for Fifo<M> {
                 }
             }
         }
+        Ok(GuestUnmask::Hypercall)
     }
 
     fn evacuate(

@@ -403,7 +403,6 @@ impl<M: Memory2l> Ports for TwoLevel<M> {
 
 impl<M: Memory2l> Raise for TwoLevel<M> {
     #[inline]
-
     fn set_pending(&self, port: u32, target: impl FnOnce() -> u32) -> Result<Raised, Error> {
         let (w, bit, pending, mask) = self.locate(port)?;
         // SeqCst: the write half of the send/unmask Dekker pattern (see
@@ -464,7 +463,6 @@ impl<M: Memory2l> Raise for TwoLevel<M> {
 impl<M: Memory2l> Deliver for TwoLevel<M> {
     type Cursor = Cursor;
     #[inline]
-
     fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error> {
         let (_, bit, pending, _) = self.locate(port)?;
         // Acquire: pairs with the raiser's Release fetch_or, so the handler

@@ -47,6 +47,7 @@ use evtchn::xen::fifo::{
     NR_CHANNELS, PENDING, PRIORITY_DEFAULT,
 };
 use evtchn::xen::VcpuInfo;
+use evtchn::InProcess;
 use evtchn::{
     Bind, BorrowedFifo, Channels, Delivery, Error, Fifo, FifoCursor, FifoMemory, GuestUnmask,
     OwnedFifo, Port, Raised, Vcpu,
@@ -1208,7 +1209,7 @@ fn control<M: FifoMemory>(st: &mut St, a: M, d: Dims, g: &Guard) {
     let mut table = Table::new(ch.nr_ports(), nv);
     let mut handles: Vec<Port> = Vec::new();
     // The vCPUs' own handles: their cursors carry over between upcalls.
-    let mut vcpus: Vec<Vcpu<'_, Fifo<M>, KickLog>> = (0..nv).map(|v| ch.vcpu(v).unwrap()).collect();
+    let mut vcpus: Vec<FifoVcpu<'_, M>> = (0..nv).map(|v| ch.vcpu(v).unwrap()).collect();
     control_ops(st, &ch, d, &mut table, &mut handles, g, Some(&mut vcpus), 0);
 }
 
@@ -1256,21 +1257,31 @@ fn port_reach(op: PortOp, p: Port, slot: Option<Slot>, nv: u32) -> Reach {
             }
         }
         PortOp::SetAffinity(v) => {
-            // Masked for the move, then unmasked on the new vCPU.
-            if v < nv && slot.is_some_and(|s| s.vcpu != v && !s.explicit && !s.eoi) {
+            // Masked for the move, then unmasked on the new vCPU. A port
+            // masked by a late EOI alone (in the control word, not in
+            // memory) may be linked there by the hypervisor's bind_vcpu.
+            if v < nv && slot.is_some_and(|s| s.vcpu != v) {
                 reach.targets.push(v);
-                reach.own = MASKED | linking;
-                reach.clear = MASKED;
+                reach.own = linking;
+                if slot.is_some_and(|s| !s.explicit && !s.eoi) {
+                    reach.own |= MASKED;
+                    reach.clear = MASKED;
+                }
             }
         }
         PortOp::SetPriority(_) => {}
         PortOp::Close => {
-            reach.own = MASKED;
+            // Masked by the guest; the hypervisor's close clears PENDING
+            // (unless the port stays closing while its handler runs).
+            reach.own = MASKED | PENDING;
             reach.set = MASKED;
         }
     }
     reach
 }
+
+/// The deliver side of one vCPU of the instance under test.
+type FifoVcpu<'c, M> = Vcpu<'c, InProcess<Fifo<M>, KickLog>>;
 
 #[allow(clippy::too_many_arguments)]
 fn control_ops<'c, M: FifoMemory>(
@@ -1280,7 +1291,7 @@ fn control_ops<'c, M: FifoMemory>(
     table: &mut Table,
     handles: &mut Vec<Port>,
     g: &Guard,
-    mut vcpus: Option<&mut Vec<Vcpu<'c, Fifo<M>, KickLog>>>,
+    mut vcpus: Option<&mut Vec<FifoVcpu<'c, M>>>,
     depth: u32,
 ) {
     let mem = ch.abi().memory();
@@ -1382,7 +1393,7 @@ fn control_upcall<'c, M: FifoMemory>(
     table: &mut Table,
     handles: &mut Vec<Port>,
     g: &Guard,
-    own: Option<&mut Vcpu<'c, Fifo<M>, KickLog>>,
+    own: Option<&mut FifoVcpu<'c, M>>,
     v: u32,
     depth: u32,
 ) {

@@ -85,6 +85,7 @@ use std::fmt::Debug;
 use std::sync::atomic::Ordering::SeqCst;
 
 use evtchn::xen::fifo::{BUSY, LINKED, LINK_MASK, MASKED, MAX_QUEUES, PENDING};
+use evtchn::InProcess;
 use evtchn::{
     Bind, Channels, Error, Fifo, FifoMemory, Memory2l, OwnedFifo, OwnedMemory, Port, PortOps,
     State, Status, TwoLevel, Vcpu,
@@ -1160,7 +1161,12 @@ impl Model {
         s.explicit = false;
         s.eoi = false;
         s.replay = Replay::No;
-        // The pending state stays (the ABI bit is cleared by the next bind).
+        // Freed: the hypervisor's close clears the pending state (Xen's
+        // `evtchn_free`); a port still closing keeps it until its handler
+        // ends and the close reaches the hypervisor.
+        if s.life == Life::Free {
+            s.pending = false;
+        }
         Ok(())
     }
 
@@ -1228,7 +1234,10 @@ impl Model {
         s.in_flight = false;
         let replay = std::mem::replace(&mut s.replay, Replay::No);
         match s.life {
-            Life::Closing => s.life = Life::Free,
+            Life::Closing => {
+                s.life = Life::Free;
+                s.pending = false;
+            }
             Life::Bound if s.pending && !s.masked() => match replay {
                 Replay::Yes => self.raise(n, k),
                 Replay::No => {}
@@ -1587,7 +1596,7 @@ fn drive<A: AbiUnderTest>(mut input: Input, sabotage: Option<Sabotage>) {
     };
     // One persistent handle per vCPU: their round-robin positions carry over
     // from upcall to upcall, as a real vCPU's do.
-    let mut vcpus: Vec<Vcpu<'_, A, KickLog>> =
+    let mut vcpus: Vec<Vcpu<'_, InProcess<A, KickLog>>> =
         (0..ch.nr_vcpus()).map(|v| ch.vcpu(v).unwrap()).collect();
     st.check_state(&ch);
     st.check_quiescent(&ch);
@@ -1637,7 +1646,7 @@ fn exec<'c, A: AbiUnderTest>(
     st: &mut St,
     op: Op,
     depth: u32,
-    vcpus: Option<&mut [Vcpu<'c, A, KickLog>]>,
+    vcpus: Option<&mut [Vcpu<'c, InProcess<A, KickLog>>]>,
 ) {
     st.ops += 1;
     st.trace.push((depth, op));
@@ -1795,7 +1804,7 @@ fn upcall<'c, A: AbiUnderTest>(
     v: u32,
     max_runs: Option<usize>,
     depth: u32,
-    vcpus: Option<&mut [Vcpu<'c, A, KickLog>]>,
+    vcpus: Option<&mut [Vcpu<'c, InProcess<A, KickLog>>]>,
 ) {
     let mut fresh;
     let persistent;

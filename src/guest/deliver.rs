@@ -1,0 +1,380 @@
+//! The upcall: each vCPU's scan, the in-flight guard that keeps a port's
+//! handler on one vCPU at a time (C3), its release (which frees a port
+//! closed meanwhile and re-raises an event another vCPU left to it), and
+//! the per-vCPU handle.
+
+use super::control::{self, ACTIVE, BOUND, CLOSING, FREE, LATEEOI, REASONS, REPLAY};
+use super::{Guest, Hypercalls, Hypervisor};
+use crate::abi::{Deliver, Delivery, Ports};
+use crate::port::{MaskReason, Port};
+use crate::sync::{store_load_fence, AtomicU64, Ordering::*};
+use crate::weaken::Weaken;
+use crate::{Error, Notify};
+
+impl<V: Hypervisor> Guest<V> {
+    /// Runs `handler` for candidate `number` on `vcpu` if the port is bound
+    /// there, unmasked, pending, and not in flight elsewhere. Returns
+    /// what it did.
+    #[inline]
+    fn deliver(&self, vcpu: u32, number: u32, handler: &mut impl FnMut(Port)) -> Delivery {
+        let Ok(slot) = self.slot(number) else {
+            return Delivery::Skipped;
+        };
+        let guard = !self.weak.has(Weaken::NoInFlightGuard);
+        // Acquire: pairs with the control plane's Release updates, so the
+        // binding and mask reasons read here are the published ones.
+        let mut cw = slot.load(Acquire);
+        loop {
+            if control::state(cw) != BOUND || cw & REASONS != 0 {
+                // Masked (the unmask re-raises) or closed.
+                return Delivery::Skipped;
+            }
+            if control::vcpu(cw) != vcpu {
+                // Bound elsewhere now (a rebind moved it). Confirm with a
+                // compare-exchange, which reads the latest word, so that the
+                // vCPU named is the current one. AcqRel: as for any update.
+                match slot.compare_exchange(cw, cw, AcqRel, Acquire) {
+                    Ok(_) => return Delivery::Foreign(control::vcpu(cw)),
+                    Err(now) => cw = now,
+                }
+                continue;
+            }
+            if !guard {
+                break;
+            }
+            if cw & ACTIVE != 0 {
+                // In flight on another vCPU (an older binding). Leave the
+                // event pending and ask the runner to re-raise it when it
+                // ends, so it is neither lost nor run concurrently (C3).
+                if self.weak.has(Weaken::NoReplay) {
+                    return Delivery::Skipped;
+                }
+                // Even when REPLAY looks set already, confirm with a
+                // compare-exchange: `cw` may be a stale view of a guard the
+                // runner has since released (and re-raised nothing).
+                // AcqRel: Release orders our read of the pending bit before
+                // the runner's Acquire release of the guard, so its re-raise
+                // sees that bit.
+                match slot.compare_exchange(cw, cw | REPLAY, AcqRel, Acquire) {
+                    Ok(_) => return Delivery::Skipped,
+                    Err(now) => cw = now,
+                }
+                continue;
+            }
+            // A late-EOI port is masked (in the control word) from this
+            // handler start until its owner's `eoi`.
+            let eoi = if cw & LATEEOI != 0 {
+                MaskReason::EoiPending.bit()
+            } else {
+                0
+            };
+            // Acquire: the previous runner's handler (released with Release)
+            // happens before ours; Release: a closer or rebinder that reads
+            // ACTIVE sees our claim.
+            match slot.compare_exchange(cw, cw | ACTIVE | eoi, AcqRel, Acquire) {
+                Ok(_) => break,
+                Err(now) => cw = now,
+            }
+        }
+        let port = Port {
+            number,
+            generation: control::generation(cw),
+        };
+        // Clear pending only while holding the guard: each raise is handled
+        // at most once, and a send during the handler raises anew.
+        let ran = matches!(self.v.abi().test_and_clear_pending(number), Ok(true));
+        // The guard ends when `held` drops: after the handler, or while a
+        // panicking handler unwinds (an embedder that catches the panic
+        // finds the port deliverable, closable, and its replay re-raised).
+        // A late EOI taken for an event that was not there (another vCPU
+        // handled it first) is given back at once.
+        let held = guard.then(|| InFlight {
+            guest: self,
+            slot,
+            number,
+            undo_eoi: if ran || self.weak.has(Weaken::NoStaleEoiUndo) {
+                0
+            } else {
+                cw & LATEEOI
+            },
+        });
+        if ran {
+            handler(port);
+            #[cfg(not(all(loom, feature = "loom")))]
+            if let Some(h) = self.handled.get(number as usize) {
+                // Relaxed, and no read-modify-write: statistics written only
+                // by the guard's holder (not modelled under loom: no protocol
+                // depends on them).
+                h.store(h.load(Relaxed).wrapping_add(1), Relaxed);
+            }
+        }
+        drop(held);
+        if ran {
+            Delivery::Handled
+        } else {
+            Delivery::Skipped
+        }
+    }
+
+    /// Ends the in-flight guard of `number`: frees a port closed meanwhile,
+    /// and re-raises an event another vCPU left for us.
+    /// `undo_eoi`: drop the late-EOI mask reason this claim added (nonzero
+    /// only when the handler did not run).
+    fn release(&self, slot: &AtomicU64, number: u32, undo_eoi: u64) {
+        let undo = if undo_eoi != 0 {
+            MaskReason::EoiPending.bit()
+        } else {
+            0
+        };
+        // Relaxed: only a first guess for the compare-exchange.
+        let mut cw = slot.load(Relaxed);
+        loop {
+            let mut new = cw & !(ACTIVE | REPLAY | undo);
+            if control::state(cw) == CLOSING {
+                new = control::with_state(new, FREE);
+            }
+            // SeqCst (AcqRel at least): Release ends the handler's critical
+            // section for the next runner's Acquire (C3); Acquire pairs with
+            // a REPLAY request, so its pending bit is visible to `reraise`;
+            // SeqCst for the Dekker pattern when a late EOI is given back.
+            match slot.compare_exchange(cw, new, SeqCst, Relaxed) {
+                Ok(_) => break,
+                Err(now) => cw = now,
+            }
+        }
+        if control::state(cw) == CLOSING {
+            // Closed while this handler ran: the guest's port is free now,
+            // and so may the hypervisor's be (whatever it answers).
+            let _ = self.v.calls().close(number);
+        }
+        let reopened = undo != 0 && cw & REASONS == undo;
+        if reopened {
+            // A sender may have seen the transient reason's effect (a skip):
+            // re-raise, as `remove_reason` does after an unmask.
+            store_load_fence();
+        }
+        if (cw & REPLAY != 0 || reopened) && control::state(cw) == BOUND {
+            // On the port's notify vCPU, which a rebind sets before its
+            // unmask. An error is only a hostile hypervisor's.
+            let _ = self.reraise(number);
+        }
+    }
+}
+
+/// A held in-flight guard: released (with the replay re-raise) when
+/// dropped, on the normal path and when a handler unwinds.
+pub(super) struct InFlight<'c, V: Hypervisor> {
+    guest: &'c Guest<V>,
+    slot: &'c AtomicU64,
+    number: u32,
+    undo_eoi: u64,
+}
+
+impl<V: Hypervisor> Drop for InFlight<'_, V> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.guest.weak.has(Weaken::GuardNotUnwindSafe) || !unwinding() {
+            self.guest.release(self.slot, self.number, self.undo_eoi);
+        }
+    }
+}
+
+/// Whether the thread is unwinding from a panic (only a weakened guard asks,
+/// in loom models; `false` without std, where a panic aborts).
+#[inline(always)]
+fn unwinding() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::thread::panicking()
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        false
+    }
+}
+
+/// The deliver side of one vCPU: its upcall and its round-robin position.
+///
+/// Whoever runs vCPU `id` holds one. Several handles for one vCPU may exist
+/// and run concurrently: correctness does not depend on it (the in-flight
+/// guard serialises handlers), only fairness is per handle.
+pub struct Vcpu<'a, V: Hypervisor> {
+    pub(super) guest: &'a Guest<V>,
+    pub(super) id: u32,
+    pub(super) cursor: <V::Abi as Deliver>::Cursor,
+}
+
+impl<V: Hypervisor> core::fmt::Debug for Vcpu<'_, V> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Vcpu")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Hypervisor> Vcpu<'_, V> {
+    /// This vCPU's index.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// assert_eq!(ch.vcpu(1)?.id(), 1);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Runs one upcall: clears the upcall flag, scans the selected words in
+    /// round-robin order and runs `handler` once for every pending, unmasked
+    /// port bound here, repeating while new work was flagged. Returns how
+    /// many handler runs it made.
+    ///
+    /// Under a storm that re-raises ports as fast as they are handled this
+    /// call does not return; bound it with [`Vcpu::upcall_budget`] or
+    /// [`Vcpu::upcall_until`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if the ABI's memory holds no state for this
+    /// vCPU; [`Channels::vcpu`] checked that it does, so over this crate's
+    /// ABIs an upcall does not fail.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    /// let a = ch.bind(Bind::Affinity(0))?;
+    /// let b = ch.bind(Bind::Affinity(1))?;
+    /// ch.send(a)?;
+    /// ch.send(b)?;
+    /// let mut seen = Vec::new();
+    /// assert_eq!(ch.vcpu(0)?.upcall(|p| seen.push(p))?, 1);
+    /// assert_eq!(seen, [a]); // `b` is vCPU 1's
+    /// assert!(ch.upcall_pending(1)?);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    pub fn upcall(&mut self, handler: impl FnMut(Port)) -> Result<usize, Error> {
+        self.upcall_until(|_| false, handler)
+    }
+
+    /// One upcall that makes at most `max_runs` handler runs, as Linux
+    /// bounds its event loop since XSA-332. What it leaves stays pending
+    /// where the next upcall finds it, and the upcall flag stays set
+    /// ([`Vcpu::upcall_pending`] says `true`), so the vCPU's loop runs
+    /// another upcall before it halts: nothing is lost, and the vCPU gets
+    /// to do other work in between. The next upcall resumes after the last
+    /// port offered (2-level round-robin; FIFO keeps its strict priority).
+    ///
+    /// # Errors
+    ///
+    /// As [`Vcpu::upcall`]: none over this crate's ABIs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let ports: Vec<_> = (0..3).map(|_| ch.bind(Bind::Affinity(0)).unwrap()).collect();
+    /// for &p in &ports {
+    ///     ch.send(p).unwrap();
+    /// }
+    /// let mut vcpu = ch.vcpu(0).unwrap();
+    /// assert_eq!(vcpu.upcall_budget(2, |_| {}).unwrap(), 2);
+    /// assert!(vcpu.upcall_pending(), "the third event is deferred, not lost");
+    /// assert_eq!(vcpu.upcall_budget(2, |_| {}).unwrap(), 1);
+    /// assert!(!vcpu.upcall_pending());
+    /// ```
+    pub fn upcall_budget(
+        &mut self,
+        max_runs: usize,
+        handler: impl FnMut(Port),
+    ) -> Result<usize, Error> {
+        self.upcall_until(|ran| ran >= max_runs, handler)
+    }
+
+    /// One upcall that stops once `stop(runs so far)` says `true`; it is
+    /// asked before each port is taken. A time budget is
+    /// `|_| clock() >= deadline` (the core has no clock of its own). What is
+    /// left is deferred as by [`Vcpu::upcall_budget`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Vcpu::upcall`]: none over this crate's ABIs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// for _ in 0..3 {
+    ///     let port = ch.bind(Bind::Affinity(0))?;
+    ///     ch.send(port)?;
+    /// }
+    /// let mut vcpu = ch.vcpu(0)?;
+    /// // A clock that ticks once per port taken; the deadline is tick 2.
+    /// let mut clock = 0;
+    /// let mut deadline_passed = |_runs: usize| {
+    ///     clock += 1;
+    ///     clock > 2
+    /// };
+    /// assert_eq!(vcpu.upcall_until(&mut deadline_passed, |_| {})?, 2);
+    /// assert!(vcpu.upcall_pending(), "the third event is deferred");
+    /// assert_eq!(vcpu.upcall_until(|_| false, |_| {})?, 1);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    pub fn upcall_until(
+        &mut self,
+        mut stop: impl FnMut(usize) -> bool,
+        mut handler: impl FnMut(Port),
+    ) -> Result<usize, Error> {
+        let guest = self.guest;
+        let id = self.id;
+        let ran = core::cell::Cell::new(0usize);
+        guest.v.abi().scan_bounded(
+            id,
+            &mut self.cursor,
+            || !stop(ran.get()),
+            |number| {
+                let d = guest.deliver(id, number, &mut handler);
+                if d == Delivery::Handled {
+                    ran.set(ran.get().saturating_add(1));
+                }
+                d
+            },
+            |v| guest.v.notify().kick(v),
+        )?;
+        Ok(ran.get())
+    }
+
+    /// Whether an upcall is pending here; halt only after `false`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use evtchn::{Bind, Channels, OwnedMemory, TwoLevel};
+    ///
+    /// let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 1)), ());
+    /// let port = ch.bind(Bind::Affinity(0))?;
+    /// let mut vcpu = ch.vcpu(0)?;
+    /// ch.send(port)?;
+    /// // The vCPU's loop: upcalls while one is pending, then halt.
+    /// while vcpu.upcall_pending() {
+    ///     vcpu.upcall_budget(64, |_| {})?;
+    /// }
+    /// assert_eq!(ch.status(port.number())?.handled, 1);
+    /// # Ok::<(), evtchn::Error>(())
+    /// ```
+    #[must_use = "a vCPU may halt only after this returned `false`"]
+    pub fn upcall_pending(&self) -> bool {
+        matches!(self.guest.v.abi().upcall_pending(self.id), Ok(true))
+    }
+}
