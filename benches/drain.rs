@@ -71,10 +71,15 @@ fn drain(c: &mut Criterion) {
         // Every row handles every port it re-armed, once.
         let want = if all { PORTS as usize - 1 } else { 1 };
         let mut n = 0;
-        rearm_drain(fl.pending(), &fl.vcpu_info()[0], all);
-        hand_scan(fl.pending(), fl.mask(), &fl.vcpu_info()[0], |_| n += 1);
+        rearm_drain(fl.pending(), fl.vcpu_info(0).expect("vcpu_info"), all);
+        hand_scan(
+            fl.pending(),
+            fl.mask(),
+            fl.vcpu_info(0).expect("vcpu_info"),
+            |_| n += 1,
+        );
         assert_eq!(n, want, "hand scan");
-        rearm_drain(ev.pending(), &ev.vcpu_info()[0], all);
+        rearm_drain(ev.pending(), ev.vcpu_info(0).expect("vcpu_info"), all);
         assert_eq!(vcpu.upcall(|_| {}).expect("upcall"), want, "evtchn");
         n = 0;
         ffl.rearm(all);
@@ -86,15 +91,20 @@ fn drain(c: &mut Criterion) {
         let mut g = c.benchmark_group(name);
         g.bench_function("hand scan", |b| {
             b.iter(|| {
-                rearm_drain(fl.pending(), &fl.vcpu_info()[0], all);
-                hand_scan(fl.pending(), fl.mask(), &fl.vcpu_info()[0], |p| {
-                    black_box(p);
-                })
+                rearm_drain(fl.pending(), fl.vcpu_info(0).expect("vcpu_info"), all);
+                hand_scan(
+                    fl.pending(),
+                    fl.mask(),
+                    fl.vcpu_info(0).expect("vcpu_info"),
+                    |p| {
+                        black_box(p);
+                    },
+                )
             })
         });
         g.bench_function("evtchn", |b| {
             b.iter(|| {
-                rearm_drain(ev.pending(), &ev.vcpu_info()[0], all);
+                rearm_drain(ev.pending(), ev.vcpu_info(0).expect("vcpu_info"), all);
                 vcpu.upcall(|p| {
                     black_box(p);
                 })

@@ -45,7 +45,7 @@ type Ch = Channels<TwoLevel<OwnedMemory>>;
 fn rearm(ch: &Ch, port: Port) {
     let mem = ch.abi().memory();
     mem.pending()[(port.number() / 64) as usize].store(0, Relaxed);
-    for vi in &mem.vcpu_info()[..2] {
+    for vi in (0..2).filter_map(|v| mem.vcpu_info(v)) {
         vi.evtchn_pending_sel.store(0, Relaxed);
         vi.evtchn_upcall_pending.store(0, Relaxed);
     }

@@ -68,7 +68,7 @@ fn drain_loop_fifo(d: &FifoDrain<'_>, vcpu: &mut FifoV<'_>, all: bool, n: u64) {
 #[inline(never)]
 fn drain_loop_rearm(mem: &OwnedMemory, all: bool, n: u64) {
     for _ in 0..n {
-        rearm_drain(mem.pending(), &mem.vcpu_info()[0], all);
+        rearm_drain(mem.pending(), mem.vcpu_info(0).expect("vcpu_info"), all);
         black_box(());
     }
 }
@@ -76,17 +76,22 @@ fn drain_loop_rearm(mem: &OwnedMemory, all: bool, n: u64) {
 #[inline(never)]
 fn drain_loop_hand(mem: &OwnedMemory, all: bool, n: u64) {
     for _ in 0..n {
-        rearm_drain(mem.pending(), &mem.vcpu_info()[0], all);
-        hand_scan(mem.pending(), mem.mask(), &mem.vcpu_info()[0], |p| {
-            black_box(p);
-        });
+        rearm_drain(mem.pending(), mem.vcpu_info(0).expect("vcpu_info"), all);
+        hand_scan(
+            mem.pending(),
+            mem.mask(),
+            mem.vcpu_info(0).expect("vcpu_info"),
+            |p| {
+                black_box(p);
+            },
+        );
     }
 }
 
 #[inline(never)]
 fn drain_loop_evtchn(mem: &OwnedMemory, vcpu: &mut V<'_>, all: bool, n: u64) {
     for _ in 0..n {
-        rearm_drain(mem.pending(), &mem.vcpu_info()[0], all);
+        rearm_drain(mem.pending(), mem.vcpu_info(0).expect("vcpu_info"), all);
         let _ = vcpu.upcall(|p| {
             black_box(p);
         });

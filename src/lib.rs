@@ -105,10 +105,10 @@ mod host;
 mod policy;
 
 #[cfg(feature = "alloc")]
-pub use abi::fifo::{BorrowedFifo, Fifo, FifoCursor, FifoMemory, OwnedFifo};
+pub use abi::fifo::{BorrowedFifo, Fifo, FifoCursor, FifoMemory, OwnedFifo, RegisteredFifo};
 #[cfg(feature = "alloc")]
 pub use abi::twolevel::OwnedMemory;
-pub use abi::twolevel::{Cursor as TwoLevelCursor, MaxVcpus, Memory2l, TwoLevel};
+pub use abi::twolevel::{Cursor as TwoLevelCursor, MaxVcpus, Memory2l, RegisteredVcpus, TwoLevel};
 pub use abi::{Deliver, Delivery, GuestUnmask, Kick, PortOps, Ports, Raise, Raised};
 #[cfg(feature = "alloc")]
 pub use channels::{Channels, InProcess};

@@ -55,14 +55,12 @@ fn snap<M: Memory2l>(ch: &Channels<TwoLevel<M>, Kicks>) -> Snap {
             .collect(),
         pending: mem.pending().iter().map(|w| w.load(SeqCst)).collect(),
         mask: mem.mask().iter().map(|w| w.load(SeqCst)).collect(),
-        sel: mem
-            .vcpu_info()
-            .iter()
+        sel: (0..mem.nr_vcpus())
+            .filter_map(|v| mem.vcpu_info(v))
             .map(|vi| vi.evtchn_pending_sel.load(SeqCst))
             .collect(),
-        flags: mem
-            .vcpu_info()
-            .iter()
+        flags: (0..mem.nr_vcpus())
+            .filter_map(|v| mem.vcpu_info(v))
             .map(|vi| vi.evtchn_upcall_pending.load(SeqCst))
             .collect(),
         kicks: ch.notifier().peek(),
@@ -397,10 +395,9 @@ fn kicks_match_upcall_flag_edges_over_a_scripted_sequence() {
         .map(|i| ch.bind(Bind::Affinity(i % 3)).unwrap())
         .collect();
     let flags = |ch: &Ch| -> Vec<u8> {
-        ch.abi()
-            .memory()
-            .vcpu_info()
-            .iter()
+        let mem = ch.abi().memory();
+        (0..mem.nr_vcpus())
+            .filter_map(|v| mem.vcpu_info(v))
             .map(|vi| vi.evtchn_upcall_pending.load(SeqCst))
             .collect()
     };
@@ -1704,7 +1701,7 @@ fn hostile_memory_cannot_run_handlers_of_unbound_masked_or_foreign_ports() {
     for w in mem.mask() {
         w.store(0, SeqCst);
     }
-    for vi in mem.vcpu_info() {
+    for vi in (0..mem.nr_vcpus()).filter_map(|v| mem.vcpu_info(v)) {
         vi.evtchn_pending_sel.store(!0, SeqCst);
         vi.evtchn_upcall_pending.store(0xff, SeqCst);
         vi.evtchn_upcall_mask.store(0xff, SeqCst);
@@ -1716,7 +1713,7 @@ fn hostile_memory_cannot_run_handlers_of_unbound_masked_or_foreign_ports() {
     assert!(upcall(&ch, 0).is_empty());
 
     // Sends still work and stay correct afterwards.
-    for vi in mem.vcpu_info() {
+    for vi in (0..mem.nr_vcpus()).filter_map(|v| mem.vcpu_info(v)) {
         vi.evtchn_pending_sel.store(0, SeqCst);
         vi.evtchn_upcall_pending.store(0, SeqCst);
     }

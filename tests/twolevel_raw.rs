@@ -44,8 +44,11 @@ impl Memory2l for Custom {
     fn mask(&self) -> &[XenUlong] {
         &self.mask
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        &self.vcpus
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        self.vcpus.get(vcpu as usize)
+    }
+    fn nr_vcpus(&self) -> u32 {
+        self.vcpus.len() as u32
     }
 }
 
@@ -63,14 +66,12 @@ fn raw<M: Memory2l>(m: &M) -> Raw {
     Raw {
         pending: m.pending().iter().map(|w| w.load(SeqCst)).collect(),
         mask: m.mask().iter().map(|w| w.load(SeqCst)).collect(),
-        sel: m
-            .vcpu_info()
-            .iter()
+        sel: (0..m.nr_vcpus())
+            .filter_map(|v| m.vcpu_info(v))
             .map(|v| v.evtchn_pending_sel.load(SeqCst))
             .collect(),
-        flag: m
-            .vcpu_info()
-            .iter()
+        flag: (0..m.nr_vcpus())
+            .filter_map(|v| m.vcpu_info(v))
             .map(|v| v.evtchn_upcall_pending.load(SeqCst))
             .collect(),
     }
@@ -475,7 +476,7 @@ fn out_of_range_raise_target_leaves_the_event_pending_and_touches_no_vcpu() {
 #[test]
 fn selector_bits_for_words_that_do_not_exist_are_ignored() {
     let ops = TwoLevel::new(OwnedMemory::new(1, 1));
-    let vi = &ops.memory().vcpu_info()[0];
+    let vi = ops.memory().vcpu_info(0).unwrap();
     vi.evtchn_pending_sel.store(!0, SeqCst);
     vi.evtchn_upcall_pending.store(1, SeqCst);
     ops.memory().pending()[0].store(1 << 17, SeqCst);
@@ -492,7 +493,7 @@ fn all_ones_everywhere_never_panics_and_every_operation_returns() {
     let fill = || {
         mem.pending()[0].store(!0, SeqCst);
         mem.mask()[0].store(!0, SeqCst);
-        for vi in mem.vcpu_info() {
+        for vi in (0..mem.nr_vcpus()).filter_map(|v| mem.vcpu_info(v)) {
             vi.evtchn_pending_sel.store(!0, SeqCst);
             vi.evtchn_upcall_pending.store(0xff, SeqCst);
             vi.evtchn_upcall_mask.store(0xff, SeqCst);

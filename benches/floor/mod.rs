@@ -27,7 +27,7 @@ impl<'a> Words<'a> {
         Words {
             pending: &mem.pending()[w],
             mask: &mem.mask()[w],
-            vcpu: &mem.vcpu_info()[vcpu as usize],
+            vcpu: mem.vcpu_info(vcpu).expect("vcpu_info"),
         }
     }
 

@@ -20,17 +20,29 @@
 //! The raise side treats every word the guest can write (event words, links,
 //! `ready`, `head`) as hostile: indices come only from its private state or
 //! are range-checked, and every loop is bounded.
+//!
+//! The memory ([`FifoMemory`]) gives each port's event word, and each
+//! vCPU's control block and `vcpu_info`, on their own:
+//!
+//! * [`OwnedFifo`]: crate-owned, pages of the event array allocated by
+//!   `expand` as bind needs them;
+//! * [`BorrowedFifo`]: caller-owned slices, the event array contiguous;
+//! * [`RegisteredFifo`]: what a guest registers, while ports are raised and
+//!   delivered: event-array pages of 1024 words anywhere, appended in order
+//!   (`EVTCHNOP_expand_array`), and per vCPU a control block and its
+//!   `vcpu_info` (`EVTCHNOP_init_control`); no allocation. A port on a page
+//!   not registered yet is [`Error::PortOutOfRange`], and `expand` cannot
+//!   map pages: bind gets only ports already covered.
 
 use alloc::boxed::Box;
+use core::marker::PhantomData;
 
 use crate::abi::{Deliver, Delivery, GuestUnmask, Kick, Ports, Raise, Raised};
 use crate::sync::{spin_loop, AtomicPtr, AtomicU32, AtomicU8, Lock, Ordering::*, SpinLock};
 use crate::weaken::{Weaken, Weakness};
-#[cfg(not(all(loom, feature = "loom")))]
-use crate::xen::fifo::EVENT_WORDS_PER_PAGE;
 use crate::xen::fifo::{
-    ControlBlock, EventWord, BUSY, LINKED, LINK_MASK, MASKED, MAX_QUEUES, NR_CHANNELS, PENDING,
-    PRIORITY_DEFAULT,
+    ControlBlock, EventWord, BUSY, EVENT_WORDS_PER_PAGE, LINKED, LINK_MASK, MASKED, MAX_QUEUES,
+    NR_CHANNELS, PENDING, PRIORITY_DEFAULT,
 };
 use crate::xen::VcpuInfo;
 use crate::Error;
@@ -73,6 +85,27 @@ pub trait FifoMemory: Sync {
     /// Number of vCPUs.
     #[must_use]
     fn nr_vcpus(&self) -> u32;
+}
+
+impl<T: FifoMemory + ?Sized> FifoMemory for &T {
+    fn event_word(&self, port: u32) -> Option<&EventWord> {
+        (**self).event_word(port)
+    }
+    fn expand(&self, port: u32) -> Result<(), Error> {
+        (**self).expand(port)
+    }
+    fn max_ports(&self) -> u32 {
+        (**self).max_ports()
+    }
+    fn control_block(&self, vcpu: u32) -> Option<&ControlBlock> {
+        (**self).control_block(vcpu)
+    }
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        (**self).vcpu_info(vcpu)
+    }
+    fn nr_vcpus(&self) -> u32 {
+        (**self).nr_vcpus()
+    }
 }
 
 struct Page([EventWord; PAGE_WORDS as usize]);
@@ -234,6 +267,252 @@ impl FifoMemory for BorrowedFifo<'_> {
     fn nr_vcpus(&self) -> u32 {
         let n = self.control.len().min(self.vcpus.len());
         u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+/// The event words of one page of the event array: 1024, 4 KiB.
+const GUEST_PAGE_WORDS: usize = EVENT_WORDS_PER_PAGE as usize;
+/// Pages of a full event array (`NR_CHANNELS / 1024`: 128).
+const MAX_PAGES: usize = NR_CHANNELS.div_ceil(EVENT_WORDS_PER_PAGE) as usize;
+
+/// FIFO memory as a guest registers it: the event array one page at a time
+/// (`EVTCHNOP_expand_array`, pages anywhere, not in a row) and per vCPU a
+/// control block and a `vcpu_info` (`EVTCHNOP_init_control`). `N` is the
+/// most vCPUs it can hold; it allocates nothing.
+///
+/// * [`RegisteredFifo::expand_array`] appends a page: page `k` holds ports
+///   `1024 k ..= 1024 k + 1023`. A port on a page not registered yet is
+///   [`Error::PortOutOfRange`] for every operation, and
+///   [`FifoMemory::expand`] (bind's [`crate::Raise::prepare`]) cannot map
+///   one: it accepts only ports already covered.
+/// * [`RegisteredFifo::init_control`] names a vCPU's control block and its
+///   `vcpu_info` (the one it registered with `VCPUOP_register_vcpu_info`),
+///   once. Until then the vCPU is [`Error::VcpuOutOfRange`] for
+///   `upcall_pending` and the scan, and an event raised for it stays
+///   pending and unlinked until it is unmasked or raised again once the
+///   control block is there (Xen drops it: a guest keeps its ports masked
+///   until it has initialised its control blocks).
+///
+/// Both may run while ports are raised and scanned: each publishes a
+/// pointer once, with Release, and readers load it with Acquire.
+///
+/// ```
+/// use evtchn::xen::fifo::{ControlBlock, EventWord};
+/// use evtchn::xen::VcpuInfo;
+/// use evtchn::{Error, Fifo, Ports, Raise, Raised, RegisteredFifo};
+///
+/// let page: Box<[EventWord; 1024]> = Box::new(core::array::from_fn(|_| EventWord::new(0)));
+/// let (cb, info) = (ControlBlock::new(), VcpuInfo::new());
+/// let mem = RegisteredFifo::<4>::new(4096, 2);
+/// mem.expand_array(&page)?;
+/// mem.init_control(0, &cb, &info)?;
+/// let fifo = Fifo::new(&mem);
+/// assert_eq!(fifo.nr_ports(), 4096);
+/// assert_eq!(fifo.set_pending(5, || 0)?, Raised::Notified { vcpu: 0, kick: true });
+/// // Port 1024 is on page 1, which is not registered.
+/// assert_eq!(fifo.set_pending(1024, || 0), Err(Error::PortOutOfRange));
+/// # Ok::<(), Error>(())
+/// ```
+pub struct RegisteredFifo<'a, const N: usize> {
+    /// Page `k` of the event array, or null; each written once, from null.
+    pages: [AtomicPtr<[EventWord; GUEST_PAGE_WORDS]>; MAX_PAGES],
+    max_ports: u32,
+    /// Per vCPU: its control block, or null; written once, after `vcpus`.
+    control: [AtomicPtr<ControlBlock>; N],
+    /// Per vCPU: its `vcpu_info`, or null; written once, from null.
+    vcpus: [AtomicPtr<VcpuInfo>; N],
+    nr_vcpus: u32,
+    registered: PhantomData<&'a ControlBlock>,
+}
+
+impl<'a, const N: usize> RegisteredFifo<'a, N> {
+    /// Memory for up to `max_ports.clamp(1, 2^17)` ports, no page
+    /// registered yet, and `nr_vcpus` vCPUs (clamped to `1..=N`), none of
+    /// which has a control block yet.
+    #[must_use]
+    pub fn new(max_ports: u32, nr_vcpus: u32) -> Self {
+        let cap = u32::try_from(N).unwrap_or(u32::MAX);
+        RegisteredFifo {
+            pages: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
+            max_ports: max_ports.clamp(1, NR_CHANNELS),
+            control: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
+            vcpus: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
+            nr_vcpus: nr_vcpus.min(cap).max(1),
+            registered: PhantomData,
+        }
+    }
+
+    /// Pages the event array may hold: enough for `max_ports`.
+    fn max_pages(&self) -> usize {
+        self.max_ports.div_ceil(EVENT_WORDS_PER_PAGE) as usize
+    }
+
+    /// `EVTCHNOP_expand_array`: appends `page` to the event array; its
+    /// words are the ports of the first page not registered yet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortOutOfRange`] if the array is full (the pages registered
+    /// cover `max_ports`; Xen: `ENOSPC` beyond `NR_CHANNELS / 1024`
+    /// pages); nothing changes.
+    pub fn expand_array(&self, page: &'a [EventWord; GUEST_PAGE_WORDS]) -> Result<(), Error> {
+        let ptr = core::ptr::from_ref(page).cast_mut();
+        // The first free slot, in order; a concurrent registration that
+        // takes it first moves us to the next. Bounded: 128 slots.
+        for slot in self.pages.iter().take(self.max_pages()) {
+            // Release on success: publishes the page to the Acquire loads
+            // of `event_word`. Relaxed on failure: the slot is taken, and
+            // nothing is read through it.
+            if slot
+                .compare_exchange(core::ptr::null_mut(), ptr, Release, Relaxed)
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        Err(Error::PortOutOfRange)
+    }
+
+    /// `EVTCHNOP_init_control`: the control block of `vcpu` is `control`
+    /// and its `vcpu_info` is `info`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if `vcpu` is not below the number of
+    /// vCPUs, or has a control block already (Xen: `EINVAL`; the first
+    /// stays, and nothing changes).
+    pub fn init_control(
+        &self,
+        vcpu: u32,
+        control: &'a ControlBlock,
+        info: &'a VcpuInfo,
+    ) -> Result<(), Error> {
+        if vcpu >= self.nr_vcpus {
+            return Err(Error::VcpuOutOfRange);
+        }
+        let (Some(cb_slot), Some(vi_slot)) = (
+            self.control.get(vcpu as usize),
+            self.vcpus.get(vcpu as usize),
+        ) else {
+            return Err(Error::VcpuOutOfRange);
+        };
+        // Release on success: publishes `info` to the Acquire loads of
+        // `vcpu_info`; claims the vCPU, so that only one registration
+        // writes its control block. Relaxed on failure: nothing is read.
+        if vi_slot
+            .compare_exchange(
+                core::ptr::null_mut(),
+                core::ptr::from_ref(info).cast_mut(),
+                Release,
+                Relaxed,
+            )
+            .is_err()
+        {
+            return Err(Error::VcpuOutOfRange);
+        }
+        // Release: after the `vcpu_info`; a raiser that finds the control
+        // block (Acquire) finds the `vcpu_info` too, and so sets the
+        // upcall flag for the `ready` bit it set.
+        cb_slot.store(core::ptr::from_ref(control).cast_mut(), Release);
+        Ok(())
+    }
+
+    /// Pages of the event array registered so far.
+    #[must_use]
+    pub fn registered_pages(&self) -> usize {
+        self.pages
+            .iter()
+            // Acquire: a status read; pairs with the registration.
+            .filter(|p| !p.load(Acquire).is_null())
+            .count()
+    }
+
+    /// Whether `vcpu` has a control block.
+    #[must_use]
+    pub fn has_control_block(&self, vcpu: u32) -> bool {
+        self.control_block(vcpu).is_some()
+    }
+}
+
+impl<const N: usize> FifoMemory for RegisteredFifo<'_, N> {
+    #[inline]
+    fn event_word(&self, port: u32) -> Option<&EventWord> {
+        if port >= self.max_ports {
+            return None;
+        }
+        let slot = self.pages.get((port / EVENT_WORDS_PER_PAGE) as usize)?;
+        // Acquire: pairs with the Release publication in `expand_array`,
+        // so the page's words are visible.
+        let page = slot.load(Acquire);
+        if page.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null pointer in `pages` was made from a
+        // `&'a [EventWord; 1024]` by `expand_array` and is never changed
+        // afterwards (the slot is written once, from null); `'a` outlives
+        // `self` (the type holds a `PhantomData` of `'a`), so the page is
+        // valid for the lifetime of `&self`. It is only read through shared
+        // references: event words are atomics.
+        let page = unsafe { &*page };
+        page.get((port % EVENT_WORDS_PER_PAGE) as usize)
+    }
+
+    fn expand(&self, port: u32) -> Result<(), Error> {
+        // Pages are the guest's to register: a port not covered yet stays
+        // out of range.
+        self.event_word(port)
+            .map(|_| ())
+            .ok_or(Error::PortOutOfRange)
+    }
+
+    fn max_ports(&self) -> u32 {
+        self.max_ports
+    }
+
+    fn control_block(&self, vcpu: u32) -> Option<&ControlBlock> {
+        if vcpu >= self.nr_vcpus {
+            return None;
+        }
+        // Acquire: pairs with the Release store in `init_control`; the
+        // control block, and the `vcpu_info` stored before it, are visible.
+        let cb = self.control.get(vcpu as usize)?.load(Acquire);
+        if cb.is_null() {
+            return None;
+        }
+        // SAFETY: as in `event_word`: made from a `&'a ControlBlock` by
+        // `init_control`, written once, valid for `'a`, which outlives
+        // `self`; a control block is all atomics.
+        Some(unsafe { &*cb })
+    }
+
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        if vcpu >= self.nr_vcpus {
+            return None;
+        }
+        // Acquire: pairs with the Release compare-exchange in
+        // `init_control`.
+        let vi = self.vcpus.get(vcpu as usize)?.load(Acquire);
+        if vi.is_null() {
+            return None;
+        }
+        // SAFETY: as in `event_word`: made from a `&'a VcpuInfo` by
+        // `init_control`, written once, valid for `'a`, which outlives
+        // `self`; a `vcpu_info` is all atomics.
+        Some(unsafe { &*vi })
+    }
+
+    fn nr_vcpus(&self) -> u32 {
+        self.nr_vcpus
+    }
+}
+
+impl<const N: usize> core::fmt::Debug for RegisteredFifo<'_, N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RegisteredFifo")
+            .field("max_ports", &self.max_ports)
+            .field("pages", &self.registered_pages())
+            .field("nr_vcpus", &self.nr_vcpus)
+            .finish_non_exhaustive()
     }
 }
 

@@ -11,20 +11,42 @@
 //!
 //! Port `p` is bit `p % 64` of word `p / 64`; word `w` is bit `w` of a
 //! vCPU's selector.
+//!
+//! The memory ([`Memory2l`]) gives the pending and mask words as slices and
+//! each vCPU's `vcpu_info` on its own, since Xen lets a guest put each one
+//! anywhere (`VCPUOP_register_vcpu_info`):
+//!
+//! * [`SharedInfo`]: a real page, its 32 legacy `vcpu_info`s;
+//!   [`MaxVcpus`]: the first vCPUs of a memory, for smaller domains;
+//! * [`RegisteredVcpus`]: the words of a memory such as a `&SharedInfo`,
+//!   and each vCPU's `vcpu_info` as it registers one, while ports are
+//!   raised and scanned (a Release/Acquire-published pointer per vCPU, in
+//!   caller-sized inline storage: no allocation); more than 32 vCPUs;
+//! * [`OwnedMemory`]: crate-owned, of any size (`alloc`).
+//!
+//! A vCPU without a `vcpu_info` (not registered yet) is
+//! [`Error::VcpuOutOfRange`] on the deliver side, and a raise for it leaves
+//! the event pending and notifies nobody.
+
+use core::marker::PhantomData;
 
 use crate::abi::{Deliver, Delivery, GuestUnmask, Kick, Ports, Raise, Raised};
-use crate::sync::{store_load_fence, Ordering::*};
+use crate::sync::{store_load_fence, AtomicPtr, Ordering::*};
 use crate::weaken::{Weaken, Weakness};
 use crate::xen::{SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD};
 use crate::Error;
 
 /// Memory the 2-level ABI works over: pending and mask words and the
-/// `vcpu_info` of each vCPU.
+/// `vcpu_info` of each vCPU, found per vCPU (a `vcpu_info` need not sit
+/// beside the others: Xen's `VCPUOP_register_vcpu_info` puts each
+/// anywhere).
 ///
 /// [`SharedInfo`] is one (the real page: 4096 ports, 32 vCPUs), and
-/// [`MaxVcpus`] the same page for a domain of fewer vCPUs; [`OwnedMemory`]
-/// is another, of any size (more vCPUs, as Xen allows with
-/// `VCPUOP_register_vcpu_info`, or tiny instances for model checking).
+/// [`MaxVcpus`] the same page for a domain of fewer vCPUs;
+/// [`RegisteredVcpus`] takes the words from such a page and each vCPU's
+/// `vcpu_info` from where it was registered (more than 32 vCPUs, as real
+/// deployments have them); [`OwnedMemory`] is crate-owned, of any size
+/// (tiny instances for model checking).
 pub trait Memory2l: Sync {
     /// `evtchn_pending`.
     #[must_use]
@@ -32,9 +54,16 @@ pub trait Memory2l: Sync {
     /// `evtchn_mask`; the same length as `pending`.
     #[must_use]
     fn mask(&self) -> &[XenUlong];
-    /// The `vcpu_info` of each vCPU.
+    /// The `vcpu_info` of `vcpu`: `None` beyond [`Memory2l::nr_vcpus`], and
+    /// for a vCPU whose `vcpu_info` is not there (yet). The ABI reads it
+    /// anew on each use, so a `vcpu_info` may appear while the memory is in
+    /// use; it must not change once it has appeared.
     #[must_use]
-    fn vcpu_info(&self) -> &[VcpuInfo];
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo>;
+    /// Number of vCPUs: `0..nr_vcpus()` are the vCPUs there can be a
+    /// `vcpu_info` for.
+    #[must_use]
+    fn nr_vcpus(&self) -> u32;
 }
 
 impl Memory2l for SharedInfo {
@@ -44,8 +73,11 @@ impl Memory2l for SharedInfo {
     fn mask(&self) -> &[XenUlong] {
         &self.evtchn_mask
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        &self.vcpu_info
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        self.vcpu_info.get(vcpu as usize)
+    }
+    fn nr_vcpus(&self) -> u32 {
+        u32::try_from(self.vcpu_info.len()).unwrap_or(u32::MAX)
     }
 }
 
@@ -56,8 +88,11 @@ impl<T: Memory2l + ?Sized> Memory2l for &T {
     fn mask(&self) -> &[XenUlong] {
         (**self).mask()
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        (**self).vcpu_info()
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        (**self).vcpu_info(vcpu)
+    }
+    fn nr_vcpus(&self) -> u32 {
+        (**self).nr_vcpus()
     }
 }
 
@@ -69,8 +104,11 @@ impl<T: Memory2l + ?Sized> Memory2l for alloc::boxed::Box<T> {
     fn mask(&self) -> &[XenUlong] {
         (**self).mask()
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        (**self).vcpu_info()
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        (**self).vcpu_info(vcpu)
+    }
+    fn nr_vcpus(&self) -> u32 {
+        (**self).nr_vcpus()
     }
 }
 
@@ -108,7 +146,7 @@ impl<T: Memory2l + ?Sized> Memory2l for alloc::boxed::Box<T> {
 /// ```
 pub struct MaxVcpus<M> {
     mem: M,
-    max_vcpus: usize,
+    max_vcpus: u32,
 }
 
 impl<M: Memory2l> MaxVcpus<M> {
@@ -116,7 +154,8 @@ impl<M: Memory2l> MaxVcpus<M> {
     /// number `mem` holds (32 for a `shared_info` page).
     #[must_use]
     pub fn new(mem: M, max_vcpus: usize) -> Self {
-        let held = mem.vcpu_info().len();
+        let held = mem.nr_vcpus();
+        let max_vcpus = u32::try_from(max_vcpus).unwrap_or(u32::MAX);
         MaxVcpus {
             max_vcpus: max_vcpus.min(held).max(1),
             mem,
@@ -137,18 +176,23 @@ impl<M: Memory2l> Memory2l for MaxVcpus<M> {
     fn mask(&self) -> &[XenUlong] {
         self.mem.mask()
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        let all = self.mem.vcpu_info();
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        if vcpu >= self.max_vcpus {
+            return None;
+        }
+        self.mem.vcpu_info(vcpu)
+    }
+    fn nr_vcpus(&self) -> u32 {
         // `new` clamped the count to what `mem` held; should `mem` hold
         // fewer now, all it holds.
-        all.get(..self.max_vcpus).unwrap_or(all)
+        self.max_vcpus.min(self.mem.nr_vcpus())
     }
 }
 
 impl<M: Memory2l> core::fmt::Debug for MaxVcpus<M> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("MaxVcpus")
-            .field("max_vcpus", &self.vcpu_info().len())
+            .field("max_vcpus", &self.nr_vcpus())
             .finish_non_exhaustive()
     }
 }
@@ -187,8 +231,188 @@ impl Memory2l for OwnedMemory {
     fn mask(&self) -> &[XenUlong] {
         &self.mask
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        &self.vcpus
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        self.vcpus.get(vcpu as usize)
+    }
+    fn nr_vcpus(&self) -> u32 {
+        u32::try_from(self.vcpus.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// 2-level memory whose pending and mask words are `M`'s and whose
+/// `vcpu_info`s are registered one vCPU at a time, anywhere: Xen's
+/// `VCPUOP_register_vcpu_info`, which a guest of more than 32 vCPUs must
+/// use. `N` is the most vCPUs it can hold; it needs no allocation.
+///
+/// * [`RegisteredVcpus::register_vcpu_info`] places a vCPU's `vcpu_info`,
+///   once: a second registration of the vCPU is refused, as Xen refuses
+///   it. It may run while ports are raised and scanned: it publishes the
+///   `vcpu_info` atomically, and marks every word pending on it as Xen
+///   does (all selector bits, then the upcall flag), so that an event
+///   raised before, for a vCPU that had no `vcpu_info` yet or whose raise
+///   went to the legacy one, is found by the vCPU's next scan (one
+///   spurious look at most).
+/// * Until a vCPU registers, its `vcpu_info` is `M`'s, if `M` has one for
+///   it: for a `shared_info` page, the legacy `vcpu_info[v]` of vCPUs
+///   0..32, exactly as Xen serves them; vCPUs from 32 have none. A vCPU
+///   with no `vcpu_info` is [`Error::VcpuOutOfRange`] for
+///   `upcall_pending` and the scan, and an event raised for it stays
+///   pending and notifies nobody until it registers.
+///
+/// ```
+/// use evtchn::xen::{SharedInfo, VcpuInfo};
+/// use evtchn::{Error, Ports, Raise, Raised, RegisteredVcpus, TwoLevel};
+///
+/// let page = SharedInfo::new();
+/// let mem = RegisteredVcpus::<_, 64>::new(&page, 40);
+/// let abi = TwoLevel::new(&mem);
+/// assert_eq!(abi.nr_vcpus(), 40);
+/// // vCPU 39 has no `vcpu_info` until it registers one.
+/// assert_eq!(abi.upcall_pending(39), Err(Error::VcpuOutOfRange));
+/// let info = Box::new(VcpuInfo::new());
+/// mem.register_vcpu_info(39, &info)?;
+/// assert_eq!(mem.register_vcpu_info(39, &info), Err(Error::VcpuOutOfRange));
+/// // Registration marks the vCPU's upcall pending, as Xen's does.
+/// assert_eq!(abi.upcall_pending(39), Ok(true));
+/// let raised = abi.set_pending(7, || 39)?;
+/// assert_eq!(raised, Raised::Notified { vcpu: 39, kick: false });
+/// # Ok::<(), Error>(())
+/// ```
+pub struct RegisteredVcpus<'a, M, const N: usize> {
+    mem: M,
+    nr_vcpus: u32,
+    /// Per vCPU: its registered `vcpu_info`, or null. Written once, from
+    /// null, by `register_vcpu_info`; the pointer is a `&'a VcpuInfo`.
+    slots: [AtomicPtr<VcpuInfo>; N],
+    registered: PhantomData<&'a VcpuInfo>,
+}
+
+impl<'a, M: Memory2l, const N: usize> RegisteredVcpus<'a, M, N> {
+    /// The words of `mem`, and `nr_vcpus` vCPUs (clamped to `1..=N`) none
+    /// of which has registered a `vcpu_info` yet.
+    #[must_use]
+    pub fn new(mem: M, nr_vcpus: u32) -> Self {
+        let cap = u32::try_from(N).unwrap_or(u32::MAX);
+        RegisteredVcpus {
+            mem,
+            nr_vcpus: nr_vcpus.min(cap).max(1),
+            slots: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
+            registered: PhantomData,
+        }
+    }
+
+    /// `VCPUOP_register_vcpu_info`: from now on the `vcpu_info` of `vcpu`
+    /// is `info`. Marks every pending word on it, as Xen does: the whole
+    /// selector, then the upcall flag (the vCPU sees the flag on its next
+    /// check of `upcall_pending`; a hypervisor registering for a halted
+    /// vCPU kicks it itself). The upcall scan of a vCPU should not be
+    /// running on its old `vcpu_info` meanwhile (a guest registers before
+    /// it enables events, or from the vCPU itself).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] if `vcpu` is not below the number of
+    /// vCPUs, or has registered a `vcpu_info` already (Xen: `EINVAL`; the
+    /// first registration stays, and nothing changes).
+    pub fn register_vcpu_info(&self, vcpu: u32, info: &'a VcpuInfo) -> Result<(), Error> {
+        if vcpu >= self.nr_vcpus {
+            return Err(Error::VcpuOutOfRange);
+        }
+        let slot = self.slots.get(vcpu as usize).ok_or(Error::VcpuOutOfRange)?;
+        let ptr = core::ptr::from_ref(info).cast_mut();
+        // SeqCst: on success, one total order with the raisers' SeqCst load
+        // in `vcpu_info` (see the loads below); Release of the caller's
+        // initialisation of `info` is part of it. Relaxed on failure:
+        // nothing is read or changed.
+        if slot
+            .compare_exchange(core::ptr::null_mut(), ptr, SeqCst, Relaxed)
+            .is_err()
+        {
+            return Err(Error::VcpuOutOfRange);
+        }
+        // A raiser that set a pending bit and then found no `vcpu_info`, or
+        // the legacy one, for this vCPU read the slot before our store: its
+        // pending bit is then visible to the loads below (a store-buffer
+        // pattern: its SeqCst RMW and load against our SeqCst store and
+        // loads; under loom, `store_load_fence` on both sides).
+        store_load_fence();
+        for word in self.mem.pending().iter().take(BITS_PER_WORD as usize) {
+            // SeqCst: the read half of the pattern above; the Release below
+            // hands what it saw on to the scan that takes the selector.
+            let _ = word.load(SeqCst);
+        }
+        // Release: a scan whose Acquire swap reads these bits also sees
+        // every pending bit the loads above saw.
+        info.evtchn_pending_sel.fetch_or(!0, Release);
+        // Release: after the selector; pairs with `upcall_pending`'s
+        // Acquire load, so a vCPU that sees the flag finds the bits.
+        info.evtchn_upcall_pending.store(1, Release);
+        Ok(())
+    }
+
+    /// Whether `vcpu` has registered a `vcpu_info`.
+    #[must_use]
+    pub fn is_registered(&self, vcpu: u32) -> bool {
+        self.slots
+            .get(vcpu as usize)
+            // Acquire: a status read; pairs with the registration's store.
+            .is_some_and(|s| !s.load(Acquire).is_null())
+    }
+
+    /// The memory whose words (and legacy `vcpu_info`s) it serves.
+    #[must_use]
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+}
+
+impl<M: Memory2l, const N: usize> Memory2l for RegisteredVcpus<'_, M, N> {
+    fn pending(&self) -> &[XenUlong] {
+        self.mem.pending()
+    }
+    fn mask(&self) -> &[XenUlong] {
+        self.mem.mask()
+    }
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        if vcpu >= self.nr_vcpus {
+            return None;
+        }
+        let slot = self.slots.get(vcpu as usize)?;
+        // SeqCst: pairs with the registration's SeqCst compare-exchange
+        // (Acquire: the registered `vcpu_info`'s initialisation is
+        // visible); a raiser that reads null here had its pending bit seen
+        // by the registration's marking (see `register_vcpu_info`).
+        let ptr = slot.load(SeqCst);
+        if ptr.is_null() {
+            // Not registered: the legacy `vcpu_info`, if `M` has one.
+            return if vcpu < self.mem.nr_vcpus() {
+                self.mem.vcpu_info(vcpu)
+            } else {
+                None
+            };
+        }
+        // SAFETY: a non-null pointer in `slots` was made from a
+        // `&'a VcpuInfo` by `register_vcpu_info` and is never changed
+        // afterwards (the slot is written once, from null); `'a` outlives
+        // `self` (the type holds a `PhantomData<&'a VcpuInfo>`), so the
+        // pointee is valid for the lifetime of `&self`. It is only ever
+        // read through shared references: `VcpuInfo` is all atomics.
+        Some(unsafe { &*ptr })
+    }
+    fn nr_vcpus(&self) -> u32 {
+        self.nr_vcpus
+    }
+}
+
+impl<M: Memory2l, const N: usize> core::fmt::Debug for RegisteredVcpus<'_, M, N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let registered = (0..self.nr_vcpus)
+            .filter(|&v| self.is_registered(v))
+            .count();
+        f.debug_struct("RegisteredVcpus")
+            .field("nr_vcpus", &self.nr_vcpus)
+            .field("registered", &registered)
+            .finish_non_exhaustive()
     }
 }
 
@@ -230,6 +454,16 @@ impl<M: Memory2l> TwoLevel<M> {
     #[must_use]
     pub fn memory(&self) -> &M {
         &self.mem
+    }
+
+    /// The `vcpu_info` of `vcpu`, if it is one of the memory's vCPUs and its
+    /// `vcpu_info` is there.
+    #[inline]
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        if vcpu >= self.mem.nr_vcpus() {
+            return None;
+        }
+        self.mem.vcpu_info(vcpu)
     }
 
     /// Word, bit mask and the pending and mask words of `port`.
@@ -313,7 +547,7 @@ impl<M: Memory2l> TwoLevel<M> {
     /// nothing: the event stays pending (the control plane never passes one).
     #[inline]
     fn raise_selector(&self, vcpu: u32, w: u32) -> Kick {
-        let vi = self.mem.vcpu_info().get(vcpu as usize)?;
+        let vi = self.vcpu_info(vcpu)?;
         let sel = 1u64 << w;
         // AcqRel. Release: a deliverer whose selector swap reads this bit
         // also sees our pending bit. Acquire: pairs with the deliverer's
@@ -363,7 +597,7 @@ impl<M: Memory2l> Ports for TwoLevel<M> {
     }
 
     fn nr_vcpus(&self) -> u32 {
-        u32::try_from(self.mem.vcpu_info().len()).unwrap_or(u32::MAX)
+        self.mem.nr_vcpus()
     }
 
     fn clear_pending(&self, port: u32) -> Result<(), Error> {
@@ -390,11 +624,7 @@ impl<M: Memory2l> Ports for TwoLevel<M> {
     }
 
     fn upcall_pending(&self, vcpu: u32) -> Result<bool, Error> {
-        let vi = self
-            .mem
-            .vcpu_info()
-            .get(vcpu as usize)
-            .ok_or(Error::VcpuOutOfRange)?;
+        let vi = self.vcpu_info(vcpu).ok_or(Error::VcpuOutOfRange)?;
         // Acquire: pairs with the raiser's AcqRel swap, so a vCPU that sees
         // the flag also sees the selector bit set before it.
         Ok(vi.evtchn_upcall_pending.load(Acquire) != 0)
@@ -532,11 +762,7 @@ impl<M: Memory2l> Deliver for TwoLevel<M> {
                 }
             }
         };
-        let vi = self
-            .mem
-            .vcpu_info()
-            .get(vcpu as usize)
-            .ok_or(Error::VcpuOutOfRange)?;
+        let vi = self.vcpu_info(vcpu).ok_or(Error::VcpuOutOfRange)?;
         let pending = self.mem.pending();
         let mask = self.mem.mask();
         loop {

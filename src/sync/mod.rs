@@ -22,7 +22,6 @@ mod lock;
 
 #[cfg(all(loom, feature = "loom"))]
 pub(crate) use imp::atomic::fence;
-#[cfg(feature = "alloc")]
 pub(crate) use imp::atomic::AtomicPtr;
 pub(crate) use imp::atomic::Ordering;
 pub use imp::atomic::{AtomicU32, AtomicU64, AtomicU8};

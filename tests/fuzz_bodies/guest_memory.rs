@@ -221,8 +221,11 @@ impl Memory2l for Shaped {
     fn mask(&self) -> &[XenUlong] {
         &self.mask
     }
-    fn vcpu_info(&self) -> &[VcpuInfo] {
-        &self.vcpus
+    fn vcpu_info(&self, vcpu: u32) -> Option<&VcpuInfo> {
+        self.vcpus.get(vcpu as usize)
+    }
+    fn nr_vcpus(&self) -> u32 {
+        self.vcpus.len() as u32
     }
 }
 
@@ -240,19 +243,16 @@ fn words<M: Memory2l>(m: &M) -> Words {
     Words {
         pending: m.pending().iter().map(|w| w.load(SeqCst)).collect(),
         mask: m.mask().iter().map(|w| w.load(SeqCst)).collect(),
-        sel: m
-            .vcpu_info()
-            .iter()
+        sel: (0..m.nr_vcpus())
+            .filter_map(|v| m.vcpu_info(v))
             .map(|v| v.evtchn_pending_sel.load(SeqCst))
             .collect(),
-        flag: m
-            .vcpu_info()
-            .iter()
+        flag: (0..m.nr_vcpus())
+            .filter_map(|v| m.vcpu_info(v))
             .map(|v| v.evtchn_upcall_pending.load(SeqCst))
             .collect(),
-        upcall_mask: m
-            .vcpu_info()
-            .iter()
+        upcall_mask: (0..m.nr_vcpus())
+            .filter_map(|v| m.vcpu_info(v))
             .map(|v| v.evtchn_upcall_mask.load(SeqCst))
             .collect(),
     }
@@ -374,7 +374,7 @@ fn vcpu_arg(input: &mut Input, nr_vcpus: u32) -> u32 {
 /// What the hostile guest may write: one of A's words.
 fn scribble<M: Memory2l>(st: &mut St, a: &M, poke: &dyn Fn(usize, u64)) {
     let value = st.input.word();
-    let vcpus = a.vcpu_info();
+    let vcpus: Vec<&VcpuInfo> = (0..a.nr_vcpus()).filter_map(|v| a.vcpu_info(v)).collect();
     let what = st.input.byte() % 8;
     let i = usize::from(st.input.byte());
     let done = match what {
@@ -427,7 +427,7 @@ fn drive<MA: Memory2l, MB: Memory2l>(
             b.pending()[0].fetch_or(1 << 63, SeqCst);
         }
         Some(Sabotage::ForeignSelector) => {
-            if let Some(v) = a.vcpu_info().last() {
+            if let Some(v) = a.nr_vcpus().checked_sub(1).and_then(|v| a.vcpu_info(v)) {
                 v.evtchn_pending_sel.fetch_or(1, SeqCst);
             }
         }
@@ -442,7 +442,7 @@ fn drive<MA: Memory2l, MB: Memory2l>(
         "{mode:?}, A of {}/{} words, {} vCPUs",
         a.pending().len(),
         a.mask().len(),
-        a.vcpu_info().len()
+        a.nr_vcpus()
     );
     let mut st = St::new("guest_memory", MAX_OPS, input, first);
     match mode {
@@ -461,7 +461,7 @@ fn raw<M: Memory2l>(st: &mut St, mem: &M, poke: &dyn Fn(usize, u64), watch: &Wat
     let nr = ops.nr_ports();
     let nv = ops.nr_vcpus();
     let expect_nr = (mem.pending().len().min(mem.mask().len()).min(64) * 64) as u32;
-    if nr != expect_nr || nv as usize != mem.vcpu_info().len() {
+    if nr != expect_nr || nv != mem.nr_vcpus() {
         st.fail(format!("sizes: {nr} ports, {nv} vCPUs"));
     }
     while st.budget_left() {

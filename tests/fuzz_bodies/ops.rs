@@ -239,13 +239,15 @@ impl AbiUnderTest for TwoLevel<OwnedMemory> {
     fn raw(&self) -> Vec<u64> {
         let m = self.memory();
         let words = m.pending().iter().chain(m.mask()).map(|w| w.load(SeqCst));
-        let vcpus = m.vcpu_info().iter().flat_map(|vi| {
-            [
-                vi.evtchn_pending_sel.load(SeqCst),
-                u64::from(vi.evtchn_upcall_pending.load(SeqCst)),
-                u64::from(vi.evtchn_upcall_mask.load(SeqCst)),
-            ]
-        });
+        let vcpus = (0..m.nr_vcpus())
+            .filter_map(|v| m.vcpu_info(v))
+            .flat_map(|vi| {
+                [
+                    vi.evtchn_pending_sel.load(SeqCst),
+                    u64::from(vi.evtchn_upcall_pending.load(SeqCst)),
+                    u64::from(vi.evtchn_upcall_mask.load(SeqCst)),
+                ]
+            });
         words.chain(vcpus).collect()
     }
 
@@ -291,7 +293,7 @@ impl AbiUnderTest for TwoLevel<OwnedMemory> {
                 ));
             }
         }
-        for (v, vi) in m.vcpu_info().iter().enumerate() {
+        for (v, vi) in (0..m.nr_vcpus()).filter_map(|v| m.vcpu_info(v)).enumerate() {
             let sel = vi.evtchn_pending_sel.load(SeqCst);
             if vi.evtchn_upcall_pending.load(SeqCst) == 0 && sel != 0 {
                 // A selector bit behind a clear flag is a word no upcall
