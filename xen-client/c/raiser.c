@@ -492,6 +492,18 @@ static void stats(struct xr *r, struct xr_stats *out)
     out->link_gave_up = __atomic_load_n(&r->stats.link_gave_up, __ATOMIC_RELAXED);
 }
 
+/* 1 if `port` is bound, 0 if free, -EINVAL if out of range. */
+static int port_bound(struct xr *r, uint32_t port)
+{
+    if (!valid(r, port))
+        return -EINVAL;
+    struct xr_chan *c = &r->chan[port];
+    xc_read_lock(&c->lock);
+    int bound = c->state != ECS_FREE;
+    xc_read_unlock(&c->lock);
+    return bound;
+}
+
 struct xr_ops {
     struct xr *(*new_2l)(struct shared_info *, uint32_t, uint32_t, xc_kick_fn, void *);
     struct xr *(*new_fifo)(event_word_t *, uint32_t, struct evtchn_fifo_control_block *,
@@ -499,6 +511,7 @@ struct xr_ops {
     void (*free)(struct xr *);
     int (*event_channel_op)(struct xr *, int, void *);
     void (*stats)(struct xr *, struct xr_stats *);
+    int (*port_bound)(struct xr *, uint32_t);
 };
 
 const struct xr_ops XR(ops) = {
@@ -507,4 +520,5 @@ const struct xr_ops XR(ops) = {
     .free = free_raiser,
     .event_channel_op = event_channel_op,
     .stats = stats,
+    .port_bound = port_bound,
 };

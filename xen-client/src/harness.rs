@@ -240,3 +240,21 @@ pub fn drain(wake: &Wake, vcpus: u32, upcall_pending: impl Fn(u32) -> bool, book
     }
     false
 }
+
+/// Stops a scenario's threads when dropped, so that a panicking thread (an
+/// assertion, a poisoned lock) ends the scenario instead of leaving the
+/// vCPUs halted for ever inside `std::thread::scope`.
+#[derive(Debug)]
+pub struct StopOnDrop<'a> {
+    /// Set to `true`: the operation threads stop.
+    pub ops: &'a AtomicBool,
+    /// Stopped: the vCPU threads stop.
+    pub wake: &'a Wake,
+}
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.ops.store(true, SeqCst);
+        self.wake.stop();
+    }
+}

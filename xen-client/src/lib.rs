@@ -8,7 +8,7 @@
 //!   the same memory, serving Xen's `EVTCHNOP_*` commands, for evtchn's
 //!   guest side to run against.
 //! * [`xen_abi`]: Xen's hypercall argument structs, checked against the C
-//!   compiler's view of Xen's headers ([`xen_abi::c_layout`]).
+//!   compiler's view of Xen's headers ([`c_abi_layout`]).
 //! * [`harness`]: what the tests share: vCPU wake-ups, a small random number
 //!   generator, the run length.
 //!
@@ -103,9 +103,9 @@ unsafe extern "C" fn hypercall_trampoline<H: Hypervisor>(
     // SAFETY: the caller (CGuest, which stores a `&'a H` as ctx) guarantees
     // that ctx points to a live H for the guest's lifetime.
     let hv = unsafe { &*ctx.cast::<H>() };
-    // SAFETY (all reads and the write below): the C guest passes, for each
+    // SAFETY: (all reads, and the write below) the C guest passes, for each
     // command, a pointer to the struct Xen's header defines for it (the
-    // `xen_abi` structs mirror them; `xen_abi::c_layout` checks that).
+    // `xen_abi` structs mirror them; `c_abi_layout` and the layout test check that).
     let op = unsafe {
         match cmd {
             EVTCHNOP_BIND_IPI => EvtchnOp::BindIpi {
@@ -269,6 +269,7 @@ struct RaiserOps {
     free: unsafe extern "C" fn(*mut c_void),
     event_channel_op: unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> c_int,
     stats: unsafe extern "C" fn(*mut c_void, *mut RaiserStats),
+    port_bound: unsafe extern "C" fn(*mut c_void, u32) -> c_int,
 }
 
 extern "C" {
@@ -687,6 +688,13 @@ impl<'a> CRaiser<'a> {
             ),
         }?;
         Ok(0)
+    }
+
+    /// Whether the raiser's port table has `port` bound.
+    #[must_use]
+    pub fn port_bound(&self, port: u32) -> bool {
+        // SAFETY: live raiser.
+        unsafe { (self.ops.port_bound)(self.r.as_ptr(), port) > 0 }
     }
 
     /// The raiser's counters.
