@@ -143,6 +143,11 @@ struct Opts {
     raiser: RaiserVariant,
     /// Negative control: the mask thread records masks without masking.
     record_without_masking: bool,
+    /// Whether ports move between vCPUs: the affinity thread rebinds them,
+    /// and the closer binds them again on a random vCPU. Otherwise the
+    /// affinity thread only changes FIFO priorities and the closer binds a
+    /// port on the vCPU it had.
+    moves: bool,
     duration: Duration,
     stop_when: StopWhen,
     seed: u64,
@@ -153,6 +158,7 @@ impl Opts {
         Opts {
             raiser,
             record_without_masking: false,
+            moves: true,
             duration,
             stop_when: StopWhen::Time,
             seed: 0xc0ffee,
@@ -334,13 +340,16 @@ fn run_reverse<D: Deliver>(
                 let mut rng = Rng::new(opts.seed ^ 0x200);
                 while !stop_ops.load(Relaxed) {
                     let port = slot_port(1 + rng.below(PORTS));
-                    match guest.set_affinity(port, rng.below(VCPUS)) {
-                        Ok(()) => set_affinity.fetch_add(1, Relaxed),
-                        Err(Error::Stale | Error::NotBound) => {
-                            set_affinity_stale.fetch_add(1, Relaxed)
-                        }
-                        Err(e) => panic!("set_affinity: {e:?}"),
-                    };
+                    let vcpu = rng.below(VCPUS);
+                    if opts.moves {
+                        match guest.set_affinity(port, vcpu) {
+                            Ok(()) => set_affinity.fetch_add(1, Relaxed),
+                            Err(Error::Stale | Error::NotBound) => {
+                                set_affinity_stale.fetch_add(1, Relaxed)
+                            }
+                            Err(e) => panic!("set_affinity: {e:?}"),
+                        };
+                    }
                     if fifo && rng.chance(1, 8) {
                         let prio = u8::try_from(rng.below(16)).unwrap();
                         if guest.set_priority(port, prio).is_ok() {
@@ -413,7 +422,12 @@ fn run_reverse<D: Deliver>(
                             );
                             std::thread::yield_now();
                         }
-                        let again = guest.bind(Bind::Affinity(rng.below(VCPUS))).expect("bind");
+                        let vcpu = if opts.moves {
+                            rng.below(VCPUS)
+                        } else {
+                            p % VCPUS
+                        };
+                        let again = guest.bind(Bind::Affinity(vcpu)).expect("bind");
                         assert_eq!(again.number(), p, "bind after closing port {p}");
                         *port = Some(again);
                         slot.seq.fetch_add(1, SeqCst);
@@ -672,6 +686,17 @@ fn reverse_fifo() {
         &Opts::new(RaiserVariant::Xen, scenario_duration()),
     );
     assert_clean("reverse FIFO", &c);
+}
+
+/// FIFO with no port moving between vCPUs (so no event is found
+/// `Foreign`): sends, masks, priority changes, close and bind on the same
+/// vCPU.
+#[test]
+fn reverse_fifo_without_vcpu_moves() {
+    let mut opts = Opts::new(RaiserVariant::Xen, scenario_duration());
+    opts.moves = false;
+    let c = reverse(Abi::Fifo, &opts);
+    assert_clean("reverse FIFO without vCPU moves", &c);
 }
 
 /// Negative control: a raiser whose unmask raises nothing loses the events
