@@ -34,9 +34,10 @@ pub enum Weaken {
     RelaxedSelector,
     /// Mask reasons collapse into one bit: any unmask clears every reason.
     SingleMaskReason,
-    /// `bind` reuses a port number without clearing the pending bit left by
-    /// its last life.
-    NoResetOnBind,
+    /// The hypervisor's close frees a port without clearing its pending
+    /// state (Xen's `evtchn_free` clears it): the number's next life
+    /// inherits the event.
+    NoClearOnClose,
     /// `close` frees a port at once even while its handler is in flight.
     CloseIgnoresInFlight,
     /// Removing the last mask reason unmasks the ABI's bit but does not

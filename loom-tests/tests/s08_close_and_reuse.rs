@@ -25,12 +25,13 @@ fn close_is_final() {
     close_scenario(None);
 }
 
-/// Without the reset on bind the reused number keeps the pending bit of its
-/// last life: the new life runs for an event it was never sent.
+/// Without the hypervisor's clear on close the reused number keeps the
+/// pending bit of its last life: the new life runs for an event it was
+/// never sent.
 #[test]
 #[should_panic(expected = "C6: new life ran 2 times")]
-fn twin_no_reset_on_bind() {
-    close_scenario(Some(Weaken::NoResetOnBind));
+fn twin_no_clear_on_close() {
+    close_scenario(Some(Weaken::NoClearOnClose));
 }
 
 /// Freeing the number at once while the old handler is in flight lets the

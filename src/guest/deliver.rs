@@ -3,11 +3,11 @@
 //! closed meanwhile and re-raises an event another vCPU left to it), and
 //! the per-vCPU handle.
 
-use super::control::{self, ACTIVE, BOUND, CLOSING, FREE, LATEEOI, REASONS, REPLAY};
+use super::control::{Claim, Control};
 use super::{Guest, Hypercalls, Hypervisor};
 use crate::abi::{Deliver, Delivery, Ports};
 use crate::port::{MaskReason, Port};
-use crate::sync::{store_load_fence, AtomicU64, Ordering::*};
+use crate::sync::{store_load_fence, Ordering::*};
 use crate::weaken::Weaken;
 use crate::{Error, Notify};
 
@@ -21,64 +21,14 @@ impl<V: Hypervisor> Guest<V> {
             return Delivery::Skipped;
         };
         let guard = !self.weak.has(Weaken::NoInFlightGuard);
-        // Acquire: pairs with the control plane's Release updates, so the
-        // binding and mask reasons read here are the published ones.
-        let mut cw = slot.load(Acquire);
-        loop {
-            if control::state(cw) != BOUND || cw & REASONS != 0 {
-                // Masked (the unmask re-raises) or closed.
-                return Delivery::Skipped;
-            }
-            if control::vcpu(cw) != vcpu {
-                // Bound elsewhere now (a rebind moved it). Confirm with a
-                // compare-exchange, which reads the latest word, so that the
-                // vCPU named is the current one. AcqRel: as for any update.
-                match slot.compare_exchange(cw, cw, AcqRel, Acquire) {
-                    Ok(_) => return Delivery::Foreign(control::vcpu(cw)),
-                    Err(now) => cw = now,
-                }
-                continue;
-            }
-            if !guard {
-                break;
-            }
-            if cw & ACTIVE != 0 {
-                // In flight on another vCPU (an older binding). Leave the
-                // event pending and ask the runner to re-raise it when it
-                // ends, so it is neither lost nor run concurrently (C3).
-                if self.weak.has(Weaken::NoReplay) {
-                    return Delivery::Skipped;
-                }
-                // Even when REPLAY looks set already, confirm with a
-                // compare-exchange: `cw` may be a stale view of a guard the
-                // runner has since released (and re-raised nothing).
-                // AcqRel: Release orders our read of the pending bit before
-                // the runner's Acquire release of the guard, so its re-raise
-                // sees that bit.
-                match slot.compare_exchange(cw, cw | REPLAY, AcqRel, Acquire) {
-                    Ok(_) => return Delivery::Skipped,
-                    Err(now) => cw = now,
-                }
-                continue;
-            }
-            // A late-EOI port is masked (in the control word) from this
-            // handler start until its owner's `eoi`.
-            let eoi = if cw & LATEEOI != 0 {
-                MaskReason::EoiPending.bit()
-            } else {
-                0
-            };
-            // Acquire: the previous runner's handler (released with Release)
-            // happens before ours; Release: a closer or rebinder that reads
-            // ACTIVE sees our claim.
-            match slot.compare_exchange(cw, cw | ACTIVE | eoi, AcqRel, Acquire) {
-                Ok(_) => break,
-                Err(now) => cw = now,
-            }
-        }
+        let cw = match slot.claim(vcpu, guard, !self.weak.has(Weaken::NoReplay)) {
+            Claim::Held(cw) => cw,
+            Claim::Skip => return Delivery::Skipped,
+            Claim::Foreign(v) => return Delivery::Foreign(v),
+        };
         let port = Port {
             number,
-            generation: control::generation(cw),
+            generation: cw.generation(),
         };
         // Clear pending only while holding the guard: each raise is handled
         // at most once, and a send during the handler raises anew.
@@ -92,11 +42,7 @@ impl<V: Hypervisor> Guest<V> {
             guest: self,
             slot,
             number,
-            undo_eoi: if ran || self.weak.has(Weaken::NoStaleEoiUndo) {
-                0
-            } else {
-                cw & LATEEOI
-            },
+            undo_eoi: !ran && !self.weak.has(Weaken::NoStaleEoiUndo) && cw.is_lateeoi(),
         });
         if ran {
             handler(port);
@@ -118,42 +64,22 @@ impl<V: Hypervisor> Guest<V> {
 
     /// Ends the in-flight guard of `number`: frees a port closed meanwhile,
     /// and re-raises an event another vCPU left for us.
-    /// `undo_eoi`: drop the late-EOI mask reason this claim added (nonzero
+    /// `undo_eoi`: drop the late-EOI mask reason this claim added (set
     /// only when the handler did not run).
-    fn release(&self, slot: &AtomicU64, number: u32, undo_eoi: u64) {
-        let undo = if undo_eoi != 0 {
-            MaskReason::EoiPending.bit()
-        } else {
-            0
-        };
-        // Relaxed: only a first guess for the compare-exchange.
-        let mut cw = slot.load(Relaxed);
-        loop {
-            let mut new = cw & !(ACTIVE | REPLAY | undo);
-            if control::state(cw) == CLOSING {
-                new = control::with_state(new, FREE);
-            }
-            // SeqCst (AcqRel at least): Release ends the handler's critical
-            // section for the next runner's Acquire (C3); Acquire pairs with
-            // a REPLAY request, so its pending bit is visible to `reraise`;
-            // SeqCst for the Dekker pattern when a late EOI is given back.
-            match slot.compare_exchange(cw, new, SeqCst, Relaxed) {
-                Ok(_) => break,
-                Err(now) => cw = now,
-            }
-        }
-        if control::state(cw) == CLOSING {
+    fn release(&self, slot: &Control, number: u32, undo_eoi: bool) {
+        let cw = slot.release(undo_eoi);
+        if cw.is_closing() {
             // Closed while this handler ran: the guest's port is free now,
             // and so may the hypervisor's be (whatever it answers).
             let _ = self.v.calls().close(number);
         }
-        let reopened = undo != 0 && cw & REASONS == undo;
+        let reopened = undo_eoi && cw.reasons() == MaskReason::EoiPending.bit();
         if reopened {
             // A sender may have seen the transient reason's effect (a skip):
             // re-raise, as `remove_reason` does after an unmask.
             store_load_fence();
         }
-        if (cw & REPLAY != 0 || reopened) && control::state(cw) == BOUND {
+        if (cw.replay_requested() || reopened) && cw.is_bound() {
             // On the port's notify vCPU, which a rebind sets before its
             // unmask. An error is only a hostile hypervisor's.
             let _ = self.reraise(number);
@@ -165,9 +91,9 @@ impl<V: Hypervisor> Guest<V> {
 /// dropped, on the normal path and when a handler unwinds.
 pub(super) struct InFlight<'c, V: Hypervisor> {
     guest: &'c Guest<V>,
-    slot: &'c AtomicU64,
+    slot: &'c Control,
     number: u32,
-    undo_eoi: u64,
+    undo_eoi: bool,
 }
 
 impl<V: Hypervisor> Drop for InFlight<'_, V> {

@@ -26,10 +26,10 @@ use alloc::vec::Vec;
 use crate::abi::{Deliver, Delivery, GuestUnmask, Ports, Raised};
 use crate::policy::{plan_rebalance, Move, Policy};
 use crate::port::{MaskReason, Port, State, Status};
-use crate::sync::{store_load_fence, AtomicU32, AtomicU64, Lock, Ordering::*};
+use crate::sync::{store_load_fence, AtomicU32, Lock, Ordering::*};
 use crate::weaken::{Weaken, Weakness};
 use crate::{Error, Notify};
-use control::{ACTIVE, BOUND, CLOSING, FREE, GEN_SHIFT, LATEEOI, PRIORITY_SHIFT, REASONS, REPLAY};
+use control::{Control, Snapshot};
 use plane::Plane;
 
 /// What a guest asks of its hypervisor: the event-channel hypercalls
@@ -162,7 +162,7 @@ const DEFAULT_PRIORITY: u8 = crate::host::DEFAULT_PRIORITY;
 /// [`crate::Channels`] is one wired in-process to a [`crate::Host`].
 pub struct Guest<V: Hypervisor> {
     v: V,
-    table: Box<[AtomicU64]>,
+    table: Box<[Control]>,
     /// The control-plane lock, and the state it guards.
     lock: Lock<Plane>,
     /// Per port: handler runs, written only by the in-flight guard's holder
@@ -201,7 +201,7 @@ impl<V: Hypervisor> Guest<V> {
             let _ = v.abi().mask(p);
         }
         Guest {
-            table: (0..nr_ports).map(|_| AtomicU64::new(FREE)).collect(),
+            table: (0..nr_ports).map(|_| Control::new()).collect(),
             handled: (0..nr_ports).map(|_| AtomicU32::new(0)).collect(),
             v,
             lock: Lock::new(Plane::new(nr_ports as usize, nr_vcpus as usize)),
@@ -303,7 +303,7 @@ impl<V: Hypervisor> Guest<V> {
         self.nr_vcpus
     }
 
-    fn slot(&self, number: u32) -> Result<&AtomicU64, Error> {
+    fn slot(&self, number: u32) -> Result<&Control, Error> {
         if number == 0 {
             return Err(Error::PortOutOfRange);
         }
@@ -318,29 +318,15 @@ impl<V: Hypervisor> Guest<V> {
         }
     }
 
-    /// Changes the control word of a bound `port` with `f`, by
-    /// compare-exchange (the deliver side changes `ACTIVE`/`REPLAY`
-    /// concurrently). Returns the word before and after.
+    /// Changes the control word of a bound `port` with `f` (see
+    /// [`Control::update`]). Returns the word before and after.
     fn update(
         &self,
-        slot: &AtomicU64,
+        slot: &Control,
         port: Port,
-        f: impl Fn(u64) -> u64,
-    ) -> Result<(u64, u64), Error> {
-        // Acquire: see the state published by the last writer.
-        let mut cw = slot.load(Acquire);
-        loop {
-            check(cw, port)?;
-            let new = f(cw);
-            // SeqCst (AcqRel at least): Release publishes the change (and
-            // the ABI writes made before it) to the deliver side's Acquire;
-            // Acquire sees a concurrent deliverer's ACTIVE/REPLAY change;
-            // SeqCst makes it the write half of the late-EOI Dekker pattern.
-            match slot.compare_exchange(cw, new, SeqCst, Acquire) {
-                Ok(_) => return Ok((cw, new)),
-                Err(now) => cw = now,
-            }
-        }
+        f: impl Fn(Snapshot) -> Snapshot,
+    ) -> Result<(Snapshot, Snapshot), Error> {
+        slot.update(port, f)
     }
 
     fn reason_bit(&self, r: MaskReason) -> u64 {
@@ -377,12 +363,12 @@ impl<V: Hypervisor> Guest<V> {
         let slot = self.slot(number)?;
         // Acquire: pairs with bind's Release publish.
         let cw = slot.load(Acquire);
-        if control::state(cw) != BOUND {
+        if !cw.is_bound() {
             return Err(Error::NotBound);
         }
         Ok(Port {
             number,
-            generation: control::generation(cw),
+            generation: cw.generation(),
         })
     }
 
@@ -439,28 +425,21 @@ impl<V: Hypervisor> Guest<V> {
         // Acquire: a port freed by a handler's end (CLOSING → FREE) is
         // reused only after that handler's writes.
         let old = slot.load(Acquire);
-        if control::state(old) != FREE {
+        if !old.is_free() {
             return Err(Error::NoFreePort);
         }
-        let gen = control::generation(old).wrapping_add(1);
+        let gen = old.generation().wrapping_add(1);
         // 1. Mask (the guest's own bit): a sender of the port's last life
         //    that is still between its state check and its raise raises
-        //    nothing visible.
+        //    nothing visible. (The hypervisor's close cleared the pending
+        //    state of that life; a stale sender's bit that lands after it
+        //    is at most one spurious event of this life, whose send
+        //    returns `NotBound` or `Stale`.)
         self.v.abi().mask(n)?;
-        // 2. New generation, still FREE. A stale sender whose pending bit
-        //    lands after the clear below synchronises with the clear's
-        //    Release and so sees this generation, and reports `Stale`.
-        //    Release here: a reader of the port table sees the FREE state
-        //    no earlier than the mask above.
-        slot.store((u64::from(gen) << GEN_SHIFT) | FREE, Release);
-        // 3. Clear what the last life (or a stale sender) left pending. No
-        //    sender of the new life exists yet: the state is not BOUND.
-        if !self.weak.has(Weaken::NoResetOnBind) {
-            self.v.abi().clear_pending(n)?;
-        }
-        let cw = control::with_vcpu(BOUND, target)
-            | (u64::from(DEFAULT_PRIORITY) << PRIORITY_SHIFT)
-            | (u64::from(gen) << GEN_SHIFT);
+        // 2. New generation, still FREE. Release: a reader of the port
+        //    table sees the FREE state no earlier than the mask above.
+        slot.store(Snapshot::free(gen), Release);
+        let cw = Snapshot::bound(target, DEFAULT_PRIORITY, gen);
         plane.bound_moved(None, Some(target));
         if let Some(c) = plane.spurious.get_mut(n as usize) {
             *c = 0;
@@ -534,7 +513,7 @@ impl<V: Hypervisor> Guest<V> {
         // Acquire: pairs with bind's Release publish of BOUND, so the
         // pending bit we set is never one bind clears after us.
         let cw = slot.load(Acquire);
-        check(cw, port)?;
+        cw.check(port)?;
         let mut now = cw;
         // SeqCst: `set_pending` calls the closure only after its SeqCst
         // pending write and (2-level) store-load fence, so this load is the
@@ -543,18 +522,18 @@ impl<V: Hypervisor> Guest<V> {
         // sees a rebinder's binding, ordered by the mask read before it.
         let raised = self.v.send(port.number, || {
             now = slot.load(SeqCst);
-            control::vcpu(now)
+            now.vcpu()
         })?;
         match raised {
             Some(Raised::Coalesced) => Ok(()),
             // A bind bumps the generation before it clears the pending bit;
             // a raise that landed after that clear sees the bump.
-            Some(Raised::Notified { .. }) => check(now, port),
+            Some(Raised::Notified { .. }) => now.check(port),
             Some(Raised::Masked) | None => {
                 // Acquire: a close or bind that masked the port before our
                 // mask read is visible (rare path: a masked port, or a
                 // hypercall whose outcome is not known here).
-                check(slot.load(Acquire), port)
+                slot.load(Acquire).check(port)
             }
         }
     }
@@ -676,8 +655,8 @@ impl<V: Hypervisor> Guest<V> {
         let slot = self.slot(port.number)?;
         // Acquire: see the current mask reasons.
         let cw = slot.load(Acquire);
-        check(cw, port)?;
-        if cw & self.reason_bit(MaskReason::EoiPending) == 0 {
+        cw.check(port)?;
+        if !cw.has_reason(self.reason_bit(MaskReason::EoiPending)) {
             return Err(Error::NotEoiPending);
         }
         self.remove_reason(port, MaskReason::EoiPending)
@@ -708,8 +687,8 @@ impl<V: Hypervisor> Guest<V> {
     fn add_reason(&self, port: Port, r: MaskReason) -> Result<(), Error> {
         let slot = self.slot(port.number)?;
         let bit = self.reason_bit(r);
-        let (old, _) = self.update(slot, port, |cw| cw | bit)?;
-        if old & REASONS == 0 {
+        let (old, _) = self.update(slot, port, |cw| cw.with_reason(bit))?;
+        if !old.is_masked() {
             self.v.abi().mask(port.number)?;
         }
         Ok(())
@@ -719,8 +698,8 @@ impl<V: Hypervisor> Guest<V> {
     fn remove_reason(&self, port: Port, r: MaskReason) -> Result<(), Error> {
         let slot = self.slot(port.number)?;
         let bit = self.reason_bit(r);
-        let (old, new) = self.update(slot, port, |cw| cw & !bit)?;
-        if old & REASONS != 0 && new & REASONS == 0 {
+        let (old, new) = self.update(slot, port, |cw| cw.without_reason(bit))?;
+        if old.is_masked() && !new.is_masked() {
             // A late EOI masks in the control word only (the deliver side
             // sets it lock-free and leaves the ABI's bit alone): if the
             // ABI's bit is clear, an event skipped meanwhile is pending with
@@ -783,8 +762,8 @@ impl<V: Hypervisor> Guest<V> {
         let slot = self.slot(port.number)?;
         // Acquire: see the current binding.
         let cw = slot.load(Acquire);
-        check(cw, port)?;
-        let from = control::vcpu(cw);
+        cw.check(port)?;
+        let from = cw.vcpu();
         if from == vcpu {
             return Ok(());
         }
@@ -800,7 +779,7 @@ impl<V: Hypervisor> Guest<V> {
             }
             return Err(e);
         }
-        self.update(slot, port, |cw| control::with_vcpu(cw, vcpu))?;
+        self.update(slot, port, |cw| cw.with_vcpu(vcpu))?;
         if masked {
             self.remove_reason(port, MaskReason::Rebind)?;
         }
@@ -952,12 +931,12 @@ impl<V: Hypervisor> Guest<V> {
         for (n, slot) in (0u32..).zip(self.table.iter()) {
             // Acquire: the current binding (the lock keeps it current).
             let cw = slot.load(Acquire);
-            if control::state(cw) != BOUND || control::vcpu(cw) != vcpu {
+            if !cw.is_bound() || cw.vcpu() != vcpu {
                 continue;
             }
             let port = Port {
                 number: n,
-                generation: control::generation(cw),
+                generation: cw.generation(),
             };
             let to = plane.pick(Some(vcpu)).ok_or(Error::LastOnlineVcpu)?;
             self.rebind(&mut plane, port, to)?;
@@ -986,10 +965,10 @@ impl<V: Hypervisor> Guest<V> {
                 };
                 // Acquire: the binding the lock keeps current, as published.
                 let cw = slot.load(Acquire);
-                if control::state(cw) != BOUND || cw & REASONS != 0 {
+                if !cw.is_bound() || cw.is_masked() {
                     Delivery::Skipped
                 } else {
-                    Delivery::Foreign(control::vcpu(cw))
+                    Delivery::Foreign(cw.vcpu())
                 }
             },
             |v| self.v.notify().kick(v),
@@ -1039,7 +1018,7 @@ impl<V: Hypervisor> Guest<V> {
         for (n, slot) in (0u32..).zip(self.table.iter()) {
             // Acquire: the current binding (the lock keeps it current).
             let cw = slot.load(Acquire);
-            if control::state(cw) != BOUND {
+            if !cw.is_bound() {
                 continue;
             }
             // Relaxed: statistics.
@@ -1050,7 +1029,7 @@ impl<V: Hypervisor> Guest<V> {
                 *l = now;
                 d
             });
-            let v = control::vcpu(cw);
+            let v = cw.vcpu();
             if let Some(Some(l)) = loads.get_mut(v as usize) {
                 *l = l.saturating_add(u64::from(delta));
             }
@@ -1064,7 +1043,7 @@ impl<V: Hypervisor> Guest<V> {
             // Acquire: the generation of the bound life.
             let port = Port {
                 number: n,
-                generation: control::generation(slot.load(Acquire)),
+                generation: slot.load(Acquire).generation(),
             };
             self.rebind(&mut plane, port, to)?;
             moves.push(Move { port, from, to });
@@ -1104,11 +1083,7 @@ impl<V: Hypervisor> Guest<V> {
     pub fn set_lateeoi(&self, port: Port, on: bool) -> Result<(), Error> {
         let _plane = self.lock.lock();
         let slot = self.slot(port.number)?;
-        self.update(
-            slot,
-            port,
-            |cw| if on { cw | LATEEOI } else { cw & !LATEEOI },
-        )?;
+        self.update(slot, port, |cw| cw.with_lateeoi(on))?;
         Ok(())
     }
 
@@ -1154,8 +1129,8 @@ impl<V: Hypervisor> Guest<V> {
         let slot = self.slot(port.number)?;
         // Acquire: see the current mask reasons.
         let cw = slot.load(Acquire);
-        check(cw, port)?;
-        if cw & self.reason_bit(MaskReason::EoiPending) == 0 {
+        cw.check(port)?;
+        if !cw.has_reason(self.reason_bit(MaskReason::EoiPending)) {
             return Err(Error::NotEoiPending);
         }
         let count = plane
@@ -1212,11 +1187,9 @@ impl<V: Hypervisor> Guest<V> {
         let _guard = self.lock.lock();
         let slot = self.slot(port.number)?;
         // Acquire: see the current state.
-        check(slot.load(Acquire), port)?;
+        slot.load(Acquire).check(port)?;
         self.v.calls().set_priority(port.number, priority)?;
-        self.update(slot, port, |cw| {
-            (cw & !control::PRIORITY) | (u64::from(priority) << PRIORITY_SHIFT)
-        })?;
+        self.update(slot, port, |cw| cw.with_priority(priority))?;
         Ok(())
     }
 
@@ -1249,19 +1222,12 @@ impl<V: Hypervisor> Guest<V> {
         let mut plane = self.lock.lock();
         let slot = self.slot(port.number)?;
         let keep_closing = !self.weak.has(Weaken::CloseIgnoresInFlight);
-        let (_, new) = self.update(slot, port, |cw| {
-            let next = if cw & ACTIVE != 0 && keep_closing {
-                CLOSING
-            } else {
-                FREE
-            };
-            control::with_state(cw & !(REASONS | REPLAY), next)
-        })?;
+        let (_, new) = self.update(slot, port, |cw| cw.closed(keep_closing))?;
         // Mask, so that a raise still in flight notifies nobody; the pending
         // bit it may leave is cleared by the hypervisor's close, or by the
         // next bind of the number.
         self.v.abi().mask(port.number)?;
-        if control::state(new) == FREE {
+        if new.is_free() {
             // The guest's port is closed whatever the hypervisor answers.
             // A port closing with its handler in flight is closed at the
             // hypervisor when that handler ends, so that the hypervisor
@@ -1269,7 +1235,7 @@ impl<V: Hypervisor> Guest<V> {
             let _ = self.v.calls().close(port.number);
         }
         // Relaxed: the lock orders this read after our own update.
-        plane.bound_moved(Some(control::vcpu(slot.load(Relaxed))), None);
+        plane.bound_moved(Some(slot.load(Relaxed).vcpu()), None);
         Ok(())
     }
 
@@ -1300,21 +1266,23 @@ impl<V: Hypervisor> Guest<V> {
         let slot = self.slot(number)?;
         // Acquire: a consistent snapshot of what the last writer published.
         let cw = slot.load(Acquire);
-        let state = match control::state(cw) {
-            BOUND => State::Bound,
-            CLOSING => State::Closing,
-            _ => State::Free,
+        let state = if cw.is_bound() {
+            State::Bound
+        } else if cw.is_closing() {
+            State::Closing
+        } else {
+            State::Free
         };
         Ok(Status {
             state,
-            vcpu: control::vcpu(cw),
-            priority: control::priority(cw),
-            masked_explicit: cw & MaskReason::Explicit.bit() != 0,
-            masked_rebind: cw & MaskReason::Rebind.bit() != 0,
-            masked_eoi: cw & MaskReason::EoiPending.bit() != 0,
+            vcpu: cw.vcpu(),
+            priority: cw.priority(),
+            masked_explicit: cw.has_reason(MaskReason::Explicit.bit()),
+            masked_rebind: cw.has_reason(MaskReason::Rebind.bit()),
+            masked_eoi: cw.has_reason(MaskReason::EoiPending.bit()),
             // A free port of a FIFO event-array page not mapped yet has no
             // pending bit anywhere.
-            lateeoi: cw & LATEEOI != 0,
+            lateeoi: cw.is_lateeoi(),
             handled: self.handled.get(number as usize).map_or(0, |h| {
                 // Relaxed: statistics.
                 h.load(Relaxed)
@@ -1324,8 +1292,8 @@ impl<V: Hypervisor> Guest<V> {
                 Err(_) if state == State::Free => false,
                 Err(e) => return Err(e),
             },
-            in_flight: cw & ACTIVE != 0,
-            generation: control::generation(cw),
+            in_flight: cw.is_active(),
+            generation: cw.generation(),
         })
     }
 
@@ -1389,17 +1357,5 @@ impl<V: Hypervisor> Guest<V> {
             id: vcpu,
             cursor: Default::default(),
         })
-    }
-}
-
-/// Checks that `cw` is the bound life of `port`.
-#[inline(always)]
-fn check(cw: u64, port: Port) -> Result<(), Error> {
-    if control::generation(cw) != port.generation {
-        Err(Error::Stale)
-    } else if control::state(cw) != BOUND {
-        Err(Error::NotBound)
-    } else {
-        Ok(())
     }
 }

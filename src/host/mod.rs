@@ -19,6 +19,7 @@ use alloc::boxed::Box;
 
 use crate::abi::{Raise, Raised};
 use crate::sync::{AtomicU32, AtomicU64, Lock, Ordering::*};
+use crate::weaken::{Weaken, Weakness};
 use crate::{Error, Notify};
 
 const STATE: u64 = 0b1;
@@ -92,6 +93,7 @@ pub struct Host<R: Raise, N: Notify = ()> {
     /// only; bind checks every state it passes).
     free_hint: AtomicU32,
     nr_vcpus: u32,
+    weak: Weakness,
 }
 
 impl<R: Raise, N: Notify> core::fmt::Debug for Host<R, N> {
@@ -109,6 +111,17 @@ impl<R: Raise, N: Notify> Host<R, N> {
     /// guest's memory.
     #[must_use]
     pub fn new(abi: R, notify: N) -> Self {
+        Self::build(abi, notify, Weakness::default())
+    }
+
+    /// A host with one protective step weakened (loom models only).
+    #[cfg(all(loom, feature = "loom"))]
+    #[doc(hidden)]
+    pub fn weakened(abi: R, notify: N, w: Weaken) -> Self {
+        Self::build(abi, notify, Weakness::new(w))
+    }
+
+    pub(crate) fn build(abi: R, notify: N, weak: Weakness) -> Self {
         let nr_ports = abi.nr_ports();
         Host {
             table: (0..nr_ports).map(|_| AtomicU64::new(0)).collect(),
@@ -117,6 +130,7 @@ impl<R: Raise, N: Notify> Host<R, N> {
             notify,
             lock: Lock::new(()),
             free_hint: AtomicU32::new(1),
+            weak,
         }
     }
 
@@ -306,7 +320,11 @@ impl<R: Raise, N: Notify> Host<R, N> {
         // port (Xen's per-channel lock excludes that; a guest that binds
         // the number again clears it, as `Guest::bind` does).
         slot.store(0, Release);
-        self.abi.clear_pending(port)?;
+        // Xen's "clear pending event to avoid unexpected behavior on
+        // re-bind": the number's next life starts with no event (C6).
+        if !self.weak.has(Weaken::NoClearOnClose) {
+            self.abi.clear_pending(port)?;
+        }
         // Relaxed: a hint.
         self.free_hint.fetch_min(port, Relaxed);
         Ok(())

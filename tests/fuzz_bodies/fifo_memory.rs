@@ -1330,8 +1330,11 @@ fn control_ops<'c, M: FifoMemory>(
                     targets: vec![bind_target(mode)],
                     bind: true,
                     own: !0,
+                    // Bind leaves pending alone (the hypervisor's close
+                    // cleared it): a pending bit found here (scribbled) is
+                    // raised for the new life by the unmask.
                     set: if xen { PENDING } else { 0 },
-                    clear: if xen { MASKED } else { MASKED | PENDING },
+                    clear: MASKED,
                 };
                 if let Ok(Some(p)) = verdict {
                     remember(handles, p);
