@@ -1,0 +1,747 @@
+//! Forward: evtchn as the hypervisor (`evtchn::Host`), a C guest
+//! (`c/guest.c`, Linux's upcall loops and its own mask and unmask) making
+//! its hypercalls into it.
+//!
+//! Per ABI, for `XEN_CLIENT_SECS` (default 2 s): 4 vCPU threads run the C
+//! guest's upcall loop, halting only after seeing no upcall pending until
+//! kicked through `Notify`, and mask and unmask ports at random between
+//! upcalls (the guest's own mask, Linux's unmask); 2 sender threads call
+//! `host.send` on random bound ports; one thread calls `host.bind_vcpu`
+//! (and, on FIFO, `host.set_priority`) on random ports; one closes a random
+//! port and binds it again (`host.bind` gives the number back). Then it
+//! quiesces (senders stopped, every port unmasked by the guest, vCPUs
+//! drained) and counts:
+//!
+//! * lost: a send that returned `Ok` and was not followed by a close of its
+//!   port before a handler of that port ran after it (per-port epochs), or
+//!   a port still pending after the drain;
+//! * clobbered: a port the guest had masked whose mask bit was clear, found
+//!   by the guest's own check after every hypervisor operation and at the
+//!   end;
+//! * on_masked: a handler run on a port the guest had masked.
+//!
+//! All three must be 0. The negative controls show each can fail: a C
+//! guest whose unmask never asks Xen (lost), one whose delivery ignores the
+//! mask (on_masked), and a hypervisor that unmasks on rebind (clobbered).
+//! The same scenario over the C raiser (`c/raiser.c`) instead of evtchn is
+//! the baseline: the two C sides agree with each other.
+
+#![cfg(not(loom))]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use evtchn::xen::fifo::{ControlBlock, EventWord, PENDING};
+use evtchn::xen::{SharedInfo, VcpuInfo};
+use evtchn::{BorrowedFifo, Error, Fifo, Host, MaxVcpus, Notify, Raise, TwoLevel};
+use xen_client::harness::{drain, scenario_duration, Book, Rng, StopOnDrop, Wake};
+use xen_client::xen_abi::{EINVAL, ENOENT, ENOSPC};
+use xen_client::{CGuest, CRaiser, EvtchnOp, GuestVariant, Hypervisor, RaiserVariant};
+
+const VCPUS: u32 = 4;
+/// Ports bound: 1..=PORTS.
+const PORTS: u32 = 96;
+/// Ports the memory holds: two 2-level words, 128 FIFO event words.
+const NR_PORTS: u32 = 128;
+
+/// Scenarios share the machine's two cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+// ---- the hypervisor under the C guest ---------------------------------------
+
+/// The hypervisor operations the test drives: its own threads call them
+/// directly (as other domains and the toolstack would), and the C guest's
+/// hypercalls reach them through [`Dispatch`].
+trait Backend: Sync {
+    fn bind(&self, vcpu: u32) -> Result<u32, i32>;
+    fn send(&self, port: u32) -> Result<(), i32>;
+    fn unmask(&self, port: u32) -> Result<(), i32>;
+    fn bind_vcpu(&self, port: u32, vcpu: u32) -> Result<(), i32>;
+    fn close(&self, port: u32) -> Result<(), i32>;
+    fn set_priority(&self, port: u32, priority: u8) -> Result<(), i32>;
+}
+
+fn errno(e: Error) -> i32 {
+    match e {
+        Error::VcpuOutOfRange => -ENOENT,
+        Error::NoFreePort => -ENOSPC,
+        _ => -EINVAL,
+    }
+}
+
+impl<R: Raise, N: Notify> Backend for Host<R, N> {
+    fn bind(&self, vcpu: u32) -> Result<u32, i32> {
+        Host::bind(self, vcpu).map_err(errno)
+    }
+    fn send(&self, port: u32) -> Result<(), i32> {
+        Host::send(self, port).map_err(errno)
+    }
+    fn unmask(&self, port: u32) -> Result<(), i32> {
+        Host::unmask(self, port).map_err(errno)
+    }
+    fn bind_vcpu(&self, port: u32, vcpu: u32) -> Result<(), i32> {
+        Host::bind_vcpu(self, port, vcpu).map_err(errno)
+    }
+    fn close(&self, port: u32) -> Result<(), i32> {
+        Host::close(self, port).map_err(errno)
+    }
+    fn set_priority(&self, port: u32, priority: u8) -> Result<(), i32> {
+        Host::set_priority(self, port, priority).map_err(errno)
+    }
+}
+
+impl Backend for CRaiser<'_> {
+    fn bind(&self, vcpu: u32) -> Result<u32, i32> {
+        self.event_channel_op(EvtchnOp::BindIpi { vcpu })
+    }
+    fn send(&self, port: u32) -> Result<(), i32> {
+        self.event_channel_op(EvtchnOp::Send { port }).map(drop)
+    }
+    fn unmask(&self, port: u32) -> Result<(), i32> {
+        self.event_channel_op(EvtchnOp::Unmask { port }).map(drop)
+    }
+    fn bind_vcpu(&self, port: u32, vcpu: u32) -> Result<(), i32> {
+        self.event_channel_op(EvtchnOp::BindVcpu { port, vcpu })
+            .map(drop)
+    }
+    fn close(&self, port: u32) -> Result<(), i32> {
+        self.event_channel_op(EvtchnOp::Close { port }).map(drop)
+    }
+    fn set_priority(&self, port: u32, priority: u8) -> Result<(), i32> {
+        let priority = u32::from(priority);
+        self.event_channel_op(EvtchnOp::SetPriority { port, priority })
+            .map(drop)
+    }
+}
+
+/// The C guest's `HYPERVISOR_event_channel_op`: a match onto the backend.
+struct Dispatch<'a, B> {
+    backend: &'a B,
+    unmasks: AtomicU64,
+}
+
+impl<'a, B: Backend> Dispatch<'a, B> {
+    fn new(backend: &'a B) -> Self {
+        Dispatch {
+            backend,
+            unmasks: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<B: Backend> Hypervisor for Dispatch<'_, B> {
+    fn event_channel_op(&self, op: EvtchnOp) -> Result<u32, i32> {
+        let b = self.backend;
+        match op {
+            EvtchnOp::BindIpi { vcpu } => b.bind(vcpu),
+            EvtchnOp::Close { port } => b.close(port).map(|()| 0),
+            EvtchnOp::Send { port } => b.send(port).map(|()| 0),
+            EvtchnOp::Unmask { port } => {
+                self.unmasks.fetch_add(1, Relaxed);
+                b.unmask(port).map(|()| 0)
+            }
+            EvtchnOp::BindVcpu { port, vcpu } => b.bind_vcpu(port, vcpu).map(|()| 0),
+            EvtchnOp::SetPriority { port, priority } => {
+                let p = u8::try_from(priority).map_err(|_| -EINVAL)?;
+                b.set_priority(port, p).map(|()| 0)
+            }
+        }
+    }
+}
+
+// ---- the scenario ----------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Abi {
+    TwoLevel,
+    Fifo,
+}
+
+impl Abi {
+    fn name(self) -> &'static str {
+        match self {
+            Abi::TwoLevel => "2-level",
+            Abi::Fifo => "FIFO",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BackendKind {
+    Evtchn,
+    CRaiser,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopWhen {
+    Time,
+    Clobbered,
+    OnMasked,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Opts {
+    guest: GuestVariant,
+    /// Negative control: the hypervisor unmasks every port it rebinds.
+    host_unmasks_on_rebind: bool,
+    duration: Duration,
+    stop_when: StopWhen,
+    seed: u64,
+}
+
+impl Opts {
+    fn new(guest: GuestVariant, duration: Duration) -> Self {
+        Opts {
+            guest,
+            host_unmasks_on_rebind: false,
+            duration,
+            stop_when: StopWhen::Time,
+            seed: 0x5eed,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    sends: u64,
+    send_errors: u64,
+    handled: u64,
+    bind_vcpu: u64,
+    bind_vcpu_closed: u64,
+    priorities: u64,
+    rebinds: u64,
+    mask_ops: u64,
+    unmask_hypercalls: u64,
+    kicks: u64,
+    lost: u64,
+    lost_ports: Vec<String>,
+    stuck: Vec<u32>,
+    clobbered: u64,
+    first_clobbered: Option<u32>,
+    on_masked: u64,
+    lost_wakeups: u64,
+    secs: f64,
+}
+
+impl Counts {
+    fn line(&self, what: &str) -> String {
+        format!(
+            "{what}: sends={} handled={} bind_vcpu={} (on a closed port {}) set_priority={} close/rebind={} guest mask ops={} unmask hypercalls={} kicks={} lost={} clobbered={} on_masked={} lost_wakeups={} ({:.1} s)",
+            self.sends,
+            self.handled,
+            self.bind_vcpu,
+            self.bind_vcpu_closed,
+            self.priorities,
+            self.rebinds,
+            self.mask_ops,
+            self.unmask_hypercalls,
+            self.kicks,
+            self.lost,
+            self.clobbered,
+            self.on_masked,
+            self.lost_wakeups,
+            self.secs,
+        )
+    }
+}
+
+/// The scenario over a backend and a C guest already set up; `pending`
+/// reads a port's pending bit.
+/// What the scenario shares with its setup: the vCPUs' wake-ups, the
+/// bookkeeping, a port's pending bit, and whether the ABI is FIFO.
+#[derive(Clone, Copy)]
+struct Shared<'s> {
+    wake: &'s Wake,
+    book: &'s Book,
+    pending: &'s (dyn Fn(u32) -> bool + Sync),
+    fifo: bool,
+}
+
+fn run_forward<B: Backend>(
+    opts: &Opts,
+    backend: &B,
+    guest: &CGuest<'_>,
+    dispatch: &Dispatch<'_, B>,
+    shared: Shared<'_>,
+) -> Counts {
+    let Shared {
+        wake,
+        book,
+        pending,
+        fifo,
+    } = shared;
+    let start = Instant::now();
+    for p in 1..=PORTS {
+        assert_eq!(backend.bind(p % VCPUS), Ok(p), "initial bind of port {p}");
+    }
+
+    let stop_ops = AtomicBool::new(false);
+    let mask_ops_on = AtomicBool::new(true);
+    let acks: Vec<AtomicU64> = (0..VCPUS).map(|_| AtomicU64::new(0)).collect();
+    let sends = AtomicU64::new(0);
+    let send_errors = AtomicU64::new(0);
+    let bind_vcpu = AtomicU64::new(0);
+    let bind_vcpu_closed = AtomicU64::new(0);
+    let priorities = AtomicU64::new(0);
+    let rebinds = AtomicU64::new(0);
+    let mask_ops = AtomicU64::new(0);
+    let lost_wakeups = AtomicU64::new(0);
+    let clobbered = AtomicU64::new(0);
+    let first_clobbered = Mutex::new(None);
+    let check = || {
+        let (n, first) = guest.check_masks();
+        if n > 0 {
+            clobbered.fetch_add(u64::from(n), Relaxed);
+            first_clobbered
+                .lock()
+                .unwrap()
+                .get_or_insert(first.unwrap_or(0));
+        }
+    };
+
+    let mut counts = std::thread::scope(|s| {
+        // Whatever happens below, the threads stop before the scope ends.
+        let _stop = StopOnDrop {
+            ops: &stop_ops,
+            wake,
+        };
+        let mut vcpus = Vec::new();
+        for v in 0..VCPUS {
+            let (acks, mask_ops_on, mask_ops, lost_wakeups) =
+                (&acks, &mask_ops_on, &mask_ops, &lost_wakeups);
+            vcpus.push(s.spawn(move || {
+                let mut rng = Rng::new(opts.seed ^ u64::from(v) << 8);
+                while !wake.stopped() {
+                    guest.upcall(v).expect("one upcall per vCPU thread");
+                    if mask_ops_on.load(SeqCst) && rng.chance(1, 2) {
+                        let p = 1 + rng.below(PORTS);
+                        if guest.masked_by_guest(p) {
+                            guest.unmask(p).expect("guest unmask");
+                            mask_ops.fetch_add(1, Relaxed);
+                        } else if rng.chance(3, 10) {
+                            guest.mask(p).expect("guest mask");
+                            mask_ops.fetch_add(1, Relaxed);
+                        }
+                    }
+                    acks[v as usize].fetch_add(1, SeqCst);
+                    if guest.upcall_pending(v) {
+                        continue;
+                    }
+                    if !wake.wait(v, Duration::from_secs(1)) && guest.upcall_pending(v) {
+                        // Halted with an upcall pending and nobody kicked.
+                        lost_wakeups.fetch_add(1, Relaxed);
+                    }
+                }
+            }));
+        }
+
+        let mut ops = Vec::new();
+        for i in 0..2u64 {
+            let (stop_ops, sends, send_errors, check) = (&stop_ops, &sends, &send_errors, &check);
+            ops.push(s.spawn(move || {
+                let mut rng = Rng::new(opts.seed ^ (0x100 + i));
+                while !stop_ops.load(Relaxed) {
+                    let p = 1 + rng.below(PORTS);
+                    {
+                        let _g = book.lock(p);
+                        book.sending(p);
+                        match backend.send(p) {
+                            Ok(()) => sends.fetch_add(1, Relaxed),
+                            Err(_) => send_errors.fetch_add(1, Relaxed),
+                        };
+                    }
+                    check();
+                }
+            }));
+        }
+        {
+            let (stop_ops, bind_vcpu, bind_vcpu_closed, priorities, check) = (
+                &stop_ops,
+                &bind_vcpu,
+                &bind_vcpu_closed,
+                &priorities,
+                &check,
+            );
+            ops.push(s.spawn(move || {
+                let mut rng = Rng::new(opts.seed ^ 0x200);
+                while !stop_ops.load(Relaxed) {
+                    let p = 1 + rng.below(PORTS);
+                    match backend.bind_vcpu(p, rng.below(VCPUS)) {
+                        Ok(()) => bind_vcpu.fetch_add(1, Relaxed),
+                        Err(_) => bind_vcpu_closed.fetch_add(1, Relaxed),
+                    };
+                    if opts.host_unmasks_on_rebind {
+                        let _ = backend.unmask(p);
+                    }
+                    check();
+                    if fifo && rng.chance(1, 8) {
+                        let prio = u8::try_from(rng.below(16)).unwrap();
+                        if backend.set_priority(p, prio).is_ok() {
+                            priorities.fetch_add(1, Relaxed);
+                        }
+                        check();
+                    }
+                    std::thread::yield_now();
+                }
+            }));
+        }
+        {
+            let (stop_ops, rebinds, check) = (&stop_ops, &rebinds, &check);
+            ops.push(s.spawn(move || {
+                let mut rng = Rng::new(opts.seed ^ 0x300);
+                while !stop_ops.load(Relaxed) {
+                    let p = 1 + rng.below(PORTS);
+                    {
+                        let _g = book.lock(p);
+                        backend.close(p).expect("close of a bound port");
+                        check();
+                        book.closed(p);
+                        let again = backend.bind(rng.below(VCPUS));
+                        assert_eq!(again, Ok(p), "bind after closing port {p}");
+                    }
+                    rebinds.fetch_add(1, Relaxed);
+                    check();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }));
+        }
+
+        // Run.
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+            let done = match opts.stop_when {
+                StopWhen::Time => false,
+                StopWhen::Clobbered => clobbered.load(Relaxed) > 0,
+                StopWhen::OnMasked => guest.stats().on_masked > 0,
+            };
+            if done || start.elapsed() >= opts.duration {
+                break;
+            }
+        }
+
+        // Quiesce: the hypervisor's operations stop, then the guest's mask
+        // operations, then the guest unmasks everything and the vCPUs drain.
+        stop_ops.store(true, SeqCst);
+        for h in ops {
+            h.join().expect("operation thread");
+        }
+        check();
+        mask_ops_on.store(false, SeqCst);
+        for v in 0..VCPUS {
+            let a = acks[v as usize].load(SeqCst);
+            let t = Instant::now();
+            while acks[v as usize].load(SeqCst) < a + 2 && t.elapsed() < Duration::from_secs(10) {
+                wake.kick(v);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        for p in 1..=PORTS {
+            if guest.masked_by_guest(p) {
+                guest.unmask(p).expect("final unmask");
+            }
+        }
+        let drained = drain(wake, VCPUS, |v| guest.upcall_pending(v), book);
+        assert!(drained, "the vCPUs did not drain within 10 s");
+        let stuck: Vec<u32> = (1..=PORTS).filter(|&p| pending(p)).collect();
+        let lost_ports = book.lost(1..=PORTS);
+        wake.stop();
+        for h in vcpus {
+            h.join().expect("vCPU thread");
+        }
+        Counts {
+            lost: (lost_ports.len() + stuck.len()) as u64,
+            lost_ports,
+            stuck,
+            ..Counts::default()
+        }
+    });
+
+    let g = guest.stats();
+    counts.sends = sends.load(SeqCst);
+    counts.send_errors = send_errors.load(SeqCst);
+    counts.handled = g.handled;
+    counts.bind_vcpu = bind_vcpu.load(SeqCst);
+    counts.bind_vcpu_closed = bind_vcpu_closed.load(SeqCst);
+    counts.priorities = priorities.load(SeqCst);
+    counts.rebinds = rebinds.load(SeqCst);
+    counts.mask_ops = mask_ops.load(SeqCst);
+    counts.unmask_hypercalls = dispatch.unmasks.load(SeqCst);
+    counts.kicks = wake.kicks.load(SeqCst);
+    counts.clobbered = clobbered.load(SeqCst);
+    counts.first_clobbered = *first_clobbered.lock().unwrap();
+    counts.on_masked = g.on_masked;
+    counts.lost_wakeups = lost_wakeups.load(SeqCst);
+    counts.secs = start.elapsed().as_secs_f64();
+    counts
+}
+
+/// Sets up memory, the backend and the C guest for `abi`, and runs.
+fn forward(abi: Abi, backend: BackendKind, opts: &Opts) -> Counts {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let wake = Wake::new(VCPUS);
+    let kick = |v: u32| wake.kick(v);
+    let book = Book::new(NR_PORTS);
+    let handler = |port: u32, _vcpu: u32| book.handle(port);
+    match abi {
+        Abi::TwoLevel => {
+            let page = Box::new(SharedInfo::new());
+            let pending = |p: u32| {
+                page.evtchn_pending[(p / 64) as usize].load(SeqCst) & (1u64 << (p % 64)) != 0
+            };
+            match backend {
+                BackendKind::Evtchn => {
+                    let host =
+                        Host::new(TwoLevel::new(MaxVcpus::new(&*page, VCPUS as usize)), &kick);
+                    let dispatch = Dispatch::new(&host);
+                    let guest =
+                        CGuest::new_2l(opts.guest, &page, VCPUS, NR_PORTS, &dispatch, &handler);
+                    run_forward(
+                        opts,
+                        &host,
+                        &guest,
+                        &dispatch,
+                        Shared {
+                            wake: &wake,
+                            book: &book,
+                            pending: &pending,
+                            fifo: false,
+                        },
+                    )
+                }
+                BackendKind::CRaiser => {
+                    let raiser = CRaiser::new_2l(RaiserVariant::Xen, &page, VCPUS, NR_PORTS, &kick);
+                    let dispatch = Dispatch::new(&raiser);
+                    let guest =
+                        CGuest::new_2l(opts.guest, &page, VCPUS, NR_PORTS, &dispatch, &handler);
+                    run_forward(
+                        opts,
+                        &raiser,
+                        &guest,
+                        &dispatch,
+                        Shared {
+                            wake: &wake,
+                            book: &book,
+                            pending: &pending,
+                            fifo: false,
+                        },
+                    )
+                }
+            }
+        }
+        Abi::Fifo => {
+            let words: Vec<EventWord> = (0..NR_PORTS).map(|_| EventWord::new(0)).collect();
+            let control: Vec<ControlBlock> = (0..VCPUS).map(|_| ControlBlock::new()).collect();
+            let vcpus: Vec<VcpuInfo> = (0..VCPUS).map(|_| VcpuInfo::new()).collect();
+            let pending = |p: u32| words[p as usize].load(SeqCst) & PENDING != 0;
+            match backend {
+                BackendKind::Evtchn => {
+                    let host = Host::new(
+                        Fifo::new(BorrowedFifo {
+                            words: &words,
+                            control: &control,
+                            vcpus: &vcpus,
+                        }),
+                        &kick,
+                    );
+                    let dispatch = Dispatch::new(&host);
+                    let guest =
+                        CGuest::new_fifo(opts.guest, &words, &control, &vcpus, &dispatch, &handler);
+                    run_forward(
+                        opts,
+                        &host,
+                        &guest,
+                        &dispatch,
+                        Shared {
+                            wake: &wake,
+                            book: &book,
+                            pending: &pending,
+                            fifo: true,
+                        },
+                    )
+                }
+                BackendKind::CRaiser => {
+                    let raiser =
+                        CRaiser::new_fifo(RaiserVariant::Xen, &words, &control, &vcpus, &kick);
+                    let dispatch = Dispatch::new(&raiser);
+                    let guest =
+                        CGuest::new_fifo(opts.guest, &words, &control, &vcpus, &dispatch, &handler);
+                    run_forward(
+                        opts,
+                        &raiser,
+                        &guest,
+                        &dispatch,
+                        Shared {
+                            wake: &wake,
+                            book: &book,
+                            pending: &pending,
+                            fifo: true,
+                        },
+                    )
+                }
+            }
+        }
+    }
+}
+
+fn assert_clean(what: &str, c: &Counts) {
+    println!("{}", c.line(what));
+    assert!(c.sends > 0 && c.handled > 0, "{what}: nothing ran: {c:?}");
+    assert_eq!(c.send_errors, 0, "{what}: a send to a bound port failed");
+    assert!(
+        c.lost == 0,
+        "{what}: lost events on {} ports, first {:?}; still pending after the drain: {:?}\n{}",
+        c.lost_ports.len(),
+        c.lost_ports.iter().take(8).collect::<Vec<_>>(),
+        c.stuck,
+        c.line(what)
+    );
+    assert_eq!(
+        c.clobbered, 0,
+        "{what}: the guest's mask of port {:?} was cleared by the hypervisor",
+        c.first_clobbered
+    );
+    assert_eq!(
+        c.on_masked, 0,
+        "{what}: handlers ran on ports the guest had masked"
+    );
+    assert_eq!(
+        c.lost_wakeups, 0,
+        "{what}: a vCPU halted with an upcall pending"
+    );
+}
+
+#[test]
+fn forward_two_level() {
+    let c = forward(
+        Abi::TwoLevel,
+        BackendKind::Evtchn,
+        &Opts::new(GuestVariant::Linux, scenario_duration()),
+    );
+    assert_clean("forward 2-level", &c);
+}
+
+#[test]
+fn forward_fifo() {
+    let c = forward(
+        Abi::Fifo,
+        BackendKind::Evtchn,
+        &Opts::new(GuestVariant::Linux, scenario_duration()),
+    );
+    assert_clean("forward FIFO", &c);
+}
+
+/// The baseline: the C guest over the C raiser, no evtchn.
+#[test]
+fn baseline_c_guest_on_c_raiser() {
+    for abi in [Abi::TwoLevel, Abi::Fifo] {
+        let c = forward(
+            abi,
+            BackendKind::CRaiser,
+            &Opts::new(GuestVariant::Linux, scenario_duration() / 4),
+        );
+        assert_clean(&format!("baseline C guest on C raiser {}", abi.name()), &c);
+    }
+}
+
+/// Negative control: an unmask that never asks the hypervisor loses the
+/// events that arrived while the port was masked.
+#[test]
+fn negative_lost_with_broken_guest_unmask() {
+    for abi in [Abi::TwoLevel, Abi::Fifo] {
+        let opts = Opts::new(GuestVariant::BrokenUnmask, Duration::from_millis(500));
+        let c = forward(abi, BackendKind::Evtchn, &opts);
+        let what = format!(
+            "negative forward {} (guest unmask without hypercall)",
+            abi.name()
+        );
+        println!("{}", c.line(&what));
+        assert!(c.lost > 0, "{what}: the lost counter stayed 0");
+    }
+}
+
+/// Negative control: a guest whose delivery ignores its mask runs handlers
+/// on ports it masked.
+#[test]
+fn negative_on_masked_with_guest_ignoring_mask() {
+    for abi in [Abi::TwoLevel, Abi::Fifo] {
+        let mut opts = Opts::new(GuestVariant::IgnoreMask, Duration::from_secs(5));
+        opts.stop_when = StopWhen::OnMasked;
+        let c = forward(abi, BackendKind::Evtchn, &opts);
+        let what = format!(
+            "negative forward {} (delivery ignores the mask)",
+            abi.name()
+        );
+        println!("{}", c.line(&what));
+        assert!(c.on_masked > 0, "{what}: the on_masked counter stayed 0");
+    }
+}
+
+/// Negative control: a hypervisor that unmasks a port when it rebinds it
+/// clears masks the guest set.
+#[test]
+fn negative_clobbered_with_host_unmasking_on_rebind() {
+    for abi in [Abi::TwoLevel, Abi::Fifo] {
+        let mut opts = Opts::new(GuestVariant::Linux, Duration::from_secs(5));
+        opts.host_unmasks_on_rebind = true;
+        opts.stop_when = StopWhen::Clobbered;
+        let c = forward(abi, BackendKind::Evtchn, &opts);
+        let what = format!(
+            "negative forward {} (hypervisor unmasks on rebind)",
+            abi.name()
+        );
+        println!("{}", c.line(&what));
+        assert!(c.clobbered > 0, "{what}: the clobbered counter stayed 0");
+    }
+}
+
+/// The C guest's own hypercalls reach the hypervisor: bind an IPI, send to
+/// it, handle it, rebind and close it.
+#[test]
+fn guest_hypercalls_reach_host() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let page = Box::new(SharedInfo::new());
+    let kicked = Mutex::new(Vec::new());
+    let kick = |v: u32| kicked.lock().unwrap().push(v);
+    let host = Host::new(TwoLevel::new(MaxVcpus::new(&*page, VCPUS as usize)), &kick);
+    let dispatch = Dispatch::new(&host);
+    let seen = Mutex::new(Vec::new());
+    let handler = |port: u32, vcpu: u32| seen.lock().unwrap().push((port, vcpu));
+    let guest = CGuest::new_2l(
+        GuestVariant::Linux,
+        &page,
+        VCPUS,
+        NR_PORTS,
+        &dispatch,
+        &handler,
+    );
+
+    let port = guest.bind_ipi(2).expect("bind_ipi");
+    assert_eq!(port, 1);
+    guest.send(port).expect("send");
+    assert_eq!(*kicked.lock().unwrap(), [2]);
+    assert!(guest.upcall_pending(2));
+    assert_eq!(guest.upcall(2), Ok(1));
+    assert_eq!(*seen.lock().unwrap(), [(1, 2)]);
+
+    // Masked by the guest: the send notifies nobody; the unmask asks the
+    // hypervisor, which raises it on the port's vCPU (now 3).
+    guest.bind_vcpu(port, 3).expect("bind_vcpu");
+    guest.mask(port).expect("mask");
+    guest.send(port).expect("send");
+    assert!(!guest.upcall_pending(3));
+    guest.unmask(port).expect("unmask");
+    assert_eq!(dispatch.unmasks.load(SeqCst), 1);
+    assert!(guest.upcall_pending(3));
+    assert_eq!(guest.upcall(3), Ok(1));
+    assert_eq!(seen.lock().unwrap().last(), Some(&(1, 3)));
+    assert_eq!(guest.check_masks(), (0, None));
+
+    guest.close(port).expect("close");
+    assert_eq!(guest.send(port), Err(-EINVAL));
+    assert_eq!(guest.stats().on_masked, 0);
+}
