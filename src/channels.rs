@@ -51,6 +51,9 @@ impl<A: PortOps, N: Notify> Hypervisor for InProcess<A, N> {
     type Abi = A;
     type Calls = Host<A, N>;
     type Notify = N;
+    /// The raise half is the deliver half's own value: a port found bound
+    /// elsewhere is linked (FIFO) or flagged (2-level) there directly.
+    const RELINKS_LOCALLY: bool = true;
     #[inline(always)]
     fn abi(&self) -> &A {
         self.host.abi()

@@ -288,11 +288,12 @@ impl Control {
     }
 
     /// A deliverer of `vcpu` claims the in-flight guard of a port its scan
-    /// offered. `guard: false` and `replay: false` are the weakened
-    /// variants of the negative models (no guard taken; no replay request
-    /// left).
+    /// offered; `None`: a deliverer that runs a port wherever it finds it
+    /// (a guest on a real hypervisor, as Linux), never `Foreign`.
+    /// `guard: false` and `replay: false` are the weakened variants of the
+    /// negative models (no guard taken; no replay request left).
     #[inline(always)]
-    pub(super) fn claim(&self, vcpu: u32, guard: bool, replay: bool) -> Claim {
+    pub(super) fn claim(&self, vcpu: Option<u32>, guard: bool, replay: bool) -> Claim {
         // Acquire: pairs with the control plane's Release updates, so the
         // binding and mask reasons read here are the published ones.
         let mut cw = self.load(Acquire);
@@ -300,7 +301,7 @@ impl Control {
             if !cw.is_bound() || cw.is_masked() {
                 return Claim::Skip;
             }
-            let (new, outcome) = if cw.vcpu() != vcpu {
+            let (new, outcome) = if vcpu.is_some_and(|v| cw.vcpu() != v) {
                 // Bound elsewhere now (a rebind moved it). Confirm with a
                 // compare-exchange, which reads the latest word, so that the
                 // vCPU named is the current one.

@@ -21,7 +21,15 @@ impl<V: Hypervisor> Guest<V> {
             return Delivery::Skipped;
         };
         let guard = !self.weak.has(Weaken::NoInFlightGuard);
-        let cw = match slot.claim(vcpu, guard, !self.weak.has(Weaken::NoReplay)) {
+        // In one address space a port found bound elsewhere is raised
+        // there (`Foreign`). A guest on a real hypervisor runs it where it
+        // found it, as Linux does: it may neither link into the
+        // hypervisor's FIFO queues (their tails are the hypervisor's) nor
+        // retrigger it without touching a mask its control plane may be
+        // setting meanwhile. The event was raised on this vCPU before the
+        // move reached the hypervisor; later raises go to the new vCPU.
+        let on = if V::RELINKS_LOCALLY { Some(vcpu) } else { None };
+        let cw = match slot.claim(on, guard, !self.weak.has(Weaken::NoReplay)) {
             Claim::Held(cw) => cw,
             Claim::Skip => return Delivery::Skipped,
             Claim::Foreign(v) => return Delivery::Foreign(v),

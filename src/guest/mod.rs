@@ -94,6 +94,15 @@ pub trait Hypervisor: Sync {
     /// The kick of a vCPU the guest side itself made an upcall pending on
     /// (a port it found bound elsewhere, a vCPU's queue handed over).
     type Notify: Notify;
+    /// Whether the deliver half raises a port it found bound to another
+    /// vCPU on that vCPU itself ([`Delivery::Foreign`]: the 2-level ABI
+    /// sets that vCPU's selector bit and flag, the FIFO ABI links the event
+    /// on its queue), so that a handler runs only on the vCPU its port is
+    /// bound to (C5). Only a hypervisor in the same address space, whose
+    /// raise half is the same value, allows it. A guest on a real
+    /// hypervisor (the default) runs such an event where it found it, as
+    /// Linux does: the FIFO queue tails are the hypervisor's.
+    const RELINKS_LOCALLY: bool = false;
     /// The deliver half.
     fn abi(&self) -> &Self::Abi;
     /// The hypercalls.
