@@ -114,7 +114,7 @@ impl<A: PortOps, N: Notify> Guest<InProcess<A, N>> {
     pub fn weakened(abi: A, notify: N, w: Weaken) -> Self {
         Self::build(
             InProcess {
-                host: Host::build(abi, notify, Weakness::new(w)),
+                host: Host::weakened(abi, notify, w),
             },
             Weakness::new(w),
         )

@@ -81,6 +81,16 @@ pub enum Weaken {
     /// `Relaxed` instead of Acquire/Release: two raisers' critical sections
     /// on one queue's tail are not ordered.
     RelaxedQueueLock,
+    /// The hypervisor side: `Host::bind_vcpu` changes the notify vCPU but
+    /// does not raise a pending, unmasked event again on the new vCPU.
+    HostBindVcpuNoReraise,
+    /// The hypervisor side: `Host::bind_vcpu` masks the port, changes the
+    /// notify vCPU and unmasks it (what the single control plane did before
+    /// the roles were split), clearing a mask the guest had set itself.
+    HostBindVcpuMasks,
+    /// The guest side's rebind removes its mask reason (unmasks) after the
+    /// hypervisor's `bind_vcpu` but before its own binding is updated.
+    RebindUnmaskFirst,
 }
 
 /// The weakness a core object was built with; zero-sized natively.

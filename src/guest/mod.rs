@@ -790,8 +790,12 @@ impl<V: Hypervisor> Guest<V> {
             }
             return Err(e);
         }
+        let unmask_first = masked && self.weak.has(Weaken::RebindUnmaskFirst);
+        if unmask_first {
+            self.remove_reason(port, MaskReason::Rebind)?;
+        }
         self.update(slot, port, |cw| cw.with_vcpu(vcpu))?;
-        if masked {
+        if masked && !unmask_first {
             self.remove_reason(port, MaskReason::Rebind)?;
         }
         plane.bound_moved(Some(from), Some(vcpu));

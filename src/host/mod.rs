@@ -94,7 +94,15 @@ pub struct Host<R: Raise, N: Notify = ()> {
     free_hint: AtomicU32,
     nr_vcpus: u32,
     weak: Weakness,
+    /// The deliver half's mask, for [`Weaken::HostBindVcpuMasks`] only (the
+    /// raise half has none).
+    #[cfg(all(loom, feature = "loom"))]
+    weak_mask: Option<MaskFn<R>>,
 }
+
+/// The deliver half's mask of a port ([`crate::abi::Deliver::mask`]).
+#[cfg(all(loom, feature = "loom"))]
+type MaskFn<R> = fn(&R, u32) -> Result<bool, Error>;
 
 impl<R: Raise, N: Notify> core::fmt::Debug for Host<R, N> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -102,6 +110,19 @@ impl<R: Raise, N: Notify> core::fmt::Debug for Host<R, N> {
             .field("nr_ports", &self.nr_ports())
             .field("nr_vcpus", &self.nr_vcpus)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(loom, feature = "loom"))]
+impl<R: crate::abi::PortOps, N: Notify> Host<R, N> {
+    /// A host with one protective step weakened (loom models only).
+    #[doc(hidden)]
+    pub fn weakened(abi: R, notify: N, w: Weaken) -> Self {
+        Host {
+            weak: Weakness::new(w),
+            weak_mask: Some(<R as crate::abi::Deliver>::mask),
+            ..Host::new(abi, notify)
+        }
     }
 }
 
@@ -114,13 +135,6 @@ impl<R: Raise, N: Notify> Host<R, N> {
         Self::build(abi, notify, Weakness::default())
     }
 
-    /// A host with one protective step weakened (loom models only).
-    #[cfg(all(loom, feature = "loom"))]
-    #[doc(hidden)]
-    pub fn weakened(abi: R, notify: N, w: Weaken) -> Self {
-        Self::build(abi, notify, Weakness::new(w))
-    }
-
     pub(crate) fn build(abi: R, notify: N, weak: Weakness) -> Self {
         let nr_ports = abi.nr_ports();
         Host {
@@ -131,6 +145,8 @@ impl<R: Raise, N: Notify> Host<R, N> {
             lock: Lock::new(()),
             free_hint: AtomicU32::new(1),
             weak,
+            #[cfg(all(loom, feature = "loom"))]
+            weak_mask: None,
         }
     }
 
@@ -286,12 +302,22 @@ impl<R: Raise, N: Notify> Host<R, N> {
         if w & STATE != BOUND {
             return Err(Error::NotBound);
         }
+        #[cfg(all(loom, feature = "loom"))]
+        if let (true, Some(mask)) = (self.weak.has(Weaken::HostBindVcpuMasks), self.weak_mask) {
+            mask(&self.abi, port)?;
+        }
         // SeqCst: a raise that reads the old vCPU read it before this store
         // in the total order, so its pending bit is visible to the re-raise
         // below (both sides write, then read).
         slot.store((w & !VCPU) | (u64::from(vcpu) << VCPU_SHIFT), SeqCst);
         crate::sync::store_load_fence();
-        let k = self.abi.reraise(port, || vcpu)?;
+        let k = if self.weak.has(Weaken::HostBindVcpuMasks) {
+            self.abi.unmask(port, || vcpu)?
+        } else if self.weak.has(Weaken::HostBindVcpuNoReraise) {
+            None
+        } else {
+            self.abi.reraise(port, || vcpu)?
+        };
         drop(_guard);
         if let Some(v) = k {
             self.notify.kick(v);

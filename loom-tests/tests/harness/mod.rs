@@ -24,9 +24,12 @@
 
 use std::sync::Mutex as StdMutex;
 
-use evtchn::{Channels, Fifo, OwnedFifo, OwnedMemory, Port, PortOps, TwoLevel, Weaken};
+use evtchn::{
+    Channels, Deliver, Delivery, Fifo, GuestUnmask, Host, OwnedFifo, OwnedMemory, Port, PortOps,
+    TwoLevel, Weaken,
+};
 use loom::cell::UnsafeCell;
-use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
 // `std` Arc, not loom's: when loom reports a deadlock it unwinds with no
 // active thread, and dropping a loom Arc then would abort the process.
 use loom::thread::{self, JoinHandle, Thread};
@@ -596,4 +599,298 @@ pub fn close_scenario_on<A: Abi>(weaken: Option<Weaken>) {
             w.life_runs(new)
         );
     });
+}
+
+// ---------------------------------------------------------------------------
+// Models of the hypervisor side alone (s17, s18).
+
+/// What the model guest of a [`HostWorld`] does with a pending event that
+/// its upcall on vCPU `v` finds for a port it has bound to another vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnForeign {
+    /// Leaves it, handler not run: Linux's 2-level scan, which sees only
+    /// the ports of its per-CPU `cpu_evtchn_mask` (the selector bit is
+    /// consumed, the event stays pending); on FIFO, the entry is taken off
+    /// the queue and dropped.
+    Skip,
+    /// Runs its handler here: Linux's FIFO `consume_one`, which does not
+    /// look at the binding.
+    RunHere,
+}
+
+/// Builder options of a [`HostWorld`].
+pub struct HostConfig {
+    /// The weakened protective step, if any (given to the `Host` and the
+    /// ABI).
+    pub weaken: Option<Weaken>,
+    /// Sender flags the vCPUs wait for, as [`Config::sends`] (here port
+    /// numbers of the host's binds).
+    pub sends: Vec<u32>,
+    /// The model guest's way with an event bound elsewhere.
+    pub on_foreign: OnForeign,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            weaken: None,
+            sends: Vec::new(),
+            on_foreign: OnForeign::Skip,
+        }
+    }
+}
+
+/// A world for the hypervisor side alone: a [`Host`] over the guest's
+/// memory, driven directly (`host.send`, `host.bind_vcpu`, `host.unmask`),
+/// and a Linux-like guest written in the model instead of the crate's
+/// `Guest`: a binding per port (Linux's `cpu_evtchn_mask`), its own mask
+/// bits, and vCPU loops that run the ABI's scan (the deliver half) with
+/// [`HostWorld::deliver`]. Nothing of the crate's guest side runs.
+pub struct HostWorld<A: Abi = TwoL> {
+    /// The hypervisor side under test.
+    pub host: Host<A, Kicker>,
+    /// The model guest's vCPU of each port.
+    binding: Vec<AtomicU32>,
+    /// The ports the model guest has masked itself (its own record; the
+    /// mask bit in its memory is the ABI's).
+    masked: Vec<AtomicBool>,
+    on_foreign: OnForeign,
+    probes: Vec<Probe>,
+    flags: Vec<AtomicBool>,
+    expect: Vec<u32>,
+    observed: Vec<AtomicBool>,
+    done: AtomicBool,
+}
+
+impl<A: Abi> HostWorld<A> {
+    /// A world over ABI `A` with `cfg`. Nothing is written to the guest's
+    /// memory: every port starts unmasked, not pending.
+    pub fn build(cfg: HostConfig) -> Arc<HostWorld<A>> {
+        let abi = A::build(&Config {
+            weaken: cfg.weaken,
+            ..Config::default()
+        });
+        let host = match cfg.weaken {
+            Some(w) => Host::weakened(abi, Kicker::default(), w),
+            None => Host::new(abi, Kicker::default()),
+        };
+        let ports = host.nr_ports() as usize;
+        Arc::new(HostWorld {
+            host,
+            binding: (0..ports).map(|_| AtomicU32::new(0)).collect(),
+            masked: (0..ports).map(|_| AtomicBool::new(false)).collect(),
+            on_foreign: cfg.on_foreign,
+            probes: (0..ports)
+                .map(|_| Probe {
+                    life_runs: core::array::from_fn(|_| AtomicUsize::new(0)),
+                    inside: AtomicBool::new(false),
+                    data: UnsafeCell::new(Runs::default()),
+                })
+                .collect(),
+            flags: cfg.sends.iter().map(|_| AtomicBool::new(false)).collect(),
+            observed: cfg.sends.iter().map(|_| AtomicBool::new(false)).collect(),
+            expect: cfg.sends,
+            done: AtomicBool::new(false),
+        })
+    }
+
+    /// The guest's memory (both halves of the ABI).
+    pub fn abi(&self) -> &A {
+        self.host.abi()
+    }
+
+    /// The host binds a port to `vcpu`; the model guest binds it there too.
+    pub fn bind(&self, vcpu: u32) -> u32 {
+        let p = self.host.bind(vcpu).expect("bind");
+        self.set_binding(p, vcpu);
+        p
+    }
+
+    /// The model guest's vCPU of `port` (its `cpu_evtchn_mask`).
+    pub fn binding(&self, port: u32) -> u32 {
+        // SeqCst: a plain flag of the model guest.
+        self.binding[port as usize].load(SeqCst)
+    }
+
+    /// Moves the model guest's binding of `port` to `vcpu`.
+    pub fn set_binding(&self, port: u32, vcpu: u32) {
+        tr(format!("guest binds port {port} to v{vcpu}"));
+        // SeqCst: a plain flag of the model guest.
+        self.binding[port as usize].store(vcpu, SeqCst);
+    }
+
+    /// The model guest masks `port` in its own memory (its record first).
+    pub fn guest_mask(&self, port: u32) {
+        // SeqCst: a plain flag of the model guest.
+        self.masked[port as usize].store(true, SeqCst);
+        let _ = self.abi().mask(port).expect("mask");
+    }
+
+    /// Whether the model guest has masked `port` (its own record).
+    pub fn guest_masked(&self, port: u32) -> bool {
+        // SeqCst: a plain flag of the model guest.
+        self.masked[port as usize].load(SeqCst)
+    }
+
+    /// The model guest unmasks `port` as Linux does (its record first):
+    /// its own conditional unmask, and `EVTCHNOP_unmask` (`Host::unmask`)
+    /// when the port is pending.
+    pub fn guest_unmask(&self, port: u32) {
+        // SeqCst: a plain flag of the model guest.
+        self.masked[port as usize].store(false, SeqCst);
+        let how = self.abi().try_unmask(port).expect("try_unmask");
+        tr(format!("guest try_unmask port {port}: {how:?}"));
+        if how == GuestUnmask::Hypercall {
+            self.host.unmask(port).expect("unmask");
+        }
+    }
+
+    /// Marks sender flag `k` as sent (before the send itself).
+    pub fn flag(&self, k: usize) {
+        // Relaxed: the raise (Release) and the clear (Acquire) must carry it
+        // to the handler; that is what the models check.
+        self.flags[k].store(true, Relaxed);
+    }
+
+    /// What the model guest's upcall on `vcpu` does with `port`, which the
+    /// ABI's scan offers it (pending and unmasked when the scan looked).
+    /// A port the guest has masked itself must never be offered: its mask
+    /// was cleared by someone else.
+    pub fn deliver(&self, vcpu: u32, port: u32) -> Delivery {
+        assert!(
+            !self.guest_masked(port),
+            "guest mask clobbered: event on a guest-masked port {port} offered to vCPU {vcpu}"
+        );
+        if self.binding(port) != vcpu && self.on_foreign == OnForeign::Skip {
+            tr(format!("v{vcpu} skips port {port} (bound elsewhere)"));
+            return Delivery::Skipped;
+        }
+        if !self.abi().test_and_clear_pending(port).expect("clear") {
+            return Delivery::Skipped;
+        }
+        self.handle(vcpu, port);
+        Delivery::Handled
+    }
+
+    /// The handler: checks C3 and records the run and the flags it saw.
+    fn handle(&self, vcpu: u32, port: u32) {
+        let probe = &self.probes[port as usize];
+        // SeqCst: a plain flag; two handlers inside at once is the breach.
+        assert!(
+            !probe.inside.swap(true, SeqCst),
+            "C3: handler of port {port} entered on vCPU {vcpu} while running elsewhere"
+        );
+        tr(format!("handle v{vcpu} port {port}"));
+        let seen: Vec<bool> = self
+            .flags
+            .iter()
+            .zip(&self.expect)
+            .map(|(f, &want)| (want == port || want == ANY) && f.load(Relaxed))
+            .collect();
+        probe.data.with_mut(|d| {
+            // SAFETY: two runs not ordered by happens-before are a race loom
+            // reports; the model's property is that there is one run.
+            let d = unsafe { &mut *d };
+            d.per_vcpu[vcpu as usize] += 1;
+            d.per_life[0] += 1;
+            // SeqCst: read by other threads while vCPUs run.
+            probe.life_runs[0].fetch_add(1, SeqCst);
+            for (k, s) in seen.iter().enumerate() {
+                d.observed[k] |= *s;
+            }
+        });
+        for (k, s) in seen.iter().enumerate() {
+            if *s {
+                self.observed[k].store(true, SeqCst);
+            }
+        }
+        probe.inside.store(false, SeqCst);
+        if !self.expect.is_empty() && self.observed.iter().all(|o| o.load(SeqCst)) {
+            self.finish();
+        }
+    }
+
+    /// Lets the vCPU loops stop: they run one more upcall and end.
+    pub fn finish(&self) {
+        // SeqCst: read by the vCPU loops before they park.
+        self.done.store(true, SeqCst);
+        self.host.notifier().wake_all();
+    }
+
+    /// Whether the vCPU loops may stop.
+    pub fn done(&self) -> bool {
+        self.done.load(SeqCst)
+    }
+
+    /// Handler runs of `port` so far (any thread, any time).
+    pub fn run_count(&self, port: u32) -> usize {
+        self.probes[port as usize].life_runs[0].load(SeqCst)
+    }
+
+    /// Runs upcalls on every vCPU from the calling thread until none is
+    /// pending (after the model threads were joined).
+    pub fn drain(&self) {
+        let mut cursors: Vec<<A as Deliver>::Cursor> =
+            (0..VCPUS).map(|_| Default::default()).collect();
+        loop {
+            let mut any = false;
+            for (v, cursor) in (0..VCPUS as u32).zip(&mut cursors) {
+                self.upcall(v, cursor);
+                any |= self.abi().upcall_pending(v).expect("vCPU");
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    /// One upcall of the model guest on `vcpu`.
+    fn upcall(&self, vcpu: u32, cursor: &mut <A as Deliver>::Cursor) {
+        self.abi()
+            .scan(
+                vcpu,
+                cursor,
+                |p| self.deliver(vcpu, p),
+                |k| evtchn::Notify::kick(self.host.notifier(), k),
+            )
+            .expect("scan");
+    }
+
+    /// What the handler runs of `port` recorded (after every vCPU joined).
+    pub fn runs(&self, port: u32) -> Runs {
+        self.probes[port as usize]
+            .data
+            // SAFETY: called after the vCPU threads were joined.
+            .with(|d| unsafe { (*d).clone() })
+    }
+}
+
+/// Spawns the model guest's vCPU `v` of a [`HostWorld`]: a
+/// halt-until-kicked loop of [`HostWorld::deliver`] upcalls (the ABI's
+/// scan) that stops once every expected send was observed, or once the
+/// model calls [`HostWorld::finish`].
+pub fn spawn_guest_vcpu<A: Abi>(world: &Arc<HostWorld<A>>, v: u32) -> JoinHandle<()> {
+    let w = world.clone();
+    let h = thread::spawn(move || {
+        let mut cursor = <A as Deliver>::Cursor::default();
+        loop {
+            tr(format!("upcall v{v} start"));
+            w.upcall(v, &mut cursor);
+            let pending = w.abi().upcall_pending(v).expect("vCPU");
+            tr(format!("upcall v{v} end pending={pending}"));
+            if w.done() {
+                break;
+            }
+            if !pending {
+                tr(format!("park v{v}"));
+                thread::park();
+                tr(format!("unparked v{v}"));
+            }
+        }
+    });
+    world
+        .host
+        .notifier()
+        .register(v as usize, h.thread().clone());
+    h
 }
