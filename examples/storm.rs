@@ -55,8 +55,7 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::OnceLock;
-use std::thread::{self, Thread};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::builder::RangedU64ValueParser;
@@ -64,9 +63,8 @@ use clap::error::ErrorKind;
 use clap::{value_parser, CommandFactory, Parser, ValueEnum};
 use hdrhistogram::Histogram;
 
-use evtchn::{
-    Bind, Channels, Fifo, Notify, OwnedFifo, OwnedMemory, Policy, Port, PortOps, TwoLevel,
-};
+use evtchn::{Bind, Channels, Fifo, OwnedFifo, OwnedMemory, Policy, Port, PortOps, TwoLevel};
+use evtchn_test_support::{Halt, Kicker, Rng};
 
 /// Park timeout of a halted vCPU: kicks wake it; this only bounds the
 /// damage of a lost one, which is counted.
@@ -255,7 +253,7 @@ fn thread_cpu_ns() -> u64 {
 /// Without a per-thread CPU clock, wall time (preemption included).
 #[cfg(not(unix))]
 fn thread_cpu_ns() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
@@ -280,9 +278,6 @@ fn quantile(h: &Histogram<u64>, q: f64) -> Option<u64> {
 #[repr(align(128))]
 #[derive(Default)]
 struct VcpuLive {
-    thread: OnceLock<Thread>,
-    /// Kicks received (counted before the unpark).
-    kicks: AtomicU64,
     /// Handler runs so far.
     handled: AtomicU64,
     /// Wall-clock start of the upcall running now (ns since the epoch, plus
@@ -309,6 +304,8 @@ struct Ledger {
 struct World {
     epoch: Instant,
     vcpus: Vec<VcpuLive>,
+    /// The vCPU threads and their kicks: the `Notify`.
+    kicker: Kicker,
     /// Indexed by port number.
     ledger: Vec<Ledger>,
     /// Spin iterations of one handler's work.
@@ -339,38 +336,7 @@ impl World {
     }
 }
 
-/// The kick hook: counts and unparks.
-struct Kicker<'w>(&'w World);
-
-impl Notify for Kicker<'_> {
-    fn kick(&self, vcpu: u32) {
-        if let Some(v) = self.0.vcpus.get(vcpu as usize) {
-            // SeqCst: the vCPU reads the count before its last look for
-            // work and after its park (see `run_vcpu`).
-            v.kicks.fetch_add(1, SeqCst);
-            if let Some(t) = v.thread.get() {
-                t.unpark();
-            }
-        }
-    }
-}
-
-type Ch<'w, A> = Channels<A, Kicker<'w>>;
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
+type Ch<'w, A> = Channels<A, &'w Kicker>;
 
 /// The handler's work: `iters` turns of a loop the optimiser keeps.
 fn work(iters: u64) {
@@ -454,7 +420,7 @@ fn handle(w: &World, live: &VcpuLive, r: &mut VcpuReport, p: Port) {
 /// One vCPU: the upcall loop with the idle protocol of C2.
 fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, spec: &RunSpec) -> VcpuReport {
     let me = &w.vcpus[id as usize];
-    let _ = me.thread.set(thread::current());
+    w.kicker.register(id);
     let mut r = VcpuReport::new(w.ledger.len());
     if spec.lateeoi {
         r.to_eoi = Some(Vec::new());
@@ -536,30 +502,21 @@ fn run_vcpu<A: PortOps>(w: &World, ch: &Ch<'_, A>, id: u32, spec: &RunSpec) -> V
             thread::park_timeout(Duration::from_millis(1));
             continue;
         }
-        // The kick count before the last look: a raise after that look
-        // kicks after this read.
-        let k0 = me.kicks.load(SeqCst);
-        if vcpu.upcall_pending() {
-            continue;
-        }
-        let parked = Instant::now();
         if let Some(due) = delayed.iter().map(|&(_, due)| due).min() {
             // A delayed EOI to end first: nap until it is due.
-            thread::park_timeout(due.saturating_duration_since(parked).min(PARK_TIMEOUT));
+            if vcpu.upcall_pending() {
+                continue;
+            }
+            thread::park_timeout(
+                due.saturating_duration_since(Instant::now())
+                    .min(PARK_TIMEOUT),
+            );
             continue;
         }
-        thread::park_timeout(PARK_TIMEOUT);
-        if me.kicks.load(SeqCst) != k0 || parked.elapsed() < PARK_TIMEOUT || !vcpu.upcall_pending()
+        if w.kicker
+            .halt(id, || vcpu.upcall_pending(), PARK_TIMEOUT, KICK_GRACE)
+            == Halt::LostWakeup
         {
-            continue;
-        }
-        // Timed out with work pending and no kick: give a kick that may be
-        // on its way time to arrive.
-        let g0 = Instant::now();
-        while me.kicks.load(SeqCst) == k0 && g0.elapsed() < KICK_GRACE {
-            thread::sleep(Duration::from_millis(1));
-        }
-        if me.kicks.load(SeqCst) == k0 {
             me.lost_wakeups.fetch_add(1, Relaxed);
             eprintln!("vcpu{id}: lost wake-up");
         }
@@ -681,7 +638,7 @@ impl RunResult {
 /// senders make them).
 fn capacity<A: PortOps>(ops: A, ports: usize, work_iters: u64) -> f64 {
     let w = world(1, ports + 1, work_iters);
-    let ch: Ch<'_, A> = Channels::new(ops, Kicker(&w));
+    let ch: Ch<'_, A> = Channels::new(ops, &w.kicker);
     let ports: Vec<Port> = (0..ports)
         .filter_map(|_| ch.bind(Bind::Affinity(0)).ok())
         .collect();
@@ -704,6 +661,7 @@ fn world(vcpus: usize, ports: usize, work_iters: u64) -> World {
     World {
         epoch: Instant::now(),
         vcpus: (0..vcpus).map(|_| VcpuLive::default()).collect(),
+        kicker: Kicker::new(vcpus),
         ledger: (0..ports).map(|_| Ledger::default()).collect(),
         work_iters,
         concurrent: AtomicU64::new(0),
@@ -778,7 +736,7 @@ fn run<A: PortOps>(
 ) -> Result<RunResult, String> {
     let w = world(args.vcpus, ops.nr_ports() as usize, work_iters);
     let w = &w;
-    let ch: Ch<'_, A> = Channels::new(ops, Kicker(w));
+    let ch: Ch<'_, A> = Channels::new(ops, &w.kicker);
     let ch = &ch;
     ch.set_policy(spec.policy);
     let ports: Vec<Port> = (0..args.ports)
@@ -856,13 +814,7 @@ fn run<A: PortOps>(
         // waits until every vCPU is idle at once (or 10 s have passed: what
         // is left then is reported as lost).
         w.stop_vcpus.store(true, Release);
-        let unpark_all = || {
-            for v in &w.vcpus {
-                if let Some(t) = v.thread.get() {
-                    t.unpark();
-                }
-            }
-        };
+        let unpark_all = || w.kicker.unpark_all();
         unpark_all();
         let drain = Instant::now();
         while !quiescent(w, ch, args.vcpus as u32) && drain.elapsed() < Duration::from_secs(10) {

@@ -15,9 +15,9 @@ use evtchn::xen::{SharedInfo, BITS_PER_WORD, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS
 use evtchn::Ports;
 use evtchn::{Bind, Channels, Error, Memory2l, OwnedMemory, Port, State, Status, TwoLevel};
 
-mod common;
-
-use common::{assert_err_unchanged_by, kicks, numbers, pending_vcpus, upcall, Kicks};
+use evtchn_test_support::{
+    assert_err_unchanged_by, kicks, numbers, pending_vcpus, upcall, Kicks, Rng,
+};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -1326,13 +1326,8 @@ fn random_operations_agree_with_a_reference_model() {
     let mut live: Vec<Option<(Port, Model)>> = vec![None; nr as usize];
     let mut dead: Vec<Port> = Vec::new();
     let mut handles: Vec<_> = (0..VCPUS).map(|v| ch.vcpu(v).unwrap()).collect();
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rnd = move |n: u64| {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) % n
-    };
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
+    let mut rnd = move |n: u64| rng.below(n);
     let mut handled_total = 0;
     // Miri runs about a thousand times slower.
     let steps = if cfg!(miri) { 650 } else { 20_000 };

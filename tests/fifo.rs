@@ -28,9 +28,9 @@ use evtchn::xen::fifo::{
 use evtchn::{Bind, Channels, Error, Fifo, FifoMemory, OwnedFifo, Port, State, Status};
 use evtchn::{Deliver, Ports, Raise};
 
-mod common;
-
-use common::{assert_err_unchanged_by, kicks, numbers, pending_vcpus, within, Kicks, Rng};
+use evtchn_test_support::{
+    assert_err_unchanged_by, kicks, numbers, pending_vcpus, within, Kicks, Rng,
+};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -45,7 +45,7 @@ fn new_ch(ports: u32, vcpus: usize) -> Ch {
 /// One upcall on `v` with a fresh handle; the port numbers handled, in
 /// order (checked against the count the upcall returns).
 fn upcall(ch: &Ch, v: u32) -> Vec<u32> {
-    numbers(&common::upcall(ch, v))
+    numbers(&evtchn_test_support::upcall(ch, v))
 }
 
 /// Upcalls on every vCPU, round after round, until none is pending; the
@@ -1329,7 +1329,7 @@ fn hostile_control_plane(vcpus: u32, garbage: Garbage, seed: u64, steps: u32) ->
     for step in 0..steps {
         // Scribbles.
         for _ in 0..rng.below(3) {
-            let x = rng.next() as u32;
+            let x = rng.next_u64() as u32;
             let v = rng.below(u64::from(vcpus)) as u32;
             let p = 1 + rng.below(40) as u32;
             let flags = [PENDING | LINKED, LINKED, !0, 0, PENDING, MASKED][x as usize % 6];

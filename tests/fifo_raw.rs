@@ -24,9 +24,7 @@ use evtchn::{
 };
 use evtchn::{Deliver, Ports, Raise};
 
-mod common;
-
-use common::{within, Rng};
+use evtchn_test_support::{within, Rng};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -159,11 +157,11 @@ fn hostile_word(rng: &mut Rng, ports: u32) -> u32 {
         0 => 0,
         1 => rng.below(u64::from(ports)) as u32,
         2 => LINK_MASK,
-        _ => rng.next() as u32,
+        _ => rng.next_u64() as u32,
     };
     match rng.below(8) {
         0 => !0,
-        1 => rng.next() as u32,
+        1 => rng.next_u64() as u32,
         2 => 0,
         _ => flags[rng.below(flags.len() as u64) as usize] | (link & LINK_MASK),
     }
@@ -817,7 +815,7 @@ fn hostile_run(seed: u64, steps: u64) {
                     let r = if rng.below(2) == 0 {
                         !0
                     } else {
-                        rng.next() as u32
+                        rng.next_u64() as u32
                     };
                     mem.control[v].ready.store(r, SeqCst);
                 }
@@ -826,7 +824,7 @@ fn hostile_run(seed: u64, steps: u64) {
                     let q = rng.below(MAX_QUEUES as u64) as usize;
                     let h = match rng.below(3) {
                         0 => rng.below(u64::from(PORTS)) as u32,
-                        1 => rng.next() as u32,
+                        1 => rng.next_u64() as u32,
                         _ => LINK_MASK,
                     };
                     mem.control[v].head[q].store(h, SeqCst);
@@ -835,7 +833,7 @@ fn hostile_run(seed: u64, steps: u64) {
                     let v = rng.below(u64::from(VCPUS)) as usize;
                     mem.vcpus[v]
                         .evtchn_upcall_pending
-                        .store(rng.next() as u8, SeqCst);
+                        .store(rng.next_u64() as u8, SeqCst);
                 }
                 6 => {
                     // A cycle of LINKED, pending words at a ready head.
@@ -1125,7 +1123,7 @@ fn concurrent_hostile_guest_cannot_stall_the_raise_side_or_touch_another_domain(
                     mem.words[p].store(hostile_word(&mut rng, PORTS), Relaxed);
                     if rng.below(8) == 0 {
                         let v = rng.below(u64::from(VCPUS)) as usize;
-                        mem.control[v].ready.store(rng.next() as u32, Relaxed);
+                        mem.control[v].ready.store(rng.next_u64() as u32, Relaxed);
                         let q = rng.below(16) as usize;
                         mem.control[v].head[q].store(hostile_word(&mut rng, PORTS), Relaxed);
                     }

@@ -13,11 +13,9 @@
 // Native tests; under RUSTFLAGS="--cfg loom" only the models run.
 #![cfg(not(loom))]
 
-mod fuzz_bodies;
-
 use std::path::{Path, PathBuf};
 
-use fuzz_bodies::{fifo_memory, guest_memory, ops, seeded_input};
+use evtchn_test_support::fuzz::{fifo_memory, guest_memory, ops, seeded_input};
 
 /// Seeded inputs per target. Miri runs about a thousand times slower: there
 /// only the corpus's crash inputs run (see `corpus`), and every input is cut

@@ -8,14 +8,12 @@
 // Native tests; under RUSTFLAGS="--cfg loom" only the models run.
 #![cfg(not(loom))]
 
-mod common;
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use common::{kicks, numbers, upcall, Kicks};
 use evtchn::{
     Bind, Channels, Fifo, OwnedFifo, OwnedMemory, Port, PortOps, Raised, State, TwoLevel,
 };
+use evtchn_test_support::{kicks, numbers, upcall, Kicks};
 
 /// Runs `body` on a 2-level and on a FIFO control plane with two vCPUs.
 fn both(body: impl Fn(&str, &dyn Plane)) {

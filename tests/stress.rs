@@ -12,8 +12,9 @@
 //!
 //! * `EVTCHN_STRESS_VCPUS` (default 4) vCPU threads, each looping `upcall`
 //!   and halting with the idle protocol of C2: after an upcall, halt
-//!   (`park_timeout`) only if `upcall_pending()` is false. The `Notify`
-//!   counts a kick and unparks the vCPU's thread. The park timeout is a
+//!   (`park_timeout`) only if `upcall_pending()` is false
+//!   (`evtchn_test_support::Kicker::halt`). The `Notify` (`Kicker`) counts a
+//!   kick and unparks the vCPU's thread. The park timeout is a
 //!   safety net only: a vCPU that wakes by timeout with an upcall pending
 //!   and no kick on its way is a lost wake-up, and is counted.
 //! * `EVTCHN_STRESS_SENDERS` (default 2) sender threads, each sending to
@@ -72,19 +73,16 @@
 #![cfg(not(loom))]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::{Arc, OnceLock};
-use std::thread::{self, Thread};
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use evtchn::xen::fifo::LINKED;
 use evtchn::{
-    Bind, Channels, Error, Fifo, FifoMemory, Notify, OwnedFifo, OwnedMemory, Port, PortOps,
-    TwoLevel,
+    Bind, Channels, Error, Fifo, FifoMemory, OwnedFifo, OwnedMemory, Port, PortOps, TwoLevel,
 };
 
-mod common;
-
-use common::Rng;
+use evtchn_test_support::{Halt, Kicker, Rng};
 
 /// Pending/mask words: 128 port numbers (port 0 is reserved); the FIFO run
 /// gets the same 128 port numbers.
@@ -120,39 +118,6 @@ const SEQ: u64 = 0xffff_ffff;
 
 fn tag(p: Port) -> u64 {
     u64::from(p.generation()) << 32
-}
-
-/// The wake-up side of one vCPU, as the `Notify` sees it.
-#[derive(Default)]
-struct Wake {
-    thread: OnceLock<Thread>,
-    /// Kicks received (incremented before the unpark).
-    kicks: AtomicU64,
-}
-
-/// The kick hook: counts and unparks. A kick for a vCPU that does not exist
-/// is counted as a core bug.
-struct Kicker {
-    wakes: Arc<[Wake]>,
-    bad: AtomicU64,
-}
-
-impl Notify for Kicker {
-    fn kick(&self, vcpu: u32) {
-        match self.wakes.get(vcpu as usize) {
-            Some(w) => {
-                // SeqCst: the halting vCPU reads the counter after its last
-                // flag check; see `run_vcpu`.
-                w.kicks.fetch_add(1, SeqCst);
-                if let Some(t) = w.thread.get() {
-                    t.unpark();
-                }
-            }
-            None => {
-                self.bad.fetch_add(1, Relaxed);
-            }
-        }
-    }
 }
 
 /// The control plane over ABI `A` (2-level or FIFO).
@@ -232,8 +197,8 @@ struct VcpuStats {
 
 /// One vCPU: upcall loop with the C2 idle protocol.
 fn run_vcpu<A: PortOps>(ch: &Ch<A>, id: u32, ledger: &[Ledger], stop: &AtomicBool) -> VcpuStats {
-    let wake = &ch.notifier().wakes[id as usize];
-    let _ = wake.thread.set(thread::current());
+    let kicker = ch.notifier();
+    kicker.register(id);
     let mut vcpu = ch.vcpu(id).expect("vCPU index in range");
     let mut st = VcpuStats::default();
     let mut rng = Rng::new(0x1000 + u64::from(id));
@@ -248,33 +213,19 @@ fn run_vcpu<A: PortOps>(ch: &Ch<A>, id: u32, ledger: &[Ledger], stop: &AtomicBoo
         if stop.load(Acquire) {
             return st;
         }
-        // Read the kick counter *before* the last flag check: a raise that
-        // set the flag after the check kicks after this read, so an
-        // unchanged counter after the park means no such kick (yet).
-        let k0 = wake.kicks.load(SeqCst);
-        if vcpu.upcall_pending() {
-            continue;
-        }
-        let t0 = Instant::now();
-        thread::park_timeout(PARK_TIMEOUT);
-        st.parks += 1;
-        if wake.kicks.load(SeqCst) != k0 || t0.elapsed() < PARK_TIMEOUT {
-            continue; // kicked, or a spurious wake-up: look again
-        }
-        st.idle_timeouts += 1;
-        if !vcpu.upcall_pending() {
-            continue; // idle, and rightly so
-        }
-        // Woke by timeout with work pending and no kick since before the
-        // flag check. A raiser may have set the flag and not kicked yet:
-        // give it time before calling the wake-up lost.
-        let g0 = Instant::now();
-        while wake.kicks.load(SeqCst) == k0 && g0.elapsed() < KICK_GRACE {
-            thread::sleep(Duration::from_millis(1));
-        }
-        if wake.kicks.load(SeqCst) == k0 {
-            st.lost_wakeups += 1;
-            eprintln!("vCPU {id}: lost wake-up (upcall pending, no kick for {KICK_GRACE:?})");
+        match kicker.halt(id, || vcpu.upcall_pending(), PARK_TIMEOUT, KICK_GRACE) {
+            Halt::Pending => continue,
+            Halt::Woken => st.parks += 1, // kicked, or a spurious wake-up: look again
+            Halt::TimedOut => {
+                st.parks += 1;
+                st.idle_timeouts += 1;
+            }
+            Halt::LostWakeup => {
+                st.parks += 1;
+                st.idle_timeouts += 1;
+                st.lost_wakeups += 1;
+                eprintln!("vCPU {id}: lost wake-up (upcall pending, no kick for {KICK_GRACE:?})");
+            }
         }
     }
 }
@@ -714,11 +665,7 @@ impl Drop for StopAll<'_> {
         for f in self.0 {
             f.store(true, Release);
         }
-        for w in self.1.wakes.iter() {
-            if let Some(t) = w.thread.get() {
-                t.unpark();
-            }
-        }
+        self.1.unpark_all();
     }
 }
 
@@ -743,11 +690,7 @@ fn watchdog(secs: u64, done: Arc<AtomicBool>) -> thread::JoinHandle<()> {
 fn stress() {
     let cfg = Config::from_env();
     for &abi in &cfg.abis {
-        let wakes: Arc<[Wake]> = (0..cfg.vcpus).map(|_| Wake::default()).collect();
-        let kicker = Kicker {
-            wakes,
-            bad: AtomicU64::new(0),
-        };
+        let kicker = Kicker::new(cfg.vcpus);
         match abi {
             Abi::TwoLevel => run(
                 abi,
@@ -858,11 +801,7 @@ fn run<A: PortOps>(abi: Abi, ch: Ch<A>, cfg: &Config, leftover: impl Fn(&A) -> u
             thread::sleep(Duration::from_millis(5));
         }
         stop_vcpus.store(true, Release);
-        for w in ch.notifier().wakes.iter() {
-            if let Some(t) = w.thread.get() {
-                t.unpark();
-            }
-        }
+        ch.notifier().unpark_all();
         let vs: Vec<VcpuStats> = vcpu_threads
             .into_iter()
             .map(|t| t.join().expect("vCPU thread panicked"))
@@ -943,13 +882,8 @@ fn run<A: PortOps>(abi: Abi, ch: Ch<A>, cfg: &Config, leftover: impl Fn(&A) -> u
     let upcall_errors: u64 = vs.iter().map(|v| v.upcall_errors).sum();
     let parks: u64 = vs.iter().map(|v| v.parks).sum();
     let idle_timeouts: u64 = vs.iter().map(|v| v.idle_timeouts).sum();
-    let kicks: u64 = ch
-        .notifier()
-        .wakes
-        .iter()
-        .map(|w| w.kicks.load(Relaxed))
-        .sum();
-    let bad_kicks = ch.notifier().bad.load(Relaxed);
+    let kicks: u64 = ch.notifier().total_kicks();
+    let bad_kicks = ch.notifier().bad_kicks();
     // Sends that shared a handler run (or died with their port), plus runs
     // that carried no new send.
     let coalesced_or_spurious = sends.saturating_sub(hs.fresh) + hs.spurious;

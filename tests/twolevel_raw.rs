@@ -15,6 +15,7 @@ use evtchn::{
     Bind, Channels, Delivery, Error, Memory2l, OwnedMemory, Raised, TwoLevel, TwoLevelCursor,
 };
 use evtchn::{Deliver, Ports, Raise};
+use evtchn_test_support::Rng;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -100,26 +101,13 @@ fn counting(v: u32, calls: &Cell<u32>) -> impl FnOnce() -> u32 + '_ {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// Mostly extreme values: 0, all ones, single bits, random.
-    fn word(&mut self) -> u64 {
-        match self.below(5) {
-            0 => 0,
-            1 => !0,
-            2 => 1 << self.below(64),
-            _ => self.next(),
-        }
+/// Mostly extreme values: 0, all ones, single bits, random.
+fn word(rng: &mut Rng) -> u64 {
+    match rng.below(5) {
+        0 => 0,
+        1 => !0,
+        2 => 1 << rng.below(64),
+        _ => rng.next_u64(),
     }
 }
 
@@ -532,21 +520,21 @@ fn random_hostile_words_never_break_the_raise_side() {
     let ops = TwoLevel::new(Custom::new(2, 2, 3));
     let mem = ops.memory();
     let nr = ops.nr_ports();
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = Rng::new(0x1234_5678_9abc_def1);
     // Miri runs about a thousand times slower.
     let steps = if cfg!(miri) { 1_000 } else { 20_000 };
     for _ in 0..steps {
         // The hostile party writes a few words.
         for _ in 0..rng.below(3) {
             match rng.below(4) {
-                0 => mem.pending()[rng.below(2) as usize].store(rng.word(), SeqCst),
-                1 => mem.mask()[rng.below(2) as usize].store(rng.word(), SeqCst),
+                0 => mem.pending()[rng.below(2) as usize].store(word(&mut rng), SeqCst),
+                1 => mem.mask()[rng.below(2) as usize].store(word(&mut rng), SeqCst),
                 2 => mem.vcpus[rng.below(3) as usize]
                     .evtchn_pending_sel
-                    .store(rng.word(), SeqCst),
+                    .store(word(&mut rng), SeqCst),
                 _ => mem.vcpus[rng.below(3) as usize]
                     .evtchn_upcall_pending
-                    .store(rng.word() as u8, SeqCst),
+                    .store(word(&mut rng) as u8, SeqCst),
             }
         }
         let p = rng.below(u64::from(nr) + 8) as u32; // sometimes out of range

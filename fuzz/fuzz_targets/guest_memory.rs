@@ -1,8 +1,7 @@
 //! Hostile guest memory: arbitrary writes to every guest-writable word
-//! between raise-side operations (`tests/fuzz_bodies/guest_memory.rs`).
+//! between raise-side operations (`test-support/src/fuzz/guest_memory.rs`).
 #![no_main]
 
-#[path = "../../tests/fuzz_bodies/mod.rs"]
-mod bodies;
+use evtchn_test_support::fuzz as bodies;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| bodies::guest_memory::run(data));

@@ -1,8 +1,9 @@
-//! What the tests share: vCPU halting and kicking, a random number
-//! generator, the run length.
+//! What the tests share: vCPU halting and kicking and a random number
+//! generator (both from `evtchn-test-support`), the accounting of sends, the
+//! run length.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Environment variable: seconds per scenario (default 2; fractions allowed).
@@ -18,114 +19,8 @@ pub fn scenario_duration() -> Duration {
         .map_or(Duration::from_secs(2), Duration::from_secs_f64)
 }
 
-/// xorshift64*: fast, seedable, good enough to pick ports.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed` (any value).
-    #[must_use]
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u32) -> u32 {
-        u32::try_from(((self.next_u64() >> 32) * u64::from(n)) >> 32).unwrap_or(0)
-    }
-
-    /// True with probability `num / den`.
-    pub fn chance(&mut self, num: u32, den: u32) -> bool {
-        self.below(den) < num
-    }
-}
-
-/// Halting vCPUs and their kicks: a vCPU halts (`wait`) only after it saw
-/// no upcall pending; a kick (`kick`) wakes it, or makes its next `wait`
-/// return at once.
-#[derive(Debug)]
-pub struct Wake {
-    slots: Vec<(Mutex<bool>, Condvar)>,
-    stop: AtomicBool,
-    /// Kicks delivered.
-    pub kicks: AtomicU64,
-    /// vCPUs halted right now.
-    pub halted: AtomicU64,
-}
-
-impl Wake {
-    /// For `vcpus` vCPUs.
-    #[must_use]
-    pub fn new(vcpus: u32) -> Self {
-        Wake {
-            slots: (0..vcpus)
-                .map(|_| (Mutex::new(false), Condvar::new()))
-                .collect(),
-            stop: AtomicBool::new(false),
-            kicks: AtomicU64::new(0),
-            halted: AtomicU64::new(0),
-        }
-    }
-
-    /// Wakes `vcpu` (its IPI, or the hypervisor's `vcpu_kick`).
-    pub fn kick(&self, vcpu: u32) {
-        if let Some((m, c)) = self.slots.get(vcpu as usize) {
-            self.kicks.fetch_add(1, Relaxed);
-            *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
-            c.notify_one();
-        }
-    }
-
-    /// Halts `vcpu` until kicked or stopped, or until `timeout`; returns
-    /// `true` if it was kicked (or stopped), `false` on a timeout.
-    pub fn wait(&self, vcpu: u32, timeout: Duration) -> bool {
-        let Some((m, c)) = self.slots.get(vcpu as usize) else {
-            return true;
-        };
-        let mut kicked = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.halted.fetch_add(1, SeqCst);
-        let deadline = std::time::Instant::now() + timeout;
-        while !*kicked && !self.stop.load(SeqCst) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                self.halted.fetch_sub(1, SeqCst);
-                return false;
-            }
-            kicked = c
-                .wait_timeout(kicked, left)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
-        *kicked = false;
-        self.halted.fetch_sub(1, SeqCst);
-        true
-    }
-
-    /// Whether `stop` was called.
-    #[must_use]
-    pub fn stopped(&self) -> bool {
-        self.stop.load(SeqCst)
-    }
-
-    /// Stops every vCPU: each `wait` returns, now and from now on.
-    pub fn stop(&self) {
-        self.stop.store(true, SeqCst);
-        for (m, c) in &self.slots {
-            drop(m.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-            c.notify_all();
-        }
-    }
-}
+/// The tests' PRNG and their halting, kicked vCPUs: `evtchn-test-support`'s.
+pub use evtchn_test_support::{Halt, Kicker as Wake, Rng};
 
 /// Per port: the epoch of the last send (incremented before the send), the
 /// highest epoch a handler saw, and the epoch at the port's last close.
@@ -229,8 +124,7 @@ pub fn drain(wake: &Wake, vcpus: u32, upcall_pending: impl Fn(u32) -> bool, book
     while t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(5));
         let handled = book.handled.load(SeqCst);
-        let idle =
-            wake.halted.load(SeqCst) == u64::from(vcpus) && (0..vcpus).all(|v| !upcall_pending(v));
+        let idle = wake.halted() == u64::from(vcpus) && (0..vcpus).all(|v| !upcall_pending(v));
         if handled != last || !idle {
             last = handled;
             quiet_since = std::time::Instant::now();

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use evtchn::xen::fifo::{ControlBlock, EventWord, PENDING};
 use evtchn::xen::{SharedInfo, VcpuInfo};
 use evtchn::{BorrowedFifo, Error, Fifo, Host, MaxVcpus, Notify, Raise, TwoLevel};
-use xen_client::harness::{drain, scenario_duration, Book, Rng, StopOnDrop, Wake};
+use xen_client::harness::{drain, scenario_duration, Book, Halt, Rng, StopOnDrop, Wake};
 use xen_client::xen_abi::{EINVAL, ENOENT, ENOSPC};
 use xen_client::{CGuest, CRaiser, EvtchnOp, GuestVariant, Hypervisor, RaiserVariant};
 
@@ -311,11 +311,12 @@ fn run_forward<B: Backend>(
             let (acks, mask_ops_on, mask_ops, lost_wakeups) =
                 (&acks, &mask_ops_on, &mask_ops, &lost_wakeups);
             vcpus.push(s.spawn(move || {
+                wake.register(v);
                 let mut rng = Rng::new(opts.seed ^ u64::from(v) << 8);
                 while !wake.stopped() {
                     guest.upcall(v).expect("one upcall per vCPU thread");
                     if mask_ops_on.load(SeqCst) && rng.chance(1, 2) {
-                        let p = 1 + rng.below(PORTS);
+                        let p = 1 + (rng.below(u64::from(PORTS)) as u32);
                         if guest.masked_by_guest(p) {
                             guest.unmask(p).expect("guest unmask");
                             mask_ops.fetch_add(1, Relaxed);
@@ -325,10 +326,13 @@ fn run_forward<B: Backend>(
                         }
                     }
                     acks[v as usize].fetch_add(1, SeqCst);
-                    if guest.upcall_pending(v) {
-                        continue;
-                    }
-                    if !wake.wait(v, Duration::from_secs(1)) && guest.upcall_pending(v) {
+                    if wake.halt(
+                        v,
+                        || guest.upcall_pending(v),
+                        Duration::from_secs(1),
+                        Duration::ZERO,
+                    ) == Halt::LostWakeup
+                    {
                         // Halted with an upcall pending and nobody kicked.
                         lost_wakeups.fetch_add(1, Relaxed);
                     }
@@ -342,7 +346,7 @@ fn run_forward<B: Backend>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ (0x100 + i));
                 while !stop_ops.load(Relaxed) {
-                    let p = 1 + rng.below(PORTS);
+                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
                     {
                         let _g = book.lock(p);
                         book.sending(p);
@@ -366,8 +370,8 @@ fn run_forward<B: Backend>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ 0x200);
                 while !stop_ops.load(Relaxed) {
-                    let p = 1 + rng.below(PORTS);
-                    match backend.bind_vcpu(p, rng.below(VCPUS)) {
+                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
+                    match backend.bind_vcpu(p, rng.below(u64::from(VCPUS)) as u32) {
                         Ok(()) => bind_vcpu.fetch_add(1, Relaxed),
                         Err(_) => bind_vcpu_closed.fetch_add(1, Relaxed),
                     };
@@ -391,13 +395,13 @@ fn run_forward<B: Backend>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ 0x300);
                 while !stop_ops.load(Relaxed) {
-                    let p = 1 + rng.below(PORTS);
+                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
                     {
                         let _g = book.lock(p);
                         backend.close(p).expect("close of a bound port");
                         check();
                         book.closed(p);
-                        let again = backend.bind(rng.below(VCPUS));
+                        let again = backend.bind(rng.below(u64::from(VCPUS)) as u32);
                         assert_eq!(again, Ok(p), "bind after closing port {p}");
                     }
                     rebinds.fetch_add(1, Relaxed);
@@ -467,7 +471,7 @@ fn run_forward<B: Backend>(
     counts.rebinds = rebinds.load(SeqCst);
     counts.mask_ops = mask_ops.load(SeqCst);
     counts.unmask_hypercalls = dispatch.unmasks.load(SeqCst);
-    counts.kicks = wake.kicks.load(SeqCst);
+    counts.kicks = wake.total_kicks();
     counts.clobbered = clobbered.load(SeqCst);
     counts.first_clobbered = *first_clobbered.lock().unwrap();
     counts.on_masked = g.on_masked;
@@ -481,7 +485,7 @@ fn forward(abi: Abi, backend: BackendKind, opts: &Opts) -> Counts {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let wake = Wake::new(VCPUS);
+    let wake = Wake::new(VCPUS as usize);
     let kick = |v: u32| wake.kick(v);
     let book = Book::new(NR_PORTS);
     let handler = |port: u32, _vcpu: u32| book.handle(port);

@@ -39,7 +39,7 @@ use evtchn::{
     Bind, BorrowedFifo, Deliver, Error, Fifo, Guest, Hypercalls, MaxVcpus, OnXen, Port, State,
     TwoLevel,
 };
-use xen_client::harness::{drain, scenario_duration, Book, Rng, StopOnDrop, Wake};
+use xen_client::harness::{drain, scenario_duration, Book, Halt, Rng, StopOnDrop, Wake};
 use xen_client::xen_abi::{ENOENT, ENOSPC};
 use xen_client::{CRaiser, EvtchnOp, RaiserStats, RaiserVariant};
 
@@ -295,14 +295,18 @@ fn run_reverse<D: Deliver>(
         for v in 0..VCPUS {
             let (acks, lost_wakeups, handler) = (&acks, &lost_wakeups, &handler);
             vcpus.push(s.spawn(move || {
+                wake.register(v);
                 let mut vcpu = guest.vcpu(v).expect("vCPU");
                 while !wake.stopped() {
                     vcpu.upcall(handler).expect("upcall");
                     acks[v as usize].fetch_add(1, SeqCst);
-                    if vcpu.upcall_pending() {
-                        continue;
-                    }
-                    if !wake.wait(v, Duration::from_secs(1)) && vcpu.upcall_pending() {
+                    if wake.halt(
+                        v,
+                        || vcpu.upcall_pending(),
+                        Duration::from_secs(1),
+                        Duration::ZERO,
+                    ) == Halt::LostWakeup
+                    {
                         lost_wakeups.fetch_add(1, Relaxed);
                     }
                 }
@@ -315,7 +319,7 @@ fn run_reverse<D: Deliver>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ (0x100 + i));
                 while !stop_ops.load(Relaxed) {
-                    let p = 1 + rng.below(PORTS);
+                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
                     {
                         let _g = book.lock(p);
                         book.sending(p);
@@ -339,8 +343,8 @@ fn run_reverse<D: Deliver>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ 0x200);
                 while !stop_ops.load(Relaxed) {
-                    let port = slot_port(1 + rng.below(PORTS));
-                    let vcpu = rng.below(VCPUS);
+                    let port = slot_port(1 + (rng.below(u64::from(PORTS)) as u32));
+                    let vcpu = rng.below(u64::from(VCPUS)) as u32;
                     if opts.moves {
                         match guest.set_affinity(port, vcpu) {
                             Ok(()) => set_affinity.fetch_add(1, Relaxed),
@@ -365,7 +369,7 @@ fn run_reverse<D: Deliver>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ 0x400);
                 while !stop_ops.load(Relaxed) {
-                    let p = 1 + rng.below(PORTS);
+                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
                     let slot = &slots[p as usize];
                     let held = slot.port.lock().unwrap();
                     let port = held.expect("bound");
@@ -399,7 +403,7 @@ fn run_reverse<D: Deliver>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ 0x300);
                 while !stop_ops.load(Relaxed) {
-                    let p = 1 + rng.below(PORTS);
+                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
                     let slot = &slots[p as usize];
                     {
                         let mut port = slot.port.lock().unwrap();
@@ -423,7 +427,7 @@ fn run_reverse<D: Deliver>(
                             std::thread::yield_now();
                         }
                         let vcpu = if opts.moves {
-                            rng.below(VCPUS)
+                            rng.below(u64::from(VCPUS)) as u32
                         } else {
                             p % VCPUS
                         };
@@ -509,7 +513,7 @@ fn run_reverse<D: Deliver>(
     counts.rebinds = rebinds.load(SeqCst);
     counts.mask_ops = mask_ops.load(SeqCst);
     counts.unmask_hypercalls = unmasks.load(SeqCst);
-    counts.kicks = wake.kicks.load(SeqCst);
+    counts.kicks = wake.total_kicks();
     counts.clobbered = clobber.count.load(SeqCst);
     counts.first_clobbered = *clobber.first.lock().unwrap();
     counts.on_masked = on_masked.load(SeqCst);
@@ -548,7 +552,7 @@ fn reverse(abi: Abi, opts: &Opts) -> Counts {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let wake = Wake::new(VCPUS);
+    let wake = Wake::new(VCPUS as usize);
     let kick = |v: u32| wake.kick(v);
     let ipi: &(dyn Fn(u32) + Sync) = &kick;
     let book = Book::new(NR_PORTS);

@@ -1,6 +1,7 @@
 //! The bodies of the cargo-fuzz targets, shared by `fuzz/fuzz_targets/*.rs`
 //! (nightly, libFuzzer) and `tests/fuzz_replay.rs` (stable: the committed
-//! regression corpus plus seeded pseudo-random inputs).
+//! regression corpus plus seeded pseudo-random inputs), both through this
+//! crate.
 //!
 //! Every body takes raw bytes and panics on a finding. Every byte string is
 //! a valid input: [`Input`] decodes it as a stream of small numbers and reads
@@ -19,17 +20,16 @@
 //!   exact effects of each raw call, bounded scans, handlers only for ports
 //!   the control plane would run, and a bystander domain left untouched.
 //!
-//! Shared here: [`KickLog`] (all three bodies); for the two hostile-memory
-//! bodies, their run state [`St`], the decoder of their control-plane
-//! operations ([`ControlCodes`]: each body's byte-to-operation table, so
+//! Shared here: [`Kicks`](crate::Kicks) (all three bodies, from the crate
+//! root); for the two hostile-memory bodies, their run state [`St`], the
+//! decoder of their control-plane operations ([`ControlCodes`]: each body's byte-to-operation table, so
 //! that each corpus keeps its meaning) and the reference [`Table`] those
 //! operations are checked against.
 
-#![allow(dead_code)]
-
-use std::sync::Mutex;
-
 use evtchn::{Bind, Channels, Error, Notify, Port, PortOps, State, Status};
+
+use crate::Kicks;
+use crate::Rng;
 
 pub mod fifo_memory;
 pub mod guest_memory;
@@ -99,35 +99,13 @@ impl<'a> Input<'a> {
     }
 }
 
-/// A deterministic pseudo-random byte string (xorshift64*), for the stable
-/// replay's seeded inputs: `seed` picks the string, `len` its length.
+/// A deterministic pseudo-random byte string, for the stable replay's
+/// seeded inputs: `seed` picks the string, `len` its length. Each byte is
+/// the top byte of one [`Rng`] output, so `seeded_input(seed, len)` as a
+/// failing replay names it stays the same input.
 pub fn seeded_input(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            (s.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
-}
-
-/// A recording `Notify`: every kick, in order.
-#[derive(Default)]
-pub struct KickLog(Mutex<Vec<u32>>);
-
-impl Notify for KickLog {
-    fn kick(&self, vcpu: u32) {
-        self.0.lock().unwrap().push(vcpu);
-    }
-}
-
-impl KickLog {
-    /// The kicks since the last `take`, and forget them.
-    pub fn take(&self) -> Vec<u32> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
+    let mut rng = Rng::new(seed);
+    (0..len).map(|_| (rng.next_u64() >> 56) as u8).collect()
 }
 
 /// The state of one run of a hostile-memory body: its input, the

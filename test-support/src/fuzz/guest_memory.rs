@@ -36,7 +36,7 @@ use evtchn::{
 };
 use evtchn::{Deliver, Ports, Raise};
 
-use super::{check_kicks, remember, Code, Control, ControlCodes, Input, KickLog, St, Table};
+use super::{check_kicks, remember, Code, Control, ControlCodes, Input, Kicks, St, Table};
 
 /// Operations per input (scribbles not counted).
 pub const MAX_OPS: usize = 300;
@@ -269,7 +269,7 @@ fn bit(ws: &[u64], w: usize, b: u64) -> bool {
 
 /// Domain B: a control plane with a few ports in known states.
 struct Bystander<'m, M: Memory2l> {
-    ch: Channels<TwoLevel<&'m M>, KickLog>,
+    ch: Channels<TwoLevel<&'m M>, Kicks>,
     sent: Port,
     masked: Port,
     idle: Port,
@@ -277,7 +277,7 @@ struct Bystander<'m, M: Memory2l> {
 
 impl<'m, M: Memory2l> Bystander<'m, M> {
     fn new(mem: &'m M) -> Self {
-        let ch = Channels::new(TwoLevel::new(mem), KickLog::default());
+        let ch = Channels::new(TwoLevel::new(mem), Kicks::default());
         let sent = ch.bind(Bind::Affinity(1)).unwrap();
         let masked = ch.bind(Bind::Affinity(0)).unwrap();
         let idle = ch.bind(Bind::XenCompat).unwrap();
@@ -783,13 +783,13 @@ fn no_priority(_: &mut Input) -> u8 {
 }
 
 fn control<M: Memory2l>(st: &mut St, mem: &M, poke: &dyn Fn(usize, u64), watch: &Watch) {
-    let ch = Channels::new(TwoLevel::new(mem), KickLog::default());
+    let ch = Channels::new(TwoLevel::new(mem), Kicks::default());
     let mut table = Table::new(ch.nr_ports(), ch.nr_vcpus());
     let mut handles: Vec<Port> = Vec::new();
     control_ops(st, &ch, mem, &mut table, &mut handles, poke, watch, 0);
 }
 
-type ACh<'m, M> = Channels<TwoLevel<&'m M>, KickLog>;
+type ACh<'m, M> = Channels<TwoLevel<&'m M>, Kicks>;
 
 #[allow(clippy::too_many_arguments)]
 fn control_ops<M: Memory2l>(

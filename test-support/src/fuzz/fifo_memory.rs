@@ -55,7 +55,7 @@ use evtchn::{
 use evtchn::{Deliver, Ports, Raise};
 
 use super::{
-    bind_target, check_kicks, remember, Code, Control, ControlCodes, Input, KickLog, PortOp, Slot,
+    bind_target, check_kicks, remember, Code, Control, ControlCodes, Input, Kicks, PortOp, Slot,
     St, Table,
 };
 
@@ -303,7 +303,7 @@ impl Words {
 // The harness
 // ---------------------------------------------------------------------------
 
-type Ch<M> = Channels<Fifo<M>, KickLog>;
+type Ch<M> = Channels<Fifo<M>, Kicks>;
 
 /// Domain B: a control plane with ports in known states.
 struct Bystander<M: FifoMemory> {
@@ -317,7 +317,7 @@ struct Bystander<M: FifoMemory> {
 
 impl<M: FifoMemory> Bystander<M> {
     fn new(mem: M) -> Self {
-        let ch = Channels::new(Fifo::new(mem), KickLog::default());
+        let ch = Channels::new(Fifo::new(mem), Kicks::default());
         let sent = ch.bind(Bind::Affinity(1)).unwrap();
         let sent2 = ch.bind(Bind::Affinity(1)).unwrap();
         let urgent = ch.bind(Bind::Affinity(1)).unwrap();
@@ -1189,7 +1189,7 @@ const CONTROL: ControlCodes = ControlCodes {
 };
 
 fn control<M: FifoMemory>(st: &mut St, a: M, d: Dims, g: &Guard) {
-    let ch = Channels::new(Fifo::new(a), KickLog::default());
+    let ch = Channels::new(Fifo::new(a), Kicks::default());
     let nv = ch.nr_vcpus();
     if ch.nr_ports() != d.ports || nv != d.nr_vcpus() {
         st.fail(format!(
@@ -1281,7 +1281,7 @@ fn port_reach(op: PortOp, p: Port, slot: Option<Slot>, nv: u32) -> Reach {
 }
 
 /// The deliver side of one vCPU of the instance under test.
-type FifoVcpu<'c, M> = Vcpu<'c, InProcess<Fifo<M>, KickLog>>;
+type FifoVcpu<'c, M> = Vcpu<'c, InProcess<Fifo<M>, Kicks>>;
 
 #[allow(clippy::too_many_arguments)]
 fn control_ops<'c, M: FifoMemory>(

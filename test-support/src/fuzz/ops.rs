@@ -91,7 +91,7 @@ use evtchn::{
     State, Status, TwoLevel, Vcpu,
 };
 
-use super::{Input, KickLog};
+use super::{Input, Kicks};
 
 /// Operations per input, top-level and nested together.
 pub const MAX_OPS: usize = 400;
@@ -1378,7 +1378,7 @@ enum Op {
     Forge(u32, u32),
 }
 
-type Ch<A> = Channels<A, KickLog>;
+type Ch<A> = Channels<A, Kicks>;
 
 /// Everything but the core: the input, the model, the handles, the kicks
 /// expected, the trace for failure messages.
@@ -1585,7 +1585,7 @@ fn status_agrees(got: &Status, s: &Slot) -> Result<(), String> {
 
 fn drive<A: AbiUnderTest>(mut input: Input, sabotage: Option<Sabotage>) {
     let abi = A::build(&mut input);
-    let ch: Ch<A> = Channels::new(abi, KickLog::default());
+    let ch: Ch<A> = Channels::new(abi, Kicks::default());
     let model = Model::new(ch.nr_ports(), ch.nr_vcpus(), A::QUEUED, sabotage);
     let mut st = St {
         input,
@@ -1598,7 +1598,7 @@ fn drive<A: AbiUnderTest>(mut input: Input, sabotage: Option<Sabotage>) {
     };
     // One persistent handle per vCPU: their round-robin positions carry over
     // from upcall to upcall, as a real vCPU's do.
-    let mut vcpus: Vec<Vcpu<'_, InProcess<A, KickLog>>> =
+    let mut vcpus: Vec<Vcpu<'_, InProcess<A, Kicks>>> =
         (0..ch.nr_vcpus()).map(|v| ch.vcpu(v).unwrap()).collect();
     st.check_state(&ch);
     st.check_quiescent(&ch);
@@ -1648,7 +1648,7 @@ fn exec<'c, A: AbiUnderTest>(
     st: &mut St,
     op: Op,
     depth: u32,
-    vcpus: Option<&mut [Vcpu<'c, InProcess<A, KickLog>>]>,
+    vcpus: Option<&mut [Vcpu<'c, InProcess<A, Kicks>>]>,
 ) {
     st.ops += 1;
     st.trace.push((depth, op));
@@ -1806,7 +1806,7 @@ fn upcall<'c, A: AbiUnderTest>(
     v: u32,
     max_runs: Option<usize>,
     depth: u32,
-    vcpus: Option<&mut [Vcpu<'c, InProcess<A, KickLog>>]>,
+    vcpus: Option<&mut [Vcpu<'c, InProcess<A, Kicks>>]>,
 ) {
     let mut fresh;
     let persistent;

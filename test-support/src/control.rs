@@ -1,14 +1,8 @@
-//! Helpers shared by the integration tests: `mod common;` in each test file.
-//!
-//! * A recording [`Notify`] ([`Kicks`]) and the control-plane helpers built
-//!   on it, generic over the ABI: [`kicks`], [`upcall`], [`pending_vcpus`],
-//!   [`numbers`], and [`assert_err_unchanged_by`] (C8: an error changes
-//!   nothing).
-//! * [`Rng`]: the tiny deterministic PRNG of the seeded tests.
-//! * [`within`]: a hang is a failure.
-
-// Every test binary compiles this module on its own and uses part of it.
-#![allow(dead_code)]
+//! The control-plane helpers of the integration tests: a recording
+//! [`Notify`] ([`Kicks`]) and helpers built on it, generic over the ABI:
+//! [`kicks`], [`upcall`], [`pending_vcpus`], [`numbers`], and
+//! [`assert_err_unchanged_by`] (C8: an error changes nothing); [`within`]: a
+//! hang is a failure.
 
 use std::fmt::Debug;
 use std::sync::{mpsc, Mutex};
@@ -16,10 +10,6 @@ use std::thread;
 use std::time::Duration;
 
 use evtchn::{Channels, Error, Notify, Port, PortOps};
-
-// ---------------------------------------------------------------------------
-// The control plane
-// ---------------------------------------------------------------------------
 
 /// A recording `Notify`: every kick, in order.
 #[derive(Default)]
@@ -85,32 +75,6 @@ pub fn assert_err_unchanged_by<S: PartialEq + Debug, T: Debug>(
         before,
         "a failed operation ({want:?}) changed state"
     );
-}
-
-// ---------------------------------------------------------------------------
-// Seeds and time limits
-// ---------------------------------------------------------------------------
-
-/// xorshift64*: a tiny deterministic PRNG.
-pub struct Rng(u64);
-
-impl Rng {
-    /// The generator of `seed` (any value, 0 included).
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform-enough in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Runs `f` on its own thread and fails the test if it does not finish in
