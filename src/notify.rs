@@ -10,14 +10,14 @@
 ///
 /// On the thread of the operation that raised the event, in two contexts:
 ///
-/// * *Holding the control-plane lock*: in [`Channels::bind`] (Xen's
+/// * *Holding the control-plane lock*: in [`Channels::bind`](crate::Guest::bind) (Xen's
 ///   spurious event, or a stale raise its unmask catches), and wherever a
-///   port's last mask reason goes or a port moves: [`Channels::unmask`],
-///   [`Channels::eoi`], [`Channels::lateeoi`], [`Channels::set_affinity`],
-///   [`Channels::set_online`] (its rebinds, and the hand-over of what is
-///   still queued on the vCPU going offline) and [`Channels::rebalance`].
-/// * *Without the lock*: in [`Channels::send`]; in an upcall
-///   ([`Vcpu::upcall`] and its bounded forms) raising a port it found bound
+///   port's last mask reason goes or a port moves: [`Channels::unmask`](crate::Guest::unmask),
+///   [`Channels::eoi`](crate::Guest::eoi), [`Channels::lateeoi`](crate::Guest::lateeoi), [`Channels::set_affinity`](crate::Guest::set_affinity),
+///   [`Channels::set_online`](crate::Guest::set_online) (its rebinds, and the hand-over of what is
+///   still queued on the vCPU going offline) and [`Channels::rebalance`](crate::Guest::rebalance).
+/// * *Without the lock*: in [`Channels::send`](crate::Guest::send); in an upcall
+///   ([`Vcpu::upcall`](crate::Vcpu::upcall) and its bounded forms) raising a port it found bound
 ///   elsewhere on the vCPU it is bound to now; and at the end of a handler
 ///   run, re-raising an event another vCPU left to it, also when the
 ///   handler panics (the in-flight guard is released as it unwinds).
@@ -27,7 +27,7 @@
 ///
 /// So `kick`:
 ///
-/// * must not call a [`Channels`] method that takes the lock: `bind`,
+/// * must not call a [`Channels`](crate::Channels) method that takes the lock: `bind`,
 ///   `close`, `mask`, `unmask`, `mask_until_eoi`, `eoi`, `lateeoi`,
 ///   `set_lateeoi`, `set_affinity`, `set_priority`, `set_online`,
 ///   `rebalance`, `set_policy`, `policy`, `bound_ports`, `is_online`. The

@@ -7,7 +7,9 @@ use super::control::{Claim, Control, Snapshot};
 use super::{Guest, Hypercalls, Hypervisor};
 use crate::abi::{Deliver, Delivery, Ports};
 use crate::port::{MaskReason, Port};
-use crate::sync::{store_load_fence, Ordering::*};
+use crate::sync::store_load_fence;
+#[cfg(not(all(loom, feature = "loom")))]
+use crate::sync::Ordering::Relaxed;
 use crate::weaken::Weaken;
 use crate::{Error, Notify};
 
@@ -188,7 +190,7 @@ impl<V: Hypervisor> Vcpu<'_, V> {
     /// # Errors
     ///
     /// [`Error::VcpuOutOfRange`] if the ABI's memory holds no state for this
-    /// vCPU; [`Channels::vcpu`] checked that it does, so over this crate's
+    /// vCPU; [`Guest::vcpu`] checked that it does, so over this crate's
     /// ABIs an upcall does not fail.
     ///
     /// # Examples

@@ -353,7 +353,7 @@ impl<V: Hypervisor> Guest<V> {
     /// # Errors
     ///
     /// [`Error::PortOutOfRange`] if `number` is 0 or not below
-    /// [`Channels::nr_ports`]; [`Error::NotBound`] if no port is bound at
+    /// [`Guest::nr_ports`]; [`Error::NotBound`] if no port is bound at
     /// `number` (free, or closed while its handler is still in flight).
     ///
     /// # Examples
@@ -391,7 +391,7 @@ impl<V: Hypervisor> Guest<V> {
     /// # Errors
     ///
     /// * [`Error::VcpuOutOfRange`]: `Bind::Affinity(v)` with `v` not below
-    ///   [`Channels::nr_vcpus`] (or `Bind::Auto` over memory of no vCPU);
+    ///   [`Guest::nr_vcpus`] (or `Bind::Auto` over memory of no vCPU);
     /// * [`Error::VcpuOffline`]: the vCPU it binds to is offline (vCPU 0 for
     ///   `Bind::XenCompat`);
     /// * [`Error::NoFreePort`]: every port is bound, or closed while its
@@ -607,7 +607,7 @@ impl<V: Hypervisor> Guest<V> {
         self.remove_reason(port, MaskReason::Explicit)
     }
 
-    /// Masks `port` until [`Channels::eoi`] (a late EOI).
+    /// Masks `port` until [`Guest::eoi`] (a late EOI).
     ///
     /// # Errors
     ///
@@ -636,7 +636,7 @@ impl<V: Hypervisor> Guest<V> {
     }
 
     /// Signals the end of interrupt of a port masked by
-    /// [`Channels::mask_until_eoi`]: removes that reason (and only that one).
+    /// [`Guest::mask_until_eoi`]: removes that reason (and only that one).
     ///
     /// # Errors
     ///
@@ -739,7 +739,7 @@ impl<V: Hypervisor> Guest<V> {
     /// # Errors
     ///
     /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
-    /// [`Channels::nr_vcpus`], [`Error::VcpuOffline`] if it is offline.
+    /// [`Guest::nr_vcpus`], [`Error::VcpuOffline`] if it is offline.
     /// [`Error::NotBound`] if `port` was closed, [`Error::Stale`] if its
     /// number was bound again since, [`Error::PortOutOfRange`] if its number
     /// is not a port here (a handle of another instance).
@@ -846,7 +846,7 @@ impl<V: Hypervisor> Guest<V> {
     /// # Errors
     ///
     /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
-    /// [`Channels::nr_vcpus`].
+    /// [`Guest::nr_vcpus`].
     ///
     /// # Examples
     ///
@@ -879,7 +879,7 @@ impl<V: Hypervisor> Guest<V> {
     /// # Errors
     ///
     /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
-    /// [`Channels::nr_vcpus`].
+    /// [`Guest::nr_vcpus`].
     ///
     /// # Examples
     ///
@@ -910,7 +910,7 @@ impl<V: Hypervisor> Guest<V> {
     /// # Errors
     ///
     /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
-    /// [`Channels::nr_vcpus`]; [`Error::LastOnlineVcpu`] if it is the only
+    /// [`Guest::nr_vcpus`]; [`Error::LastOnlineVcpu`] if it is the only
     /// vCPU online and `online` is `false`.
     ///
     /// # Examples
@@ -1068,7 +1068,7 @@ impl<V: Hypervisor> Guest<V> {
 
     /// Makes `port` a late-EOI port (or not): from its next handler start
     /// on, the port stays masked (reason: EOI pending) until its owner calls
-    /// [`Channels::eoi`] or [`Channels::lateeoi`] — Linux's lateeoi, the
+    /// [`Guest::eoi`] or [`Guest::lateeoi`] — Linux's lateeoi, the
     /// storm throttle of XSA-332.
     ///
     /// # Errors
@@ -1105,7 +1105,7 @@ impl<V: Hypervisor> Guest<V> {
     /// Ends a late EOI, saying whether the handler found work. A port whose
     /// handler found none more than once in a row stays masked, and this
     /// returns the delay in milliseconds (1, 2, 4, ... up to 1000) after
-    /// which the owner calls [`Channels::eoi`]; otherwise the port is
+    /// which the owner calls [`Guest::eoi`]; otherwise the port is
     /// unmasked at once (pending events are raised) and it returns `None`.
     ///
     /// # Errors
@@ -1259,7 +1259,7 @@ impl<V: Hypervisor> Guest<V> {
     /// # Errors
     ///
     /// [`Error::PortOutOfRange`] if `number` is 0 or not below
-    /// [`Channels::nr_ports`].
+    /// [`Guest::nr_ports`].
     ///
     /// # Examples
     ///
@@ -1318,7 +1318,7 @@ impl<V: Hypervisor> Guest<V> {
     /// # Errors
     ///
     /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
-    /// [`Channels::nr_vcpus`].
+    /// [`Guest::nr_vcpus`].
     ///
     /// # Examples
     ///
@@ -1349,7 +1349,7 @@ impl<V: Hypervisor> Guest<V> {
     /// # Errors
     ///
     /// [`Error::VcpuOutOfRange`] if `vcpu` is not below
-    /// [`Channels::nr_vcpus`].
+    /// [`Guest::nr_vcpus`].
     ///
     /// # Examples
     ///
