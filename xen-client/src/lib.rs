@@ -10,7 +10,8 @@
 //! * [`xen_abi`]: Xen's hypercall argument structs, checked against the C
 //!   compiler's view of Xen's headers ([`c_abi_layout`]).
 //! * [`harness`]: what the tests share: vCPU wake-ups, a small random number
-//!   generator, the run length.
+//!   generator, the run length, the send accounting, the scenario's sizes,
+//!   counters, summary lines, clean assertion and negative-control runner.
 //!
 //! Memory is allocated by Rust (evtchn's layouts are Xen's, bit for bit) and
 //! lent to the C code for the lifetime `'a` of the wrapper.
@@ -337,6 +338,31 @@ impl RaiserVariant {
 /// Errors of the C code: a negative errno.
 pub type Errno = i32;
 
+/// `r` as the `void *` context or memory pointer the C constructors take.
+fn ctx<T: ?Sized>(r: &T) -> *mut c_void {
+    std::ptr::from_ref(r).cast_mut().cast()
+}
+
+/// FIFO memory as the C constructors take it: the event array and its
+/// length, the control blocks, the `vcpu_info`s and their count.
+type FifoArgs = (*mut u32, u32, *mut c_void, *mut c_void, u32);
+
+/// [`FifoArgs`] of the slices.
+///
+/// # Panics
+///
+/// If `control` and `vcpus` differ in length, or the counts overflow `u32`.
+fn fifo_args(words: &[EventWord], control: &[ControlBlock], vcpus: &[VcpuInfo]) -> FifoArgs {
+    assert_eq!(control.len(), vcpus.len());
+    (
+        words.as_ptr().cast_mut().cast(),
+        u32::try_from(words.len()).expect("at most 2^17 ports"),
+        ctx(control),
+        ctx(vcpus),
+        u32::try_from(vcpus.len()).expect("vCPU count"),
+    )
+}
+
 fn rc(v: c_int) -> Result<(), Errno> {
     if v < 0 {
         Err(v)
@@ -392,13 +418,13 @@ impl<'a> CGuest<'a> {
         // live for 'a and match the trampolines' type parameters.
         let g = unsafe {
             (ops.new_2l)(
-                std::ptr::from_ref(page).cast_mut().cast(),
+                ctx(page),
                 nr_vcpus,
                 nr_ports,
                 hypercall_trampoline::<H>,
-                std::ptr::from_ref(hv).cast_mut().cast(),
+                ctx(hv),
                 handler_trampoline::<F>,
-                std::ptr::from_ref(handler).cast_mut().cast(),
+                ctx(handler),
             )
         };
         CGuest {
@@ -423,22 +449,22 @@ impl<'a> CGuest<'a> {
         hv: &'a H,
         handler: &'a F,
     ) -> Self {
-        assert_eq!(control.len(), vcpus.len());
+        let (w, n, c, v, nv) = fifo_args(words, control, vcpus);
         let ops = variant.ops();
         // SAFETY: the slices are live for 'a, made of atomics with Xen's
         // layouts (checked by evtchn's xen_layout test), and their lengths
         // are passed along; callbacks as in `new_2l`.
         let g = unsafe {
             (ops.new_fifo)(
-                words.as_ptr().cast_mut().cast(),
-                u32::try_from(words.len()).expect("at most 2^17 ports"),
-                control.as_ptr().cast_mut().cast(),
-                vcpus.as_ptr().cast_mut().cast(),
-                u32::try_from(vcpus.len()).expect("vCPU count"),
+                w,
+                n,
+                c,
+                v,
+                nv,
                 hypercall_trampoline::<H>,
-                std::ptr::from_ref(hv).cast_mut().cast(),
+                ctx(hv),
                 handler_trampoline::<F>,
-                std::ptr::from_ref(handler).cast_mut().cast(),
+                ctx(handler),
             )
         };
         CGuest {
@@ -607,11 +633,11 @@ impl<'a> CRaiser<'a> {
         // for 'a and matches the trampoline's type parameter.
         let r = unsafe {
             (ops.new_2l)(
-                std::ptr::from_ref(page).cast_mut().cast(),
+                ctx(page),
                 nr_vcpus,
                 nr_ports,
                 kick_trampoline::<K>,
-                std::ptr::from_ref(kick).cast_mut().cast(),
+                ctx(kick),
             )
         };
         CRaiser {
@@ -635,20 +661,10 @@ impl<'a> CRaiser<'a> {
         vcpus: &'a [VcpuInfo],
         kick: &'a K,
     ) -> Self {
-        assert_eq!(control.len(), vcpus.len());
+        let (w, n, c, v, nv) = fifo_args(words, control, vcpus);
         let ops = variant.ops();
         // SAFETY: as in `new_2l`; the lengths are passed along.
-        let r = unsafe {
-            (ops.new_fifo)(
-                words.as_ptr().cast_mut().cast(),
-                u32::try_from(words.len()).expect("at most 2^17 ports"),
-                control.as_ptr().cast_mut().cast(),
-                vcpus.as_ptr().cast_mut().cast(),
-                u32::try_from(vcpus.len()).expect("vCPU count"),
-                kick_trampoline::<K>,
-                std::ptr::from_ref(kick).cast_mut().cast(),
-            )
-        };
+        let r = unsafe { (ops.new_fifo)(w, n, c, v, nv, kick_trampoline::<K>, ctx(kick)) };
         CRaiser {
             ops,
             r: NonNull::new(r).expect("xr new_fifo refused its arguments"),

@@ -35,18 +35,13 @@ use std::time::{Duration, Instant};
 use evtchn::xen::fifo::{ControlBlock, EventWord, PENDING};
 use evtchn::xen::{SharedInfo, VcpuInfo};
 use evtchn::{BorrowedFifo, Error, Fifo, Host, MaxVcpus, Notify, Raise, TwoLevel};
-use xen_client::harness::{drain, scenario_duration, Book, Halt, Rng, StopOnDrop, Wake};
+use xen_client::harness::{
+    ack_and_halt, assert_clean, drain, kick_until_acked, losses, negative_control, random_port,
+    run_until, scenario_duration, send_loop, serial, Abi, Book, Control, Counter, Rng, StopOnDrop,
+    Summary, Tally, Wake, NR_PORTS, PORTS, VCPUS,
+};
 use xen_client::xen_abi::{EINVAL, ENOENT, ENOSPC};
 use xen_client::{CGuest, CRaiser, EvtchnOp, GuestVariant, Hypervisor, RaiserVariant};
-
-const VCPUS: u32 = 4;
-/// Ports bound: 1..=PORTS.
-const PORTS: u32 = 96;
-/// Ports the memory holds: two 2-level words, 128 FIFO event words.
-const NR_PORTS: u32 = 128;
-
-/// Scenarios share the machine's two cores: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 // ---- the hypervisor under the C guest ---------------------------------------
 
@@ -153,31 +148,9 @@ impl<B: Backend> Hypervisor for Dispatch<'_, B> {
 // ---- the scenario ----------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Abi {
-    TwoLevel,
-    Fifo,
-}
-
-impl Abi {
-    fn name(self) -> &'static str {
-        match self {
-            Abi::TwoLevel => "2-level",
-            Abi::Fifo => "FIFO",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BackendKind {
     Evtchn,
     CRaiser,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum StopWhen {
-    Time,
-    Clobbered,
-    OnMasked,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -186,7 +159,7 @@ struct Opts {
     /// Negative control: the hypervisor unmasks every port it rebinds.
     host_unmasks_on_rebind: bool,
     duration: Duration,
-    stop_when: StopWhen,
+    stop_when: Option<Counter>,
     seed: u64,
 }
 
@@ -196,7 +169,7 @@ impl Opts {
             guest,
             host_unmasks_on_rebind: false,
             duration,
-            stop_when: StopWhen::Time,
+            stop_when: None,
             seed: 0x5eed,
         }
     }
@@ -204,45 +177,21 @@ impl Opts {
 
 #[derive(Debug, Default)]
 struct Counts {
-    sends: u64,
-    send_errors: u64,
-    handled: u64,
+    t: Tally,
     bind_vcpu: u64,
     bind_vcpu_closed: u64,
-    priorities: u64,
-    rebinds: u64,
-    mask_ops: u64,
-    unmask_hypercalls: u64,
-    kicks: u64,
-    lost: u64,
-    lost_ports: Vec<String>,
-    stuck: Vec<u32>,
-    clobbered: u64,
-    first_clobbered: Option<u32>,
-    on_masked: u64,
-    lost_wakeups: u64,
-    secs: f64,
 }
 
-impl Counts {
+impl Summary for Counts {
+    fn tally(&self) -> &Tally {
+        &self.t
+    }
     fn line(&self, what: &str) -> String {
-        format!(
-            "{what}: sends={} handled={} bind_vcpu={} (on a closed port {}) set_priority={} close/rebind={} guest mask ops={} unmask hypercalls={} kicks={} lost={} clobbered={} on_masked={} lost_wakeups={} ({:.1} s)",
-            self.sends,
-            self.handled,
-            self.bind_vcpu,
-            self.bind_vcpu_closed,
-            self.priorities,
-            self.rebinds,
-            self.mask_ops,
-            self.unmask_hypercalls,
-            self.kicks,
-            self.lost,
-            self.clobbered,
-            self.on_masked,
-            self.lost_wakeups,
-            self.secs,
-        )
+        let moves = format!(
+            "bind_vcpu={} (on a closed port {})",
+            self.bind_vcpu, self.bind_vcpu_closed
+        );
+        self.t.line(what, &moves, "")
     }
 }
 
@@ -316,7 +265,7 @@ fn run_forward<B: Backend>(
                 while !wake.stopped() {
                     guest.upcall(v).expect("one upcall per vCPU thread");
                     if mask_ops_on.load(SeqCst) && rng.chance(1, 2) {
-                        let p = 1 + (rng.below(u64::from(PORTS)) as u32);
+                        let p = random_port(&mut rng);
                         if guest.masked_by_guest(p) {
                             guest.unmask(p).expect("guest unmask");
                             mask_ops.fetch_add(1, Relaxed);
@@ -325,17 +274,8 @@ fn run_forward<B: Backend>(
                             mask_ops.fetch_add(1, Relaxed);
                         }
                     }
-                    acks[v as usize].fetch_add(1, SeqCst);
-                    if wake.halt(
-                        v,
-                        || guest.upcall_pending(v),
-                        Duration::from_secs(1),
-                        Duration::ZERO,
-                    ) == Halt::LostWakeup
-                    {
-                        // Halted with an upcall pending and nobody kicked.
-                        lost_wakeups.fetch_add(1, Relaxed);
-                    }
+                    let pending = || guest.upcall_pending(v);
+                    ack_and_halt(wake, v, &acks[v as usize], pending, lost_wakeups);
                 }
             }));
         }
@@ -344,19 +284,9 @@ fn run_forward<B: Backend>(
         for i in 0..2u64 {
             let (stop_ops, sends, send_errors, check) = (&stop_ops, &sends, &send_errors, &check);
             ops.push(s.spawn(move || {
-                let mut rng = Rng::new(opts.seed ^ (0x100 + i));
-                while !stop_ops.load(Relaxed) {
-                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
-                    {
-                        let _g = book.lock(p);
-                        book.sending(p);
-                        match backend.send(p) {
-                            Ok(()) => sends.fetch_add(1, Relaxed),
-                            Err(_) => send_errors.fetch_add(1, Relaxed),
-                        };
-                    }
-                    check();
-                }
+                let send = |p| backend.send(p).is_ok();
+                let seed = opts.seed ^ (0x100 + i);
+                send_loop(seed, stop_ops, book, (sends, send_errors), send, check);
             }));
         }
         {
@@ -370,7 +300,7 @@ fn run_forward<B: Backend>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ 0x200);
                 while !stop_ops.load(Relaxed) {
-                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
+                    let p = random_port(&mut rng);
                     match backend.bind_vcpu(p, rng.below(u64::from(VCPUS)) as u32) {
                         Ok(()) => bind_vcpu.fetch_add(1, Relaxed),
                         Err(_) => bind_vcpu_closed.fetch_add(1, Relaxed),
@@ -395,7 +325,7 @@ fn run_forward<B: Backend>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ 0x300);
                 while !stop_ops.load(Relaxed) {
-                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
+                    let p = random_port(&mut rng);
                     {
                         let _g = book.lock(p);
                         backend.close(p).expect("close of a bound port");
@@ -412,17 +342,11 @@ fn run_forward<B: Backend>(
         }
 
         // Run.
-        loop {
-            std::thread::sleep(Duration::from_millis(10));
-            let done = match opts.stop_when {
-                StopWhen::Time => false,
-                StopWhen::Clobbered => clobbered.load(Relaxed) > 0,
-                StopWhen::OnMasked => guest.stats().on_masked > 0,
-            };
-            if done || start.elapsed() >= opts.duration {
-                break;
-            }
-        }
+        run_until(start, opts.duration, opts.stop_when, |c| match c {
+            Counter::Lost => 0,
+            Counter::Clobbered => clobbered.load(Relaxed),
+            Counter::OnMasked => guest.stats().on_masked,
+        });
 
         // Quiesce: the hypervisor's operations stop, then the guest's mask
         // operations, then the guest unmasks everything and the vCPUs drain.
@@ -432,14 +356,7 @@ fn run_forward<B: Backend>(
         }
         check();
         mask_ops_on.store(false, SeqCst);
-        for v in 0..VCPUS {
-            let a = acks[v as usize].load(SeqCst);
-            let t = Instant::now();
-            while acks[v as usize].load(SeqCst) < a + 2 && t.elapsed() < Duration::from_secs(10) {
-                wake.kick(v);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        kick_until_acked(wake, &acks, 2);
         for p in 1..=PORTS {
             if guest.masked_by_guest(p) {
                 guest.unmask(p).expect("final unmask");
@@ -447,44 +364,39 @@ fn run_forward<B: Backend>(
         }
         let drained = drain(wake, VCPUS, |v| guest.upcall_pending(v), book);
         assert!(drained, "the vCPUs did not drain within 10 s");
-        let stuck: Vec<u32> = (1..=PORTS).filter(|&p| pending(p)).collect();
-        let lost_ports = book.lost(1..=PORTS);
+        let t = losses(book, pending);
         wake.stop();
         for h in vcpus {
             h.join().expect("vCPU thread");
         }
         Counts {
-            lost: (lost_ports.len() + stuck.len()) as u64,
-            lost_ports,
-            stuck,
+            t,
             ..Counts::default()
         }
     });
 
     let g = guest.stats();
-    counts.sends = sends.load(SeqCst);
-    counts.send_errors = send_errors.load(SeqCst);
-    counts.handled = g.handled;
+    counts.t.sends = sends.load(SeqCst);
+    counts.t.send_errors = send_errors.load(SeqCst);
+    counts.t.handled = g.handled;
     counts.bind_vcpu = bind_vcpu.load(SeqCst);
     counts.bind_vcpu_closed = bind_vcpu_closed.load(SeqCst);
-    counts.priorities = priorities.load(SeqCst);
-    counts.rebinds = rebinds.load(SeqCst);
-    counts.mask_ops = mask_ops.load(SeqCst);
-    counts.unmask_hypercalls = dispatch.unmasks.load(SeqCst);
-    counts.kicks = wake.total_kicks();
-    counts.clobbered = clobbered.load(SeqCst);
-    counts.first_clobbered = *first_clobbered.lock().unwrap();
-    counts.on_masked = g.on_masked;
-    counts.lost_wakeups = lost_wakeups.load(SeqCst);
-    counts.secs = start.elapsed().as_secs_f64();
+    counts.t.priorities = priorities.load(SeqCst);
+    counts.t.rebinds = rebinds.load(SeqCst);
+    counts.t.mask_ops = mask_ops.load(SeqCst);
+    counts.t.unmask_hypercalls = dispatch.unmasks.load(SeqCst);
+    counts.t.kicks = wake.total_kicks();
+    counts.t.clobbered = clobbered.load(SeqCst);
+    counts.t.first_clobbered = *first_clobbered.lock().unwrap();
+    counts.t.on_masked = g.on_masked;
+    counts.t.lost_wakeups = lost_wakeups.load(SeqCst);
+    counts.t.secs = start.elapsed().as_secs_f64();
     counts
 }
 
 /// Sets up memory, the backend and the C guest for `abi`, and runs.
 fn forward(abi: Abi, backend: BackendKind, opts: &Opts) -> Counts {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = serial();
     let wake = Wake::new(VCPUS as usize);
     let kick = |v: u32| wake.kick(v);
     let book = Book::new(NR_PORTS);
@@ -495,6 +407,12 @@ fn forward(abi: Abi, backend: BackendKind, opts: &Opts) -> Counts {
             let pending = |p: u32| {
                 page.evtchn_pending[(p / 64) as usize].load(SeqCst) & (1u64 << (p % 64)) != 0
             };
+            let shared = Shared {
+                wake: &wake,
+                book: &book,
+                pending: &pending,
+                fifo: false,
+            };
             match backend {
                 BackendKind::Evtchn => {
                     let host =
@@ -502,36 +420,14 @@ fn forward(abi: Abi, backend: BackendKind, opts: &Opts) -> Counts {
                     let dispatch = Dispatch::new(&host);
                     let guest =
                         CGuest::new_2l(opts.guest, &page, VCPUS, NR_PORTS, &dispatch, &handler);
-                    run_forward(
-                        opts,
-                        &host,
-                        &guest,
-                        &dispatch,
-                        Shared {
-                            wake: &wake,
-                            book: &book,
-                            pending: &pending,
-                            fifo: false,
-                        },
-                    )
+                    run_forward(opts, &host, &guest, &dispatch, shared)
                 }
                 BackendKind::CRaiser => {
                     let raiser = CRaiser::new_2l(RaiserVariant::Xen, &page, VCPUS, NR_PORTS, &kick);
                     let dispatch = Dispatch::new(&raiser);
                     let guest =
                         CGuest::new_2l(opts.guest, &page, VCPUS, NR_PORTS, &dispatch, &handler);
-                    run_forward(
-                        opts,
-                        &raiser,
-                        &guest,
-                        &dispatch,
-                        Shared {
-                            wake: &wake,
-                            book: &book,
-                            pending: &pending,
-                            fifo: false,
-                        },
-                    )
+                    run_forward(opts, &raiser, &guest, &dispatch, shared)
                 }
             }
         }
@@ -540,6 +436,12 @@ fn forward(abi: Abi, backend: BackendKind, opts: &Opts) -> Counts {
             let control: Vec<ControlBlock> = (0..VCPUS).map(|_| ControlBlock::new()).collect();
             let vcpus: Vec<VcpuInfo> = (0..VCPUS).map(|_| VcpuInfo::new()).collect();
             let pending = |p: u32| words[p as usize].load(SeqCst) & PENDING != 0;
+            let shared = Shared {
+                wake: &wake,
+                book: &book,
+                pending: &pending,
+                fifo: true,
+            };
             match backend {
                 BackendKind::Evtchn => {
                     let host = Host::new(
@@ -553,18 +455,7 @@ fn forward(abi: Abi, backend: BackendKind, opts: &Opts) -> Counts {
                     let dispatch = Dispatch::new(&host);
                     let guest =
                         CGuest::new_fifo(opts.guest, &words, &control, &vcpus, &dispatch, &handler);
-                    run_forward(
-                        opts,
-                        &host,
-                        &guest,
-                        &dispatch,
-                        Shared {
-                            wake: &wake,
-                            book: &book,
-                            pending: &pending,
-                            fifo: true,
-                        },
-                    )
+                    run_forward(opts, &host, &guest, &dispatch, shared)
                 }
                 BackendKind::CRaiser => {
                     let raiser =
@@ -572,49 +463,11 @@ fn forward(abi: Abi, backend: BackendKind, opts: &Opts) -> Counts {
                     let dispatch = Dispatch::new(&raiser);
                     let guest =
                         CGuest::new_fifo(opts.guest, &words, &control, &vcpus, &dispatch, &handler);
-                    run_forward(
-                        opts,
-                        &raiser,
-                        &guest,
-                        &dispatch,
-                        Shared {
-                            wake: &wake,
-                            book: &book,
-                            pending: &pending,
-                            fifo: true,
-                        },
-                    )
+                    run_forward(opts, &raiser, &guest, &dispatch, shared)
                 }
             }
         }
     }
-}
-
-fn assert_clean(what: &str, c: &Counts) {
-    println!("{}", c.line(what));
-    assert!(c.sends > 0 && c.handled > 0, "{what}: nothing ran: {c:?}");
-    assert_eq!(c.send_errors, 0, "{what}: a send to a bound port failed");
-    assert!(
-        c.lost == 0,
-        "{what}: lost events on {} ports, first {:?}; still pending after the drain: {:?}\n{}",
-        c.lost_ports.len(),
-        c.lost_ports.iter().take(8).collect::<Vec<_>>(),
-        c.stuck,
-        c.line(what)
-    );
-    assert_eq!(
-        c.clobbered, 0,
-        "{what}: the guest's mask of port {:?} was cleared by the hypervisor",
-        c.first_clobbered
-    );
-    assert_eq!(
-        c.on_masked, 0,
-        "{what}: handlers ran on ports the guest had masked"
-    );
-    assert_eq!(
-        c.lost_wakeups, 0,
-        "{what}: a vCPU halted with an upcall pending"
-    );
 }
 
 #[test]
@@ -640,7 +493,7 @@ fn forward_fifo() {
 /// The baseline: the C guest over the C raiser, no evtchn.
 #[test]
 fn baseline_c_guest_on_c_raiser() {
-    for abi in [Abi::TwoLevel, Abi::Fifo] {
+    for abi in Abi::ALL {
         let c = forward(
             abi,
             BackendKind::CRaiser,
@@ -650,64 +503,84 @@ fn baseline_c_guest_on_c_raiser() {
     }
 }
 
+/// A negative control of the forward direction: a broken C guest or
+/// hypervisor, and what the summary line calls it.
+struct Negative {
+    guest: GuestVariant,
+    host_unmasks_on_rebind: bool,
+    control: Control,
+}
+
+/// The forward negative controls, one per counter.
+const NEGATIVES: [Negative; 3] = [
+    Negative {
+        guest: GuestVariant::BrokenUnmask,
+        host_unmasks_on_rebind: false,
+        control: Control {
+            label: "guest unmask without hypercall",
+            counter: Counter::Lost,
+            still_zero: None,
+            duration: Duration::from_millis(500),
+        },
+    },
+    Negative {
+        guest: GuestVariant::IgnoreMask,
+        host_unmasks_on_rebind: false,
+        control: Control {
+            label: "delivery ignores the mask",
+            counter: Counter::OnMasked,
+            still_zero: None,
+            duration: Duration::from_secs(5),
+        },
+    },
+    Negative {
+        guest: GuestVariant::Linux,
+        host_unmasks_on_rebind: true,
+        control: Control {
+            label: "hypervisor unmasks on rebind",
+            counter: Counter::Clobbered,
+            still_zero: None,
+            duration: Duration::from_secs(5),
+        },
+    },
+];
+
+/// Runs negative control `n` of [`NEGATIVES`] on both ABIs.
+fn negative(n: &Negative) {
+    let mut opts = Opts::new(n.guest, n.control.duration);
+    opts.host_unmasks_on_rebind = n.host_unmasks_on_rebind;
+    opts.stop_when = n.control.stop_when();
+    negative_control("forward", &n.control, |abi| {
+        forward(abi, BackendKind::Evtchn, &opts)
+    });
+}
+
 /// Negative control: an unmask that never asks the hypervisor loses the
 /// events that arrived while the port was masked.
 #[test]
 fn negative_lost_with_broken_guest_unmask() {
-    for abi in [Abi::TwoLevel, Abi::Fifo] {
-        let opts = Opts::new(GuestVariant::BrokenUnmask, Duration::from_millis(500));
-        let c = forward(abi, BackendKind::Evtchn, &opts);
-        let what = format!(
-            "negative forward {} (guest unmask without hypercall)",
-            abi.name()
-        );
-        println!("{}", c.line(&what));
-        assert!(c.lost > 0, "{what}: the lost counter stayed 0");
-    }
+    negative(&NEGATIVES[0]);
 }
 
 /// Negative control: a guest whose delivery ignores its mask runs handlers
 /// on ports it masked.
 #[test]
 fn negative_on_masked_with_guest_ignoring_mask() {
-    for abi in [Abi::TwoLevel, Abi::Fifo] {
-        let mut opts = Opts::new(GuestVariant::IgnoreMask, Duration::from_secs(5));
-        opts.stop_when = StopWhen::OnMasked;
-        let c = forward(abi, BackendKind::Evtchn, &opts);
-        let what = format!(
-            "negative forward {} (delivery ignores the mask)",
-            abi.name()
-        );
-        println!("{}", c.line(&what));
-        assert!(c.on_masked > 0, "{what}: the on_masked counter stayed 0");
-    }
+    negative(&NEGATIVES[1]);
 }
 
 /// Negative control: a hypervisor that unmasks a port when it rebinds it
 /// clears masks the guest set.
 #[test]
 fn negative_clobbered_with_host_unmasking_on_rebind() {
-    for abi in [Abi::TwoLevel, Abi::Fifo] {
-        let mut opts = Opts::new(GuestVariant::Linux, Duration::from_secs(5));
-        opts.host_unmasks_on_rebind = true;
-        opts.stop_when = StopWhen::Clobbered;
-        let c = forward(abi, BackendKind::Evtchn, &opts);
-        let what = format!(
-            "negative forward {} (hypervisor unmasks on rebind)",
-            abi.name()
-        );
-        println!("{}", c.line(&what));
-        assert!(c.clobbered > 0, "{what}: the clobbered counter stayed 0");
-    }
+    negative(&NEGATIVES[2]);
 }
 
 /// The C guest's own hypercalls reach the hypervisor: bind an IPI, send to
 /// it, handle it, rebind and close it.
 #[test]
 fn guest_hypercalls_reach_host() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = serial();
     let page = Box::new(SharedInfo::new());
     let kicked = Mutex::new(Vec::new());
     let kick = |v: u32| kicked.lock().unwrap().push(v);

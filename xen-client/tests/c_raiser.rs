@@ -39,18 +39,13 @@ use evtchn::{
     Bind, BorrowedFifo, Deliver, Error, Fifo, Guest, Hypercalls, MaxVcpus, OnXen, Port, State,
     TwoLevel,
 };
-use xen_client::harness::{drain, scenario_duration, Book, Halt, Rng, StopOnDrop, Wake};
+use xen_client::harness::{
+    ack_and_halt, assert_clean, drain, kick_until_acked, losses, negative_control, random_port,
+    run_until, scenario_duration, send_loop, serial, Abi, Book, Control, Counter, Rng, StopOnDrop,
+    Summary, Tally, Wake, NR_PORTS, PORTS, VCPUS,
+};
 use xen_client::xen_abi::{ENOENT, ENOSPC};
 use xen_client::{CRaiser, EvtchnOp, RaiserStats, RaiserVariant};
-
-const VCPUS: u32 = 4;
-/// Ports bound: 1..=PORTS.
-const PORTS: u32 = 96;
-/// Ports the memory holds: two 2-level words, 128 FIFO event words.
-const NR_PORTS: u32 = 128;
-
-/// Scenarios share the machine's two cores: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The guest's record of a port's mask.
 const UNMASKED: u8 = 0;
@@ -116,28 +111,6 @@ impl Hypercalls for Calls<'_> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Abi {
-    TwoLevel,
-    Fifo,
-}
-
-impl Abi {
-    fn name(self) -> &'static str {
-        match self {
-            Abi::TwoLevel => "2-level",
-            Abi::Fifo => "FIFO",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum StopWhen {
-    Time,
-    Clobbered,
-    OnMasked,
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Opts {
     raiser: RaiserVariant,
@@ -149,7 +122,7 @@ struct Opts {
     /// port on the vCPU it had.
     moves: bool,
     duration: Duration,
-    stop_when: StopWhen,
+    stop_when: Option<Counter>,
     seed: u64,
 }
 
@@ -160,7 +133,7 @@ impl Opts {
             record_without_masking: false,
             moves: true,
             duration,
-            stop_when: StopWhen::Time,
+            stop_when: None,
             seed: 0xc0ffee,
         }
     }
@@ -168,49 +141,26 @@ impl Opts {
 
 #[derive(Debug, Default)]
 struct Counts {
-    sends: u64,
-    send_errors: u64,
-    handled: u64,
+    t: Tally,
     set_affinity: u64,
     set_affinity_stale: u64,
-    priorities: u64,
-    rebinds: u64,
-    mask_ops: u64,
-    unmask_hypercalls: u64,
-    kicks: u64,
-    lost: u64,
-    lost_ports: Vec<String>,
-    stuck: Vec<u32>,
-    clobbered: u64,
-    first_clobbered: Option<u32>,
-    on_masked: u64,
-    first_on_masked: Option<u32>,
-    lost_wakeups: u64,
     raiser: RaiserStats,
-    secs: f64,
 }
 
-impl Counts {
+impl Summary for Counts {
+    fn tally(&self) -> &Tally {
+        &self.t
+    }
     fn line(&self, what: &str) -> String {
-        format!(
-            "{what}: sends={} handled={} set_affinity={} (stale {}) set_priority={} close/rebind={} guest mask ops={} unmask hypercalls={} kicks={} lost={} clobbered={} on_masked={} lost_wakeups={} raiser: lost_queue_changes={} link_gave_up={} ({:.1} s)",
-            self.sends,
-            self.handled,
-            self.set_affinity,
-            self.set_affinity_stale,
-            self.priorities,
-            self.rebinds,
-            self.mask_ops,
-            self.unmask_hypercalls,
-            self.kicks,
-            self.lost,
-            self.clobbered,
-            self.on_masked,
-            self.lost_wakeups,
-            self.raiser.lost_queue_changes,
-            self.raiser.link_gave_up,
-            self.secs,
-        )
+        let moves = format!(
+            "set_affinity={} (stale {})",
+            self.set_affinity, self.set_affinity_stale
+        );
+        let tail = format!(
+            " raiser: lost_queue_changes={} link_gave_up={}",
+            self.raiser.lost_queue_changes, self.raiser.link_gave_up
+        );
+        self.t.line(what, &moves, &tail)
     }
 }
 
@@ -218,6 +168,7 @@ impl Counts {
 struct Bits<'a> {
     masked: &'a (dyn Fn(u32) -> bool + Sync),
     pending: &'a (dyn Fn(u32) -> bool + Sync),
+    fifo: bool,
 }
 
 #[allow(clippy::too_many_lines)]
@@ -233,8 +184,6 @@ struct Shared<'s> {
     unmasks: &'s AtomicU64,
     wake: &'s Wake,
     book: &'s Book,
-    bits: &'s Bits<'s>,
-    fifo: bool,
 }
 
 fn run_reverse<D: Deliver>(
@@ -242,6 +191,7 @@ fn run_reverse<D: Deliver>(
     raiser: &CRaiser<'_>,
     guest: &CGuestOf<'_, D>,
     shared: Shared<'_>,
+    bits: &Bits<'_>,
 ) -> Counts {
     let Shared {
         slots,
@@ -249,9 +199,8 @@ fn run_reverse<D: Deliver>(
         unmasks,
         wake,
         book,
-        bits,
-        fifo,
     } = shared;
+    let fifo = bits.fifo;
     let start = Instant::now();
     for p in 1..=PORTS {
         let port = guest.bind(Bind::Affinity(p % VCPUS)).expect("initial bind");
@@ -299,16 +248,8 @@ fn run_reverse<D: Deliver>(
                 let mut vcpu = guest.vcpu(v).expect("vCPU");
                 while !wake.stopped() {
                     vcpu.upcall(handler).expect("upcall");
-                    acks[v as usize].fetch_add(1, SeqCst);
-                    if wake.halt(
-                        v,
-                        || vcpu.upcall_pending(),
-                        Duration::from_secs(1),
-                        Duration::ZERO,
-                    ) == Halt::LostWakeup
-                    {
-                        lost_wakeups.fetch_add(1, Relaxed);
-                    }
+                    let pending = || vcpu.upcall_pending();
+                    ack_and_halt(wake, v, &acks[v as usize], pending, lost_wakeups);
                 }
             }));
         }
@@ -317,19 +258,9 @@ fn run_reverse<D: Deliver>(
         for i in 0..2u64 {
             let (stop_ops, sends, send_errors, check) = (&stop_ops, &sends, &send_errors, &check);
             ops.push(s.spawn(move || {
-                let mut rng = Rng::new(opts.seed ^ (0x100 + i));
-                while !stop_ops.load(Relaxed) {
-                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
-                    {
-                        let _g = book.lock(p);
-                        book.sending(p);
-                        match raiser.event_channel_op(EvtchnOp::Send { port: p }) {
-                            Ok(_) => sends.fetch_add(1, Relaxed),
-                            Err(_) => send_errors.fetch_add(1, Relaxed),
-                        };
-                    }
-                    check();
-                }
+                let send = |port| raiser.event_channel_op(EvtchnOp::Send { port }).is_ok();
+                let seed = opts.seed ^ (0x100 + i);
+                send_loop(seed, stop_ops, book, (sends, send_errors), send, check);
             }));
         }
         {
@@ -343,7 +274,7 @@ fn run_reverse<D: Deliver>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ 0x200);
                 while !stop_ops.load(Relaxed) {
-                    let port = slot_port(1 + (rng.below(u64::from(PORTS)) as u32));
+                    let port = slot_port(random_port(&mut rng));
                     let vcpu = rng.below(u64::from(VCPUS)) as u32;
                     if opts.moves {
                         match guest.set_affinity(port, vcpu) {
@@ -369,7 +300,7 @@ fn run_reverse<D: Deliver>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ 0x400);
                 while !stop_ops.load(Relaxed) {
-                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
+                    let p = random_port(&mut rng);
                     let slot = &slots[p as usize];
                     let held = slot.port.lock().unwrap();
                     let port = held.expect("bound");
@@ -403,7 +334,7 @@ fn run_reverse<D: Deliver>(
             ops.push(s.spawn(move || {
                 let mut rng = Rng::new(opts.seed ^ 0x300);
                 while !stop_ops.load(Relaxed) {
-                    let p = 1 + (rng.below(u64::from(PORTS)) as u32);
+                    let p = random_port(&mut rng);
                     let slot = &slots[p as usize];
                     {
                         let mut port = slot.port.lock().unwrap();
@@ -443,17 +374,11 @@ fn run_reverse<D: Deliver>(
             }));
         }
 
-        loop {
-            std::thread::sleep(Duration::from_millis(10));
-            let done = match opts.stop_when {
-                StopWhen::Time => false,
-                StopWhen::Clobbered => clobber.count.load(Relaxed) > 0,
-                StopWhen::OnMasked => on_masked.load(Relaxed) > 0,
-            };
-            if done || start.elapsed() >= opts.duration {
-                break;
-            }
-        }
+        run_until(start, opts.duration, opts.stop_when, |c| match c {
+            Counter::Lost => 0,
+            Counter::Clobbered => clobber.count.load(Relaxed),
+            Counter::OnMasked => on_masked.load(Relaxed),
+        });
 
         // Quiesce: every operation stops, the guest unmasks everything, the
         // vCPUs drain.
@@ -474,15 +399,8 @@ fn run_reverse<D: Deliver>(
                 slot.seq.fetch_add(1, SeqCst);
             }
         }
-        for (v, a) in acks.iter().enumerate() {
-            // Every vCPU runs one more upcall after the unmasks.
-            let a0 = a.load(SeqCst);
-            let t = Instant::now();
-            while a.load(SeqCst) < a0 + 1 && t.elapsed() < Duration::from_secs(10) {
-                wake.kick(u32::try_from(v).unwrap());
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        // Every vCPU runs one more upcall after the unmasks.
+        kick_until_acked(wake, &acks, 1);
         let drained = drain(
             wake,
             VCPUS,
@@ -490,37 +408,34 @@ fn run_reverse<D: Deliver>(
             book,
         );
         assert!(drained, "the vCPUs did not drain within 10 s");
-        let stuck: Vec<u32> = (1..=PORTS).filter(|&p| (bits.pending)(p)).collect();
-        let lost_ports = book.lost(1..=PORTS);
+        let t = losses(book, bits.pending);
         wake.stop();
         for h in vcpus {
             h.join().expect("vCPU thread");
         }
         Counts {
-            lost: (lost_ports.len() + stuck.len()) as u64,
-            lost_ports,
-            stuck,
+            t,
             ..Counts::default()
         }
     });
 
-    counts.sends = sends.load(SeqCst);
-    counts.send_errors = send_errors.load(SeqCst);
-    counts.handled = book.handled.load(SeqCst);
+    counts.t.sends = sends.load(SeqCst);
+    counts.t.send_errors = send_errors.load(SeqCst);
+    counts.t.handled = book.handled.load(SeqCst);
     counts.set_affinity = set_affinity.load(SeqCst);
     counts.set_affinity_stale = set_affinity_stale.load(SeqCst);
-    counts.priorities = priorities.load(SeqCst);
-    counts.rebinds = rebinds.load(SeqCst);
-    counts.mask_ops = mask_ops.load(SeqCst);
-    counts.unmask_hypercalls = unmasks.load(SeqCst);
-    counts.kicks = wake.total_kicks();
-    counts.clobbered = clobber.count.load(SeqCst);
-    counts.first_clobbered = *clobber.first.lock().unwrap();
-    counts.on_masked = on_masked.load(SeqCst);
-    counts.first_on_masked = *first_on_masked.lock().unwrap();
-    counts.lost_wakeups = lost_wakeups.load(SeqCst);
+    counts.t.priorities = priorities.load(SeqCst);
+    counts.t.rebinds = rebinds.load(SeqCst);
+    counts.t.mask_ops = mask_ops.load(SeqCst);
+    counts.t.unmask_hypercalls = unmasks.load(SeqCst);
+    counts.t.kicks = wake.total_kicks();
+    counts.t.clobbered = clobber.count.load(SeqCst);
+    counts.t.first_clobbered = *clobber.first.lock().unwrap();
+    counts.t.on_masked = on_masked.load(SeqCst);
+    counts.t.first_on_masked = *first_on_masked.lock().unwrap();
+    counts.t.lost_wakeups = lost_wakeups.load(SeqCst);
     counts.raiser = raiser.stats();
-    counts.secs = start.elapsed().as_secs_f64();
+    counts.t.secs = start.elapsed().as_secs_f64();
     counts
 }
 
@@ -549,9 +464,7 @@ impl Clobber {
 }
 
 fn reverse(abi: Abi, opts: &Opts) -> Counts {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = serial();
     let wake = Wake::new(VCPUS as usize);
     let kick = |v: u32| wake.kick(v);
     let ipi: &(dyn Fn(u32) + Sync) = &kick;
@@ -565,6 +478,13 @@ fn reverse(abi: Abi, opts: &Opts) -> Counts {
         .collect();
     let clobber = Clobber::default();
     let unmasks = AtomicU64::new(0);
+    let shared = Shared {
+        slots: &slots,
+        clobber: &clobber,
+        unmasks: &unmasks,
+        wake: &wake,
+        book: &book,
+    };
     match abi {
         Abi::TwoLevel => {
             let page = Box::new(SharedInfo::new());
@@ -576,6 +496,7 @@ fn reverse(abi: Abi, opts: &Opts) -> Counts {
             let bits = Bits {
                 masked: &masked,
                 pending: &pending,
+                fifo: false,
             };
             let raiser = CRaiser::new_2l(opts.raiser, &page, VCPUS, NR_PORTS, &kick);
             let after = || clobber.check(&slots, &bits);
@@ -589,20 +510,7 @@ fn reverse(abi: Abi, opts: &Opts) -> Counts {
                 calls,
                 ipi,
             );
-            run_reverse(
-                opts,
-                &raiser,
-                &guest,
-                Shared {
-                    slots: &slots,
-                    clobber: &clobber,
-                    unmasks: &unmasks,
-                    wake: &wake,
-                    book: &book,
-                    bits: &bits,
-                    fifo: false,
-                },
-            )
+            run_reverse(opts, &raiser, &guest, shared, &bits)
         }
         Abi::Fifo => {
             let words: Vec<EventWord> = (0..NR_PORTS).map(|_| EventWord::new(0)).collect();
@@ -613,6 +521,7 @@ fn reverse(abi: Abi, opts: &Opts) -> Counts {
             let bits = Bits {
                 masked: &masked,
                 pending: &pending,
+                fifo: true,
             };
             let raiser = CRaiser::new_fifo(opts.raiser, &words, &control, &vcpus, &kick);
             let after = || clobber.check(&slots, &bits);
@@ -627,50 +536,9 @@ fn reverse(abi: Abi, opts: &Opts) -> Counts {
                 vcpus: &vcpus,
             };
             let guest = Guest::on_xen(Fifo::new(mem), calls, ipi);
-            run_reverse(
-                opts,
-                &raiser,
-                &guest,
-                Shared {
-                    slots: &slots,
-                    clobber: &clobber,
-                    unmasks: &unmasks,
-                    wake: &wake,
-                    book: &book,
-                    bits: &bits,
-                    fifo: true,
-                },
-            )
+            run_reverse(opts, &raiser, &guest, shared, &bits)
         }
     }
-}
-
-fn assert_clean(what: &str, c: &Counts) {
-    println!("{}", c.line(what));
-    assert!(c.sends > 0 && c.handled > 0, "{what}: nothing ran: {c:?}");
-    assert_eq!(c.send_errors, 0, "{what}: a send to a bound port failed");
-    assert!(
-        c.lost == 0,
-        "{what}: lost events on {} ports, first {:?}; still pending after the drain: {:?}\n{}",
-        c.lost_ports.len(),
-        c.lost_ports.iter().take(8).collect::<Vec<_>>(),
-        c.stuck,
-        c.line(what)
-    );
-    assert_eq!(
-        c.clobbered, 0,
-        "{what}: the raiser cleared the guest's mask of port {:?}",
-        c.first_clobbered
-    );
-    assert_eq!(
-        c.on_masked, 0,
-        "{what}: a handler ran on port {:?}, which the guest had masked",
-        c.first_on_masked
-    );
-    assert_eq!(
-        c.lost_wakeups, 0,
-        "{what}: a vCPU halted with an upcall pending"
-    );
 }
 
 #[test]
@@ -702,22 +570,61 @@ fn reverse_fifo_without_vcpu_moves() {
     assert_clean("reverse FIFO without vCPU moves", &c);
 }
 
+/// A negative control of the reverse direction: a broken C raiser or test
+/// guest, and what the summary line calls it.
+struct Negative {
+    raiser: RaiserVariant,
+    record_without_masking: bool,
+    control: Control,
+}
+
+/// The reverse negative controls, one per counter.
+const NEGATIVES: [Negative; 3] = [
+    Negative {
+        raiser: RaiserVariant::BrokenUnmask,
+        record_without_masking: false,
+        control: Control {
+            label: "raiser unmask raises nothing",
+            counter: Counter::Lost,
+            still_zero: None,
+            duration: Duration::from_millis(500),
+        },
+    },
+    Negative {
+        raiser: RaiserVariant::UnmaskingBindVcpu,
+        record_without_masking: false,
+        control: Control {
+            label: "raiser bind_vcpu unmasks",
+            counter: Counter::Clobbered,
+            still_zero: Some(Counter::OnMasked),
+            duration: Duration::from_secs(5),
+        },
+    },
+    Negative {
+        raiser: RaiserVariant::Xen,
+        record_without_masking: true,
+        control: Control {
+            label: "mask recorded, not made",
+            counter: Counter::OnMasked,
+            still_zero: None,
+            duration: Duration::from_secs(5),
+        },
+    },
+];
+
+/// Runs negative control `n` of [`NEGATIVES`] on both ABIs.
+fn negative(n: &Negative) {
+    let mut opts = Opts::new(n.raiser, n.control.duration);
+    opts.record_without_masking = n.record_without_masking;
+    opts.stop_when = n.control.stop_when();
+    negative_control("reverse", &n.control, |abi| reverse(abi, &opts));
+}
+
 /// Negative control: a raiser whose unmask raises nothing loses the events
 /// that arrived while the port was masked.
 #[test]
 fn negative_lost_with_broken_raiser_unmask() {
-    for abi in [Abi::TwoLevel, Abi::Fifo] {
-        let c = reverse(
-            abi,
-            &Opts::new(RaiserVariant::BrokenUnmask, Duration::from_millis(500)),
-        );
-        let what = format!(
-            "negative reverse {} (raiser unmask raises nothing)",
-            abi.name()
-        );
-        println!("{}", c.line(&what));
-        assert!(c.lost > 0, "{what}: the lost counter stayed 0");
-    }
+    negative(&NEGATIVES[0]);
 }
 
 /// Negative control: a raiser whose bind_vcpu clears the mask clobbers the
@@ -725,33 +632,14 @@ fn negative_lost_with_broken_raiser_unmask() {
 /// record of the mask decides).
 #[test]
 fn negative_clobbered_with_unmasking_bind_vcpu() {
-    for abi in [Abi::TwoLevel, Abi::Fifo] {
-        let mut opts = Opts::new(RaiserVariant::UnmaskingBindVcpu, Duration::from_secs(5));
-        opts.stop_when = StopWhen::Clobbered;
-        let c = reverse(abi, &opts);
-        let what = format!("negative reverse {} (raiser bind_vcpu unmasks)", abi.name());
-        println!("{}", c.line(&what));
-        assert!(c.clobbered > 0, "{what}: the clobbered counter stayed 0");
-        assert_eq!(
-            c.on_masked, 0,
-            "{what}: a handler ran on a port the guest had masked"
-        );
-    }
+    negative(&NEGATIVES[1]);
 }
 
 /// Negative control for the on_masked counter itself: a test guest that
 /// records ports as masked without masking them sees their handlers run.
 #[test]
 fn negative_on_masked_with_mask_not_made() {
-    for abi in [Abi::TwoLevel, Abi::Fifo] {
-        let mut opts = Opts::new(RaiserVariant::Xen, Duration::from_secs(5));
-        opts.record_without_masking = true;
-        opts.stop_when = StopWhen::OnMasked;
-        let c = reverse(abi, &opts);
-        let what = format!("negative reverse {} (mask recorded, not made)", abi.name());
-        println!("{}", c.line(&what));
-        assert!(c.on_masked > 0, "{what}: the on_masked counter stayed 0");
-    }
+    negative(&NEGATIVES[2]);
 }
 
 /// A port rebound while its event is still queued on its old vCPU is found
@@ -761,9 +649,7 @@ fn negative_on_masked_with_mask_not_made() {
 /// the guest runs it where it found it instead, as Linux does.
 #[test]
 fn fifo_event_queued_before_a_move_runs_where_found() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = serial();
     let words: Vec<EventWord> = (0..NR_PORTS).map(|_| EventWord::new(0)).collect();
     let control: Vec<ControlBlock> = (0..VCPUS).map(|_| ControlBlock::new()).collect();
     let vcpus: Vec<VcpuInfo> = (0..VCPUS).map(|_| VcpuInfo::new()).collect();
