@@ -121,7 +121,7 @@ class Row:
 # same groups; their baselines are FIFO floors (`floor fifo`, `hand walk`)
 # where the ABI has its own, and the same queue transports end to end.
 TIMING = [
-    ("Send (issue item 1)", [
+    ("Send", [
         Row("send, fresh raise (2-level)", "send/fresh/evtchn", "send/fresh/floor",
             "time", ("<=", 1.25), "floor: `lock bts` pending, load mask, `lock bts` selector, `xchg` upcall"),
         Row("`set_pending` alone, fresh (2-level raise side)", "send/fresh/raw set_pending",
@@ -144,7 +144,7 @@ TIMING = [
         Row("`set_pending` alone, coalesced (FIFO)", "send/coalesced/raw fifo set_pending",
             "send/coalesced/floor fifo", "time"),
     ]),
-    ("Upcall drain (issue item 2)", [
+    ("Upcall drain", [
         Row("drain, 1 pending of 4096", "drain/1 of 4096/evtchn", "drain/1 of 4096/hand scan",
             "time", ("<=", 1.5)),
         Row("drain, all 4095 pending (per drain)", "drain/4095 of 4096/evtchn",
@@ -161,7 +161,7 @@ TIMING = [
             "drain/4095 of 4096/hand walk", "drain/4095 of 4096/hand scan", "time", None,
             "the ABIs' floors compared"),
     ]),
-    ("End to end, 2 threads, time per send (issue item 3)", [
+    ("End to end, 2 threads, time per send", [
         Row("distinct ports, vs crossbeam-channel", "e2e/distinct ports/evtchn",
             "e2e/distinct ports/crossbeam-channel", "thrpt", (">=", 2.0)),
         Row("distinct ports, vs mutex+vecdeque", "e2e/distinct ports/evtchn",
@@ -179,7 +179,7 @@ TIMING = [
         Row("hot-port storm (FIFO), vs mutex+vecdeque", "e2e/hot port/evtchn fifo",
             "e2e/hot port/mutex+vecdeque", "thrpt"),
     ]),
-    ("Rebind (issue item 4)", [
+    ("Rebind", [
         Row("`set_affinity` (mask, rebind, unmask)", "rebind/set_affinity/evtchn",
             "rebind/set_affinity/lock+store", "time", None,
             "baseline: a queue design's rebind, lock + store of a routing entry"),
@@ -288,9 +288,9 @@ def rebind_counts(extra: dict[str, dict[str, float]]) -> list[str]:
 def memory_table(extra: dict[str, dict[str, float]]) -> list[str]:
     ev = extra.get("memory/evtchn")
     if ev is None:
-        return ["### Memory (issue item 5)", "", "not measured", ""]
+        return ["### Memory", "", "not measured", ""]
     lines = [
-        "### Memory (issue item 5)",
+        "### Memory",
         "",
         "4096 ports, 8 vCPUs; growth is the heap's peak above its level before a storm of "
         f"{ev.get('storm_sends', 0):,.0f} sends to one port.",
