@@ -46,9 +46,19 @@ pub(crate) use lock::{Lock, SpinLock};
 ///   which contradicts program order on the other side). On x86_64 the RMW is
 ///   a `lock`-prefixed instruction, itself a full barrier, so an `mfence`
 ///   here would be paid twice.
-/// * Under loom the helper is `fence(SeqCst)`: loom treats `SeqCst`
-///   *accesses* as `AcqRel` and would report the stranded outcome, but it
-///   models `SeqCst` *fences* exactly.
+/// * Under loom the helper is `fence(SeqCst)`. Loom 0.7 treats a `SeqCst`
+///   *access* as `AcqRel` plus one rule (an RMW reads the newest store), which
+///   is weaker than C++20 here: without the fence it reports the stranded
+///   outcome that C++20 forbids. Its `SeqCst` *fences*, on the other hand,
+///   all join one global clock, which is stronger than C++20 (two C++20
+///   fences need not synchronise). For this pattern the fence restores the
+///   C++20 guarantee (a fence on each side forbids the outcome in both
+///   models), so the loom build checks what the native build relies on.
+///   What loom cannot show is a failure that needs the `SeqCst` accesses to
+///   be weaker than C++20 makes them, or two fences not to synchronise: a
+///   weakened access (say the mask load to `Acquire`) passes loom and must
+///   be argued instead. mutation/RESULTS.md lists those mutants with their
+///   arguments, and each call site repeats the one that applies to it.
 #[inline(always)]
 pub(crate) fn store_load_fence() {
     #[cfg(all(loom, feature = "loom"))]

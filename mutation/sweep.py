@@ -1,0 +1,627 @@
+#!/usr/bin/env python3
+"""The ordering sweep: every memory ordering in src/ weakened one step, and
+every store-load fence removed, one mutant at a time, against the loom models
+(and, for what loom cannot judge, Miri's weak-memory emulation on the litmus
+tests).
+
+It is a mutant schema: the script copies the tracked sources to
+target/mutation/tree, rewrites every ordering argument `X` to
+`crate::sync::mutant::ord(ID, X)` and every `store_load_fence()` call to
+`crate::sync::mutant::fence(ID)`, and builds the models once. The mutant to
+apply is chosen at run time by `EVTCHN_MUTANT=ID:Ordering` (or `ID:drop` for a
+fence); with the variable unset the tree behaves as src/ does.
+
+    python3 mutation/sweep.py list                  # the sites and mutants
+    python3 mutation/sweep.py run [--jobs N] [--filter RE] [--out F] [--fresh]
+    python3 mutation/sweep.py miri [--filter RE] [--seeds N] [--out F]
+    python3 mutation/sweep.py report [--out F] [--before F] > mutation/RESULTS.md
+
+`run` first records which positive models execute each site (coverage:
+`EVTCHN_MUTANT_TRACE`), then runs each mutant against the models that cover
+it, fastest first, and stops at the first failure. It resumes from the results
+file unless `--fresh`. `miri` runs the survivors against the litmus tests
+(tests/litmus.rs) under Miri with many schedules. `report` joins the results
+with mutation/verdicts.toml (equivalence arguments, plans) into tables.
+"""
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TREE = os.path.join(ROOT, "target", "mutation", "tree")
+BUILD = os.path.join(ROOT, "target", "mutation", "build")
+MIRI_BUILD = os.path.join(ROOT, "target", "mutation", "miri")
+RESULTS = os.path.join(ROOT, "mutation", "ordering-results.json")
+VERDICTS = os.path.join(ROOT, "mutation", "verdicts.toml")
+
+# Files whose orderings are not the core's: the backends themselves, the
+# weakening switch (its `Relaxed` is the deliberate weakening).
+SKIP_FILES = {"src/sync/mod.rs", "src/sync/model.rs", "src/sync/native.rs", "src/weaken.rs"}
+
+ORDS = ("Relaxed", "Acquire", "Release", "AcqRel", "SeqCst")
+# One step weaker, by the kind of access (the strongest orderings that are
+# still weaker: a mutant that survives here would survive any weaker one).
+WEAKER = {
+    "load": {"SeqCst": ["Acquire"], "Acquire": ["Relaxed"]},
+    "store": {"SeqCst": ["Release"], "Release": ["Relaxed"]},
+    "rmw": {
+        "SeqCst": ["AcqRel"],
+        "AcqRel": ["Acquire", "Release"],
+        "Acquire": ["Relaxed"],
+        "Release": ["Relaxed"],
+    },
+    # The failure ordering of a compare-exchange is a load.
+    "cas_fail": {"SeqCst": ["Acquire"], "Acquire": ["Relaxed"]},
+}
+RMW_METHODS = {
+    "swap", "fetch_add", "fetch_sub", "fetch_or", "fetch_and", "fetch_xor",
+    "fetch_nand", "fetch_max", "fetch_min",
+}
+
+MUTANT_RS = r'''//! The mutant switch of the ordering sweep (mutation/sweep.py); exists only
+//! in the sweep's copy of the tree.
+#![allow(dead_code, clippy::all)]
+extern crate std;
+use super::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering as O};
+use std::sync::OnceLock;
+
+static CHOSEN: OnceLock<Option<(u32, std::string::String)>> = OnceLock::new();
+static SEEN: [AtomicBool; 4096] = [const { AtomicBool::new(false) }; 4096];
+
+fn chosen() -> &'static Option<(u32, std::string::String)> {
+    CHOSEN.get_or_init(|| {
+        let v = std::env::var("EVTCHN_MUTANT").ok()?;
+        let (id, what) = v.split_once(':')?;
+        Some((id.parse().ok()?, what.into()))
+    })
+}
+
+fn trace(id: u32) {
+    if SEEN[id as usize].swap(true, O::Relaxed) {
+        return;
+    }
+    if let Ok(path) = std::env::var("EVTCHN_MUTANT_TRACE") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{id}");
+        }
+    }
+}
+
+#[inline(never)]
+pub(crate) fn ord(id: u32, original: Ordering) -> Ordering {
+    trace(id);
+    match chosen() {
+        Some((i, what)) if *i == id => match what.as_str() {
+            "Relaxed" => Ordering::Relaxed,
+            "Acquire" => Ordering::Acquire,
+            "Release" => Ordering::Release,
+            "AcqRel" => Ordering::AcqRel,
+            "SeqCst" => Ordering::SeqCst,
+            _ => original,
+        },
+        _ => original,
+    }
+}
+
+#[inline(never)]
+pub(crate) fn fence(id: u32) {
+    trace(id);
+    if matches!(chosen(), Some((i, w)) if *i == id && w == "drop") {
+        return;
+    }
+    super::store_load_fence();
+}
+'''
+
+
+def tracked_files():
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [f for f in out.stdout.split("\n") if f]
+
+
+def blank_comments(text):
+    """Comments and string literals replaced by spaces (offsets kept)."""
+    out = list(text)
+    i, n = 0, len(text)
+    while i < n:
+        if text.startswith("//", i):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            for k in range(i, j):
+                out[k] = " "
+            i = j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            for k in range(i, j):
+                if out[k] != "\n":
+                    out[k] = " "
+            i = j
+        elif text[i] == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            for k in range(i + 1, min(j, n)):
+                if out[k] != "\n":
+                    out[k] = " "
+            i = j + 1
+        else:
+            i += 1
+    return "".join(out)
+
+
+def cfg_test_ranges(code):
+    """Byte ranges of `#[cfg(test)] mod ... { }` blocks (unit tests)."""
+    ranges = []
+    for m in re.finditer(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", code):
+        depth, j = 1, m.end()
+        while j < len(code) and depth:
+            depth += {"{": 1, "}": -1}.get(code[j], 0)
+            j += 1
+        ranges.append((m.start(), j))
+    return ranges
+
+
+def enclosing_call(code, pos):
+    """(method name, argument index, call start) of the call whose argument
+    list holds `pos`."""
+    depth, arg, j = 0, 0, pos - 1
+    while j >= 0:
+        c = code[j]
+        if c in ")]}":
+            depth += 1
+        elif c in "([{":
+            if depth == 0:
+                if c != "(":
+                    return None, None, None
+                k = j - 1
+                while k >= 0 and code[k].isspace():
+                    k -= 1
+                e = k + 1
+                while k >= 0 and (code[k].isalnum() or code[k] == "_"):
+                    k -= 1
+                return code[k + 1:e], arg, j
+            depth -= 1
+        elif c == "," and depth == 0:
+            arg += 1
+        j -= 1
+    return None, None, None
+
+
+def classify(code, pos):
+    name, arg, start = enclosing_call(code, pos)
+    if name == "ord":  # Weakness::ord(Weaken::X, strong): the outer call decides
+        ord_start = start
+        name, arg, start = enclosing_call(code, start)
+        if name is None:
+            # `let x = w.ord(..);` then `.op(.., x, ..)`: the use decides.
+            line_start = code.rfind("\n", 0, ord_start) + 1
+            let = re.search(r"let\s+(\w+)\s*=", code[line_start:ord_start])
+            if let is None:
+                let = re.search(r"let\s+(\w+)\s*=", code[code.rfind(";", 0, ord_start):ord_start])
+            if let is None:
+                return None
+            end = code.find(";", ord_start)
+            use = re.search(r"\b%s\b" % let.group(1), code[end:])
+            return classify(code, end + use.start()) if use else None
+    if name is None:
+        return None
+    if name == "load":
+        return "load"
+    if name == "store":
+        return "store"
+    if name in RMW_METHODS:
+        return "rmw"
+    if name in ("compare_exchange", "compare_exchange_weak"):
+        return "rmw" if arg == 2 else "cas_fail"
+    if name == "fetch_update":
+        return "rmw" if arg == 0 else "cas_fail"
+    return None
+
+
+def find_sites():
+    """Every ordering argument and fence call in src/, with its mutants."""
+    sites = []
+    unknown = []
+    for f in sorted(tracked_files()):
+        if not (f.startswith("src/") and f.endswith(".rs")) or f in SKIP_FILES:
+            continue
+        text = open(os.path.join(ROOT, f)).read()
+        code = blank_comments(text)
+        tests = cfg_test_ranges(code)
+        for m in re.finditer(r"\b(?:Ordering::)?(Relaxed|Acquire|Release|AcqRel|SeqCst)\b", code):
+            if any(a <= m.start() < b for a, b in tests):
+                continue
+            line_start = code.rfind("\n", 0, m.start()) + 1
+            line_end = code.find("\n", m.start())
+            line = code[line_start:line_end]
+            if line.lstrip().startswith("use "):
+                continue
+            kind = classify(code, m.start())
+            lineno = code.count("\n", 0, m.start()) + 1
+            if kind is None:
+                unknown.append(f"{f}:{lineno}: {line.strip()}")
+                continue
+            sites.append({
+                "file": f, "line": lineno, "start": m.start(), "end": m.end(),
+                "kind": kind, "from": m.group(1),
+                "text": text[line_start:line_end].strip(),
+            })
+        for m in re.finditer(r"\b(?:crate::sync::)?store_load_fence\(\)", code):
+            if any(a <= m.start() < b for a, b in tests):
+                continue
+            lineno = code.count("\n", 0, m.start()) + 1
+            line_start = code.rfind("\n", 0, m.start()) + 1
+            line_end = code.find("\n", m.start())
+            sites.append({
+                "file": f, "line": lineno, "start": m.start(), "end": m.end(),
+                "kind": "fence", "from": "fence",
+                "text": text[line_start:line_end].strip(),
+            })
+    sites.sort(key=lambda s: (s["file"], s["start"]))
+    for i, s in enumerate(sites):
+        s["id"] = i + 1
+    return sites, unknown
+
+
+def mutants_of(sites):
+    out = []
+    for s in sites:
+        tos = ["drop"] if s["kind"] == "fence" else WEAKER[s["kind"]].get(s["from"], [])
+        for to in tos:
+            out.append({
+                "key": f"{s['id']}:{to}", "site": s["id"], "file": s["file"],
+                "line": s["line"], "kind": s["kind"], "from": s["from"], "to": to,
+                "text": s["text"],
+            })
+    return out
+
+
+def write_tree(sites, extra=()):
+    """The sweep's copy of the tracked files, with the schema applied."""
+    if os.path.isdir(TREE):
+        shutil.rmtree(TREE)
+    for f in tracked_files():
+        if f.startswith("target/") or f.startswith("fuzz/") or f.startswith("benches/"):
+            continue
+        src = os.path.join(ROOT, f)
+        if not os.path.isfile(src):
+            continue
+        dst = os.path.join(TREE, f)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy2(src, dst)
+    for f in extra:
+        dst = os.path.join(TREE, f)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, f), dst)
+    by_file = {}
+    for s in sites:
+        by_file.setdefault(s["file"], []).append(s)
+    for f, ss in by_file.items():
+        text = open(os.path.join(ROOT, f)).read()
+        for s in sorted(ss, key=lambda s: -s["start"]):
+            if s["kind"] == "fence":
+                rep = f"crate::sync::mutant::fence({s['id']})"
+            else:
+                rep = f"crate::sync::mutant::ord({s['id']}, crate::sync::Ordering::{s['from']})"
+            text = text[:s["start"]] + rep + text[s["end"]:]
+        open(os.path.join(TREE, f), "w").write(text)
+    mod = os.path.join(TREE, "src/sync/mod.rs")
+    with open(mod, "a") as fh:
+        fh.write("\n#[cfg(feature = \"std\")]\npub(crate) mod mutant;\n")
+    open(os.path.join(TREE, "src/sync/mutant.rs"), "w").write(MUTANT_RS)
+    # The tree keeps no workspace members the sweep does not build.
+    cargo = os.path.join(TREE, "Cargo.toml")
+    text = open(cargo).read()
+    text = re.sub(r'(?m)^\[\[bench\]\]\nname = "\w+"\nharness = false\n', "", text)
+    open(cargo, "w").write(text)
+
+
+def loom_env(extra=None):
+    env = dict(os.environ)
+    env["RUSTFLAGS"] = "--cfg loom -C debug-assertions"
+    env.setdefault("LOOM_MAX_PREEMPTIONS", "2")
+    env.pop("EVTCHN_MUTANT", None)
+    env.pop("EVTCHN_MUTANT_TRACE", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def build_models():
+    """Builds the loom models in the tree; returns {file stem: executable}."""
+    cmd = ["cargo", "test", "-p", "loom-tests", "--release", "--no-run",
+           "--message-format=json", "--target-dir", BUILD]
+    out = subprocess.run(cmd, cwd=TREE, env=loom_env(), capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr[-8000:])
+        sys.exit("error: the mutated tree does not build")
+    exes = {}
+    for line in out.stdout.splitlines():
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["profile"]["test"]:
+            exes[msg["target"]["name"]] = msg["executable"]
+    return exes
+
+
+def positive_models(exes):
+    """(binary, test) pairs of the models that must pass: not the twins."""
+    models = []
+    for stem, exe in sorted(exes.items()):
+        src = open(os.path.join(ROOT, "loom-tests", "tests", stem + ".rs")).read()
+        negative = set(re.findall(r"#\[should_panic[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*fn\s+(\w+)", src))
+        ignored = set(re.findall(r"#\[ignore[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*fn\s+(\w+)", src))
+        out = subprocess.run([exe, "--list"], capture_output=True, text=True, check=True)
+        for line in out.stdout.splitlines():
+            if line.endswith(": test"):
+                name = line[: -len(": test")]
+                if name.split("::")[-1] not in negative | ignored:
+                    models.append((stem, name))
+    return models
+
+
+def run_model(exe, name, extra, timeout):
+    t = time.time()
+    try:
+        out = subprocess.run([exe, "--exact", name, "--test-threads", "1"],
+                             env=loom_env(extra), capture_output=True, text=True, timeout=timeout)
+        rc = out.returncode
+        tail = (out.stdout + out.stderr)[-600:]
+    except subprocess.TimeoutExpired:
+        rc, tail = "timeout", ""
+    return rc, time.time() - t, tail
+
+
+def load_results(path):
+    if os.path.exists(path):
+        return json.load(open(path))
+    return {"mutants": {}, "coverage": {}, "model_time": {}}
+
+
+def save_results(path, res):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(res, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def cmd_list(args):
+    sites, unknown = find_sites()
+    muts = mutants_of(sites)
+    for m in muts:
+        print(f"{m['key']:>10}  {m['file']}:{m['line']}  {m['kind']:8} {m['from']:>7} -> {m['to']:7}  {m['text']}")
+    print(f"{len(sites)} sites, {len(muts)} mutants", file=sys.stderr)
+    for u in unknown:
+        print(f"not an atomic ordering argument, left alone: {u}", file=sys.stderr)
+
+
+def cmd_run(args):
+    sites, _ = find_sites()
+    muts = mutants_of(sites)
+    if args.filter:
+        muts = [m for m in muts if re.search(args.filter, f"{m['file']}:{m['line']} {m['key']}")]
+    res = {"mutants": {}, "coverage": {}, "model_time": {}} if args.fresh else load_results(args.out)
+    res["sites"] = len(sites)
+    write_tree(sites)
+    print("building the models in", TREE, flush=True)
+    exes = build_models()
+    models = positive_models(exes)
+    print(f"{len(models)} positive models", flush=True)
+    if not res["coverage"]:
+        trace_dir = os.path.join(ROOT, "target", "mutation", "trace")
+        os.makedirs(trace_dir, exist_ok=True)
+
+        def cover(model):
+            stem, name = model
+            path = os.path.join(trace_dir, f"{stem}.{name.replace(':', '_')}")
+            if os.path.exists(path):
+                os.remove(path)
+            rc, dt, tail = run_model(exes[stem], name, {"EVTCHN_MUTANT_TRACE": path}, 3600)
+            ids = sorted({int(x) for x in open(path).read().split()}) if os.path.exists(path) else []
+            return model, rc, dt, ids, tail
+
+        with cf.ThreadPoolExecutor(args.jobs) as pool:
+            for (stem, name), rc, dt, ids, tail in pool.map(cover, models):
+                if rc != 0:
+                    sys.exit(f"error: {stem}::{name} fails unmutated (rc {rc}):\n{tail}")
+                res["coverage"][f"{stem}::{name}"] = ids
+                res["model_time"][f"{stem}::{name}"] = round(dt, 2)
+                print(f"covered {stem}::{name}: {len(ids)} sites, {dt:.1f} s", flush=True)
+        save_results(args.out, res)
+    todo = [m for m in muts if m["key"] not in res["mutants"]]
+    print(f"{len(todo)} mutants to run", flush=True)
+
+    def one(m):
+        covering = sorted((k for k, ids in res["coverage"].items() if m["site"] in ids),
+                          key=lambda k: res["model_time"][k])
+        rec = dict(m, status="uncovered", by=None, ran=[], secs=0.0)
+        if not covering:
+            return rec
+        rec["status"] = "survived"
+        for k in covering:
+            stem, name = k.split("::", 1)
+            timeout = 4 * res["model_time"][k] + 20
+            rc, dt, tail = run_model(exes[stem], name, {"EVTCHN_MUTANT": m["key"]}, timeout)
+            rec["ran"].append(k)
+            rec["secs"] = round(rec["secs"] + dt, 1)
+            if rc == "timeout":
+                rec.update(status="timeout", by=k)
+                break
+            if rc != 0:
+                rec.update(status="killed", by=k, failure=tail.strip().splitlines()[-3:] if tail.strip() else [])
+                break
+        return rec
+
+    done = 0
+    with cf.ThreadPoolExecutor(args.jobs) as pool:
+        for rec in pool.map(one, todo):
+            res["mutants"][rec["key"]] = rec
+            done += 1
+            print(f"[{done}/{len(todo)}] {rec['key']:>9} {rec['file']}:{rec['line']} "
+                  f"{rec['from']}->{rec['to']}: {rec['status']} {rec['by'] or ''} ({rec['secs']} s)", flush=True)
+            save_results(args.out, res)
+
+
+def cmd_miri(args):
+    """Survivors against the litmus tests under Miri's weak-memory emulation."""
+    res = load_results(args.out)
+    sites, _ = find_sites()
+    write_tree(sites, extra=["tests/litmus.rs"])
+    env = dict(os.environ)
+    env.pop("EVTCHN_MUTANT", None)
+    env.pop("RUSTFLAGS", None)
+    trace = os.path.join(ROOT, "target", "mutation", "litmus.trace")
+    # Which litmus test runs which site (natively, one pass).
+    listing = subprocess.run(["cargo", "test", "-p", "evtchn", "--release", "--test", "litmus",
+                              "--target-dir", os.path.join(ROOT, "target", "mutation", "native"),
+                              "--", "--list"], cwd=TREE, env=env, capture_output=True, text=True)
+    names = [l[: -len(": test")] for l in listing.stdout.splitlines() if l.endswith(": test")]
+    cover = {}
+    for name in names:
+        if os.path.exists(trace):
+            os.remove(trace)
+        subprocess.run(["cargo", "test", "-p", "evtchn", "--release", "--test", "litmus",
+                        "--target-dir", os.path.join(ROOT, "target", "mutation", "native"),
+                        "--", "--exact", name], cwd=TREE, env=dict(env, EVTCHN_MUTANT_TRACE=trace),
+                       capture_output=True, text=True, check=True)
+        cover[name] = {int(x) for x in open(trace).read().split()} if os.path.exists(trace) else set()
+    res["litmus_coverage"] = {k: sorted(v) for k, v in cover.items()}
+    todo = [m for m in res["mutants"].values() if m["status"] in ("survived", "uncovered")
+            and m["kind"] != "fence" and not m.get("miri")]
+    if args.filter:
+        todo = [m for m in todo if re.search(args.filter, f"{m['file']}:{m['line']} {m['key']}")]
+    print(f"{len(todo)} survivors to try under Miri", flush=True)
+    menv = dict(env, MIRIFLAGS=f"-Zmiri-many-seeds=0..{args.seeds} -Zmiri-env-forward=EVTCHN_MUTANT")
+    for m in todo:
+        tests = [n for n, ids in cover.items() if m["site"] in ids]
+        m["miri"] = {"ran": tests, "killed_by": None}
+        for name in tests:
+            t = time.time()
+            try:
+                out = subprocess.run(["cargo", "+nightly", "miri", "test", "-p", "evtchn", "--test", "litmus",
+                                      "--target-dir", MIRI_BUILD, "--", "--exact", name],
+                                     cwd=TREE, env=dict(menv, EVTCHN_MUTANT=m["key"]),
+                                     capture_output=True, text=True, timeout=1800)
+                rc = out.returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+            print(f"  {m['key']} {name}: rc {rc} ({time.time() - t:.0f} s)", flush=True)
+            if rc != 0 and rc != "timeout":
+                m["miri"]["killed_by"] = name
+                m["status"] = "killed"
+                m["by"] = f"miri {name}"
+                break
+        save_results(args.out, res)
+
+
+def load_verdicts():
+    if not os.path.exists(VERDICTS):
+        return []
+    return tomllib.load(open(VERDICTS, "rb")).get("mutant", [])
+
+
+def verdict_for(m, verdicts):
+    for v in verdicts:
+        if re.search(v["match"], f"{m['file']}:{m['line']} {m['from']}->{m['to']} {m['text']}"):
+            return v
+    return None
+
+
+def classify_all(res, verdicts):
+    rows = []
+    for m in sorted(res["mutants"].values(), key=lambda m: (m["file"], m["line"], m["key"])):
+        v = verdict_for(m, verdicts)
+        cls = m["status"]
+        if cls != "killed" and v is not None:
+            cls = v["verdict"]  # "equivalent", "killed-elsewhere" or "survived" (with a plan)
+        rows.append((m, cls, v))
+    return rows
+
+
+def table(rows):
+    files = {}
+    for m, cls, _ in rows:
+        c = files.setdefault(m["file"], {"generated": 0, "killed": 0, "equivalent": 0, "surviving": 0})
+        c["generated"] += 1
+        if cls in ("killed", "killed-elsewhere", "timeout"):
+            c["killed"] += 1
+        elif cls == "equivalent":
+            c["equivalent"] += 1
+        else:
+            c["surviving"] += 1
+    return files
+
+
+def cmd_report(args):
+    res = load_results(args.out)
+    verdicts = load_verdicts()
+    rows = classify_all(res, verdicts)
+    after = table(rows)
+    before = table(classify_all(load_results(args.before), [])) if args.before else None
+    print("| file | generated | killed | equivalent | surviving | killed of non-equivalent |"
+          + (" before: killed / surviving |" if before else ""))
+    print("|---|---|---|---|---|---|" + ("---|" if before else ""))
+    tot = {"generated": 0, "killed": 0, "equivalent": 0, "surviving": 0}
+    for f in sorted(after):
+        c = after[f]
+        for k in tot:
+            tot[k] += c[k]
+        ne = c["generated"] - c["equivalent"]
+        pct = f"{100 * c['killed'] / ne:.0f}%" if ne else "n/a"
+        b = ""
+        if before:
+            bc = before.get(f, {"killed": 0, "surviving": 0})
+            b = f" {bc['killed']} / {bc['surviving']} |"
+        print(f"| {f} | {c['generated']} | {c['killed']} | {c['equivalent']} | {c['surviving']} | {pct} |{b}")
+    ne = tot["generated"] - tot["equivalent"]
+    b = ""
+    if before:
+        b = f" {sum(c['killed'] for c in before.values())} / {sum(c['surviving'] for c in before.values())} |"
+    print(f"| **all** | {tot['generated']} | {tot['killed']} | {tot['equivalent']} | {tot['surviving']} | "
+          f"{100 * tot['killed'] / ne:.0f}% |{b}" if ne else "")
+    print()
+    print("| mutant | site | change | result | by / argument |")
+    print("|---|---|---|---|---|")
+    for m, cls, v in rows:
+        why = m["by"] or ""
+        if cls != "killed" and v is not None:
+            why = v.get("by") or v.get("argument_ref") or v.get("title", "")
+        print(f"| {m['key']} | {m['file']}:{m['line']} `{m['text'][:60]}` | {m['kind']} {m['from']} → {m['to']} "
+              f"| {cls} | {why} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list")
+    r = sub.add_parser("run")
+    r.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    r.add_argument("--filter")
+    r.add_argument("--out", default=RESULTS)
+    r.add_argument("--fresh", action="store_true")
+    mi = sub.add_parser("miri")
+    mi.add_argument("--filter")
+    mi.add_argument("--seeds", type=int, default=64)
+    mi.add_argument("--out", default=RESULTS)
+    rep = sub.add_parser("report")
+    rep.add_argument("--out", default=RESULTS)
+    rep.add_argument("--before")
+    args = p.parse_args()
+    {"list": cmd_list, "run": cmd_run, "miri": cmd_miri, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

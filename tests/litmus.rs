@@ -1,0 +1,243 @@
+//! Litmus tests of the raw ABIs: the store-buffer (Dekker) pattern of send
+//! against unmask, and the publication of what a sender wrote to the handler,
+//! each as two or three threads and a check of the outcome the core forbids.
+//!
+//! Natively each runs many rounds; on x86_64 a weakened ordering rarely
+//! shows. Their purpose is Miri's weak-memory emulation (C++20's model,
+//! with stale loads and store buffering), which loom does not give:
+//!
+//! ```text
+//! MIRIFLAGS="-Zmiri-many-seeds=0..64" cargo +nightly miri test --test litmus
+//! ```
+//!
+//! Under Miri one round runs per schedule, and a data race on the payload
+//! (a plain, non-atomic write before the send, read by the handler) is
+//! reported by Miri itself. mutation/sweep.py runs them against the
+//! orderings loom cannot judge.
+// Native tests; under RUSTFLAGS="--cfg loom" only the models run.
+#![cfg(not(loom))]
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread;
+
+use evtchn::{Delivery, Fifo, GuestUnmask, OwnedFifo, OwnedMemory, PortOps, TwoLevel};
+
+#[cfg(miri)]
+const ROUNDS: usize = 1;
+#[cfg(not(miri))]
+const ROUNDS: usize = 300;
+
+/// The ports of the tests (FIFO's port 0 is reserved).
+const P: u32 = 1;
+const Q: u32 = 2;
+
+trait Build: PortOps + Send + Sync + 'static {
+    fn build() -> Self;
+}
+
+impl Build for TwoLevel<OwnedMemory> {
+    fn build() -> Self {
+        TwoLevel::new(OwnedMemory::new(1, 1))
+    }
+}
+
+impl Build for Fifo<OwnedFifo> {
+    fn build() -> Self {
+        Fifo::new(OwnedFifo::new(8, 1))
+    }
+}
+
+/// A payload written without atomics: a handler that reads it without
+/// the send's happens-before edge is a data race (Miri reports it).
+struct Payload(UnsafeCell<u64>);
+
+// SAFETY: every access is ordered by the core's send → deliver edge, which
+// is what the tests check; Miri reports an access that is not.
+unsafe impl Sync for Payload {}
+
+impl Payload {
+    fn write(&self, v: u64) {
+        // SAFETY: the sender writes before the send; no handler reads before
+        // the delivery that follows it (the property under test).
+        unsafe { *self.0.get() = v }
+    }
+
+    fn read(&self) -> u64 {
+        // SAFETY: as in `write`.
+        unsafe { *self.0.get() }
+    }
+}
+
+/// One upcall on vCPU 0: every pending port it is offered is consumed,
+/// its payload read; returns the ports handled.
+fn upcall<A: PortOps>(abi: &A, cursor: &mut A::Cursor, data: &[Payload; 3]) -> Vec<u32> {
+    let mut handled = Vec::new();
+    if !abi.upcall_pending(0).expect("vcpu 0") {
+        return handled;
+    }
+    abi.scan(
+        0,
+        cursor,
+        |p| {
+            if abi.test_and_clear_pending(p).expect("port") {
+                assert_eq!(
+                    data[p as usize].read(),
+                    u64::from(p) * 10,
+                    "litmus: handler saw a stale payload"
+                );
+                handled.push(p);
+                Delivery::Handled
+            } else {
+                Delivery::Skipped
+            }
+        },
+        |_| {},
+    )
+    .expect("scan");
+    handled
+}
+
+/// Runs `f` and `g` on two threads of their own over one ABI.
+fn race<A: Build>(abi: &Arc<A>, f: fn(&A), g: fn(&A)) {
+    let (a, b) = (abi.clone(), abi.clone());
+    let f = thread::spawn(move || f(&a));
+    let g = thread::spawn(move || g(&b));
+    f.join().expect("first thread");
+    g.join().expect("second thread");
+}
+
+/// Store buffering: the sender writes *pending* then reads *mask*; the
+/// hypervisor's unmask writes *mask* then reads *pending*. The outcome in
+/// which both reads miss the other's write leaves a pending, unmasked port
+/// raised on no vCPU.
+fn send_vs_unmask<A: Build>() {
+    for _ in 0..ROUNDS {
+        let abi = Arc::new(A::build());
+        abi.prepare(P).expect("prepare");
+        abi.mask(P).expect("mask");
+        race(
+            &abi,
+            |a| drop(a.set_pending(P, || 0).expect("send")),
+            |a| drop(a.unmask(P, || 0).expect("unmask")),
+        );
+        assert!(
+            abi.is_pending(P).expect("port"),
+            "the send is not lost outright"
+        );
+        assert!(
+            !abi.is_masked(P).expect("port") && abi.upcall_pending(0).expect("vcpu 0"),
+            "litmus: send vs unmask stranded the event"
+        );
+    }
+}
+
+/// The guest's conditional unmask against a send: the guest reads
+/// *pending*, clears *mask*, reads *pending* again; the sender sets
+/// *pending* and reads *mask*. Whatever the order, the event ends raised,
+/// by the sender or by the hypervisor's unmask the guest asks for.
+fn send_vs_guest_unmask<A: Build>() {
+    for _ in 0..ROUNDS {
+        let abi = Arc::new(A::build());
+        abi.prepare(P).expect("prepare");
+        abi.mask(P).expect("mask");
+        race(
+            &abi,
+            |a| drop(a.set_pending(P, || 0).expect("send")),
+            |a| {
+                if a.try_unmask(P).expect("unmask") == GuestUnmask::Hypercall {
+                    drop(a.unmask(P, || 0).expect("hypervisor unmask"));
+                }
+            },
+        );
+        assert!(
+            !abi.is_masked(P).expect("port") && abi.upcall_pending(0).expect("vcpu 0"),
+            "litmus: send vs guest unmask stranded the event"
+        );
+    }
+}
+
+/// Publication: senders write a payload and send; vCPU 0 runs upcalls
+/// meanwhile. A handler must see the payload written before its send, and
+/// each send is handled once (after the senders end, one more upcall takes
+/// what is left).
+fn send_vs_upcall<A: Build>(ports: &'static [u32]) {
+    for _ in 0..ROUNDS {
+        let abi = Arc::new(A::build());
+        let data = Arc::new([0, 1, 2].map(|_| Payload(UnsafeCell::new(0))));
+        for &p in ports {
+            abi.prepare(p).expect("prepare");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, d, s) = (abi.clone(), data.clone(), stop.clone());
+        let vcpu = thread::spawn(move || {
+            let mut cursor = A::Cursor::default();
+            let mut handled = Vec::new();
+            // SeqCst: a flag, not the property under test.
+            while !s.load(SeqCst) {
+                handled.extend(upcall(&*a, &mut cursor, &d));
+                thread::yield_now();
+            }
+            (handled, cursor)
+        });
+        let senders: Vec<_> = ports
+            .iter()
+            .map(|&p| {
+                let (a, d) = (abi.clone(), data.clone());
+                thread::spawn(move || {
+                    d[p as usize].write(u64::from(p) * 10);
+                    let _ = a.set_pending(p, || 0).expect("send");
+                })
+            })
+            .collect();
+        for s in senders {
+            s.join().expect("sender");
+        }
+        stop.store(true, SeqCst);
+        let (mut handled, mut cursor) = vcpu.join().expect("vcpu");
+        handled.extend(upcall(&*abi, &mut cursor, &data));
+        handled.sort_unstable();
+        assert_eq!(handled, ports, "litmus: a send lost or handled twice");
+    }
+}
+
+#[test]
+fn two_level_send_vs_unmask() {
+    send_vs_unmask::<TwoLevel<OwnedMemory>>();
+}
+
+#[test]
+fn fifo_send_vs_unmask() {
+    send_vs_unmask::<Fifo<OwnedFifo>>();
+}
+
+#[test]
+fn two_level_send_vs_guest_unmask() {
+    send_vs_guest_unmask::<TwoLevel<OwnedMemory>>();
+}
+
+#[test]
+fn fifo_send_vs_guest_unmask() {
+    send_vs_guest_unmask::<Fifo<OwnedFifo>>();
+}
+
+#[test]
+fn two_level_send_vs_upcall() {
+    send_vs_upcall::<TwoLevel<OwnedMemory>>(&[P]);
+}
+
+#[test]
+fn fifo_send_vs_upcall() {
+    send_vs_upcall::<Fifo<OwnedFifo>>(&[P]);
+}
+
+#[test]
+fn two_level_two_senders_vs_upcall() {
+    send_vs_upcall::<TwoLevel<OwnedMemory>>(&[P, Q]);
+}
+
+#[test]
+fn fifo_two_senders_vs_upcall() {
+    send_vs_upcall::<Fifo<OwnedFifo>>(&[P, Q]);
+}
