@@ -450,6 +450,11 @@ def cmd_run(args):
         rec = dict(m, status="uncovered", by=None, ran=[], secs=0.0)
         if not covering:
             return rec
+        # The slowest models only for a site no faster model covers.
+        fast = [k for k in covering if res["model_time"][k] <= args.max_model_secs]
+        if fast:
+            rec["skipped"] = [k for k in covering if k not in fast]
+            covering = fast
         rec["status"] = "survived"
         for k in covering:
             stem, name = k.split("::", 1)
@@ -612,6 +617,8 @@ def main():
     r.add_argument("--filter")
     r.add_argument("--out", default=RESULTS)
     r.add_argument("--fresh", action="store_true")
+    r.add_argument("--max-model-secs", type=float, default=60.0,
+                   help="skip covering models slower than this (unmutated) when a faster one covers the site")
     mi = sub.add_parser("miri")
     mi.add_argument("--filter")
     mi.add_argument("--seeds", type=int, default=64)

@@ -30,6 +30,13 @@ use evtchn::{
 };
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
+// Ghost state: what the checks record (a handler inside, runs, sends
+// observed, the end of the run). Loom runs every model thread on one OS
+// thread, so a `std` atomic is exact there and invisible to loom: it adds no
+// happens-before edge of its own, and every ordering a check relies on must
+// come from the core. (Loom atomics here, even `Relaxed` RMWs, would order
+// successive handler runs by themselves and hide a weakened guard.)
+use std::sync::atomic::AtomicBool as GhostBool;
 // `std` Arc, not loom's: when loom reports a deadlock it unwinds with no
 // active thread, and dropping a loom Arc then would abort the process.
 use loom::thread::{self, JoinHandle, Thread};
@@ -153,7 +160,7 @@ pub struct Probe {
     /// Runs per generation (life), readable while other vCPUs run.
     life_runs: [AtomicUsize; 4],
     /// Set on handler entry, cleared on exit: two at once is a C3 breach.
-    inside: AtomicBool,
+    inside: GhostBool,
     /// Handler-private data: written by every run, so that two runs not
     /// ordered by happens-before are a data race loom reports.
     data: UnsafeCell<Runs>,
@@ -189,14 +196,14 @@ pub struct World<A: Abi = TwoL> {
     expect: Vec<u32>,
     gates: Vec<AtomicBool>,
     /// Flag `k` was observed by its port's handler.
-    observed: Vec<AtomicBool>,
-    done: AtomicBool,
+    observed: Vec<GhostBool>,
+    done: GhostBool,
     expect_done: bool,
     budget: Option<usize>,
     fresh_handles: bool,
     /// The first handler run panics (see [`Config::panic_once`]).
     panic_once: bool,
-    panic_armed: AtomicBool,
+    panic_armed: GhostBool,
 }
 
 /// The message of the handler panic that [`Config::panic_once`] asks for;
@@ -270,20 +277,20 @@ impl<A: Abi> World<A> {
             probes: (0..ports)
                 .map(|_| Probe {
                     life_runs: core::array::from_fn(|_| AtomicUsize::new(0)),
-                    inside: AtomicBool::new(false),
+                    inside: GhostBool::new(false),
                     data: UnsafeCell::new(Runs::default()),
                 })
                 .collect(),
             flags: cfg.sends.iter().map(|_| AtomicBool::new(false)).collect(),
-            observed: cfg.sends.iter().map(|_| AtomicBool::new(false)).collect(),
+            observed: cfg.sends.iter().map(|_| GhostBool::new(false)).collect(),
             gates: (0..cfg.gates).map(|_| AtomicBool::new(false)).collect(),
-            done: AtomicBool::new(cfg.sends.is_empty()),
+            done: GhostBool::new(cfg.sends.is_empty()),
             expect_done: !cfg.sends.is_empty(),
             expect: cfg.sends,
             budget: cfg.budget,
             fresh_handles: cfg.fresh_handles,
             panic_once: cfg.panic_once,
-            panic_armed: AtomicBool::new(cfg.panic_once),
+            panic_armed: GhostBool::new(cfg.panic_once),
         })
     }
 
@@ -297,18 +304,19 @@ impl<A: Abi> World<A> {
     /// The handler every model uses: checks C3 and records the run.
     pub fn handle(&self, vcpu: u32, port: Port) {
         let probe = &self.probes[port.number() as usize];
-        // SeqCst: a plain flag; two handlers inside at once is the breach.
+        // Ghost (see the imports): two handlers inside at once is the breach.
         assert!(
-            !probe.inside.swap(true, SeqCst),
+            !probe.inside.swap(true, Relaxed),
             "C3: handler of port {} entered on vCPU {} while running elsewhere",
             port.number(),
             vcpu
         );
         for (g, gate) in self.gates.iter().enumerate() {
-            // SeqCst: opened before the control-plane call whose Release
-            // update the handler's start (an Acquire compare-exchange) saw.
+            // Relaxed: opened before the control-plane call whose Release
+            // update the handler's start (an Acquire compare-exchange) saw;
+            // only the core's edge may make it visible.
             assert!(
-                gate.load(SeqCst),
+                gate.load(Relaxed),
                 "C4: handler of port {} started while mask reason {} remained",
                 port.number(),
                 g
@@ -329,40 +337,45 @@ impl<A: Abi> World<A> {
             d.per_vcpu[vcpu as usize] += 1;
             let life = (port.generation() as usize).min(3);
             d.per_life[life] += 1;
-            // SeqCst: read by control threads while vCPUs run.
-            probe.life_runs[life].fetch_add(1, SeqCst);
+            // Release: a thread that waits for a run (Acquire) acts after
+            // it, as an owner told by its handler would. Not Acquire: runs
+            // of the handler are not ordered by this counter.
+            probe.life_runs[life].fetch_add(1, Release);
             for (k, s) in seen.iter().enumerate() {
                 d.observed[k] |= *s;
             }
         });
         for (k, s) in seen.iter().enumerate() {
             if *s {
-                self.observed[k].store(true, SeqCst);
+                self.observed[k].store(true, Relaxed);
             }
         }
-        let all = self.observed.iter().all(|o| o.load(SeqCst));
-        probe.inside.store(false, SeqCst);
+        let all = self.observed.iter().all(|o| o.load(Relaxed));
+        probe.inside.store(false, Relaxed);
         if all && self.expect_done {
-            // SeqCst: read by the vCPU loops before they park.
-            self.done.store(true, SeqCst);
+            // Ghost: read by the vCPU loops before they park.
+            self.done.store(true, Relaxed);
             self.ch.notifier().wake_all();
         }
     }
 
     /// Opens gate `g`.
     pub fn open(&self, g: usize) {
-        self.gates[g].store(true, SeqCst);
+        // Relaxed: a handler may see it only through the core's edge from
+        // the control-plane call that follows.
+        self.gates[g].store(true, Relaxed);
     }
 
     /// Closes gate `g` again.
     pub fn close_gate(&self, g: usize) {
-        self.gates[g].store(false, SeqCst);
+        // Relaxed: as in `open`.
+        self.gates[g].store(false, Relaxed);
     }
 
     /// Handler runs so far of the life of `port` (any thread, any time).
     pub fn life_runs(&self, port: Port) -> usize {
         let life = (port.generation() as usize).min(3);
-        self.probes[port.number() as usize].life_runs[life].load(SeqCst)
+        self.probes[port.number() as usize].life_runs[life].load(Acquire)
     }
 
     /// Runs upcalls on every vCPU from the calling thread until none is
@@ -394,7 +407,7 @@ impl<A: Abi> World<A> {
 
     /// Whether every expected send was observed.
     pub fn done(&self) -> bool {
-        self.done.load(SeqCst)
+        self.done.load(Relaxed)
     }
 }
 
@@ -411,9 +424,9 @@ pub fn spawn_vcpu<A: Abi>(world: &Arc<World<A>>, v: u32) -> JoinHandle<()> {
             }
             tr(format!("upcall v{v} start"));
             let handler = |p: Port| {
-                // SeqCst: the one panic of the world, whichever vCPU runs
+                // Ghost: the one panic of the world, whichever vCPU runs
                 // the first handler.
-                if w.panic_once && w.panic_armed.swap(false, SeqCst) {
+                if w.panic_once && w.panic_armed.swap(false, Relaxed) {
                     tr(format!("panic v{v} port {}", p.number()));
                     panic!("{DELIBERATE}");
                 }
@@ -658,8 +671,8 @@ pub struct HostWorld<A: Abi = TwoL> {
     probes: Vec<Probe>,
     flags: Vec<AtomicBool>,
     expect: Vec<u32>,
-    observed: Vec<AtomicBool>,
-    done: AtomicBool,
+    observed: Vec<GhostBool>,
+    done: GhostBool,
 }
 
 impl<A: Abi> HostWorld<A> {
@@ -683,14 +696,14 @@ impl<A: Abi> HostWorld<A> {
             probes: (0..ports)
                 .map(|_| Probe {
                     life_runs: core::array::from_fn(|_| AtomicUsize::new(0)),
-                    inside: AtomicBool::new(false),
+                    inside: GhostBool::new(false),
                     data: UnsafeCell::new(Runs::default()),
                 })
                 .collect(),
             flags: cfg.sends.iter().map(|_| AtomicBool::new(false)).collect(),
-            observed: cfg.sends.iter().map(|_| AtomicBool::new(false)).collect(),
+            observed: cfg.sends.iter().map(|_| GhostBool::new(false)).collect(),
             expect: cfg.sends,
-            done: AtomicBool::new(false),
+            done: GhostBool::new(false),
         })
     }
 
@@ -775,9 +788,9 @@ impl<A: Abi> HostWorld<A> {
     /// The handler: checks C3 and records the run and the flags it saw.
     fn handle(&self, vcpu: u32, port: u32) {
         let probe = &self.probes[port as usize];
-        // SeqCst: a plain flag; two handlers inside at once is the breach.
+        // Ghost (see the imports): two handlers inside at once is the breach.
         assert!(
-            !probe.inside.swap(true, SeqCst),
+            !probe.inside.swap(true, Relaxed),
             "C3: handler of port {port} entered on vCPU {vcpu} while running elsewhere"
         );
         tr(format!("handle v{vcpu} port {port}"));
@@ -793,38 +806,38 @@ impl<A: Abi> HostWorld<A> {
             let d = unsafe { &mut *d };
             d.per_vcpu[vcpu as usize] += 1;
             d.per_life[0] += 1;
-            // SeqCst: read by other threads while vCPUs run.
-            probe.life_runs[0].fetch_add(1, SeqCst);
+            // Release: as in `World::handle`.
+            probe.life_runs[0].fetch_add(1, Release);
             for (k, s) in seen.iter().enumerate() {
                 d.observed[k] |= *s;
             }
         });
         for (k, s) in seen.iter().enumerate() {
             if *s {
-                self.observed[k].store(true, SeqCst);
+                self.observed[k].store(true, Relaxed);
             }
         }
-        probe.inside.store(false, SeqCst);
-        if !self.expect.is_empty() && self.observed.iter().all(|o| o.load(SeqCst)) {
+        probe.inside.store(false, Relaxed);
+        if !self.expect.is_empty() && self.observed.iter().all(|o| o.load(Relaxed)) {
             self.finish();
         }
     }
 
     /// Lets the vCPU loops stop: they run one more upcall and end.
     pub fn finish(&self) {
-        // SeqCst: read by the vCPU loops before they park.
-        self.done.store(true, SeqCst);
+        // Ghost: read by the vCPU loops before they park.
+        self.done.store(true, Relaxed);
         self.host.notifier().wake_all();
     }
 
     /// Whether the vCPU loops may stop.
     pub fn done(&self) -> bool {
-        self.done.load(SeqCst)
+        self.done.load(Relaxed)
     }
 
     /// Handler runs of `port` so far (any thread, any time).
     pub fn run_count(&self, port: u32) -> usize {
-        self.probes[port as usize].life_runs[0].load(SeqCst)
+        self.probes[port as usize].life_runs[0].load(Acquire)
     }
 
     /// Runs upcalls on every vCPU from the calling thread until none is
