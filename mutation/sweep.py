@@ -44,7 +44,7 @@ VERDICTS = os.path.join(ROOT, "mutation", "verdicts.toml")
 
 # Files whose orderings are not the core's: the backends themselves, the
 # weakening switch (its `Relaxed` is the deliberate weakening).
-SKIP_FILES = {"src/sync/mod.rs", "src/sync/model.rs", "src/sync/native.rs", "src/weaken.rs"}
+SKIP_FILES = {"src/sync/mod.rs", "src/sync/model.rs", "src/sync/native.rs", "src/sync/shuttle.rs", "src/weaken.rs"}
 
 ORDS = ("Relaxed", "Acquire", "Release", "AcqRel", "SeqCst")
 # One step weaker, by the kind of access (the strongest orderings that are
@@ -68,39 +68,57 @@ RMW_METHODS = {
 
 MUTANT_RS = r'''//! The mutant switch of the ordering sweep (mutation/sweep.py); exists only
 //! in the sweep's copy of the tree.
+//!
+//! The environment is read once, by `init` (called by every test before it
+//! starts a thread) or by the first `ord`/`fence`: reading it later from a
+//! racing thread would take std's environment lock, whose acquire and
+//! release would order the threads and hide the very races Miri looks for.
 #![allow(dead_code, clippy::all)]
 extern crate std;
 use super::Ordering;
+use std::string::String;
 use std::sync::atomic::{AtomicBool, Ordering as O};
 use std::sync::OnceLock;
 
-static CHOSEN: OnceLock<Option<(u32, std::string::String)>> = OnceLock::new();
+struct Chosen {
+    mutant: Option<(u32, String)>,
+    trace: Option<String>,
+}
+
+static CHOSEN: OnceLock<Chosen> = OnceLock::new();
 static SEEN: [AtomicBool; 4096] = [const { AtomicBool::new(false) }; 4096];
 
-fn chosen() -> &'static Option<(u32, std::string::String)> {
-    CHOSEN.get_or_init(|| {
-        let v = std::env::var("EVTCHN_MUTANT").ok()?;
-        let (id, what) = v.split_once(':')?;
-        Some((id.parse().ok()?, what.into()))
+pub(crate) fn init() {
+    let _ = chosen();
+}
+
+fn chosen() -> &'static Chosen {
+    CHOSEN.get_or_init(|| Chosen {
+        mutant: std::env::var("EVTCHN_MUTANT").ok().and_then(|v| {
+            let (id, what) = v.split_once(':')?;
+            Some((id.parse().ok()?, what.into()))
+        }),
+        trace: std::env::var("EVTCHN_MUTANT_TRACE").ok(),
     })
 }
 
 fn trace(id: u32) {
+    let Some(path) = &chosen().trace else {
+        return;
+    };
     if SEEN[id as usize].swap(true, O::Relaxed) {
         return;
     }
-    if let Ok(path) = std::env::var("EVTCHN_MUTANT_TRACE") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = writeln!(f, "{id}");
-        }
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{id}");
     }
 }
 
 #[inline(never)]
 pub(crate) fn ord(id: u32, original: Ordering) -> Ordering {
     trace(id);
-    match chosen() {
+    match &chosen().mutant {
         Some((i, what)) if *i == id => match what.as_str() {
             "Relaxed" => Ordering::Relaxed,
             "Acquire" => Ordering::Acquire,
@@ -116,7 +134,7 @@ pub(crate) fn ord(id: u32, original: Ordering) -> Ordering {
 #[inline(never)]
 pub(crate) fn fence(id: u32) {
     trace(id);
-    if matches!(chosen(), Some((i, w)) if *i == id && w == "drop") {
+    if matches!(&chosen().mutant, Some((i, w)) if *i == id && w == "drop") {
         return;
     }
     super::store_load_fence();
@@ -320,6 +338,15 @@ def write_tree(sites, extra=()):
     with open(mod, "a") as fh:
         fh.write("\n#[cfg(feature = \"std\")]\npub(crate) mod mutant;\n")
     open(os.path.join(TREE, "src/sync/mutant.rs"), "w").write(MUTANT_RS)
+    with open(os.path.join(TREE, "src/lib.rs"), "a") as fh:
+        fh.write("\n/// The sweep's switch, read before a test starts threads.\n"
+                 "#[cfg(feature = \"std\")]\n#[doc(hidden)]\n"
+                 "pub fn mutant_init() {\n    sync::mutant::init();\n}\n")
+    litmus = os.path.join(TREE, "tests", "litmus.rs")
+    if os.path.exists(litmus):
+        text = open(litmus).read()
+        text = re.sub(r"(#\[test\]\s*\nfn \w+\(\) \{\n)", r"\1    evtchn::mutant_init();\n", text)
+        open(litmus, "w").write(text)
     # The tree keeps no workspace members the sweep does not build.
     cargo = os.path.join(TREE, "Cargo.toml")
     text = open(cargo).read()
@@ -442,9 +469,23 @@ def cmd_run(args):
                 print(f"covered {stem}::{name}: {len(ids)} sites, {dt:.1f} s", flush=True)
         save_results(args.out, res)
     todo = [m for m in muts if m["key"] not in res["mutants"]]
+    if args.skip_killed_in:
+        # A rerun after sharper models: what an earlier run killed stays
+        # killed (less synchronisation in the models only adds executions).
+        earlier = load_results(args.skip_killed_in)["mutants"]
+        for m in todo:
+            e = earlier.get(m["key"])
+            if e and e["status"] == "killed":
+                res["mutants"][m["key"]] = dict(e, note=f"killed in {os.path.basename(args.skip_killed_in)}")
+        todo = [m for m in todo if m["key"] not in res["mutants"]]
     print(f"{len(todo)} mutants to run", flush=True)
 
     def one(m):
+        if args.skip_killed_in:
+            # The earlier run may still be going: read it as it is now.
+            e = load_results(args.skip_killed_in)["mutants"].get(m["key"])
+            if e and e["status"] == "killed":
+                return dict(e, note=f"killed in {os.path.basename(args.skip_killed_in)}")
         covering = sorted((k for k, ids in res["coverage"].items() if m["site"] in ids),
                           key=lambda k: res["model_time"][k])
         rec = dict(m, status="uncovered", by=None, ran=[], secs=0.0)
@@ -617,6 +658,7 @@ def main():
     r.add_argument("--filter")
     r.add_argument("--out", default=RESULTS)
     r.add_argument("--fresh", action="store_true")
+    r.add_argument("--skip-killed-in", help="results file whose killed mutants are not run again")
     r.add_argument("--max-model-secs", type=float, default=60.0,
                    help="skip covering models slower than this (unmutated) when a faster one covers the site")
     mi = sub.add_parser("miri")

@@ -95,10 +95,12 @@ pub enum Weaken {
 
 /// The weakness a core object was built with; zero-sized natively.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Weakness(#[cfg(all(loom, feature = "loom"))] Option<Weaken>);
+pub(crate) struct Weakness(
+    #[cfg(any(all(loom, feature = "loom"), feature = "shuttle"))] Option<Weaken>,
+);
 
 impl Weakness {
-    #[cfg(all(loom, feature = "loom"))]
+    #[cfg(any(all(loom, feature = "loom"), feature = "shuttle"))]
     pub(crate) fn new(w: Weaken) -> Self {
         Weakness(Some(w))
     }
@@ -106,11 +108,11 @@ impl Weakness {
     /// Whether step `w` is weakened; a constant `false` natively.
     #[inline(always)]
     pub(crate) fn has(self, w: Weaken) -> bool {
-        #[cfg(all(loom, feature = "loom"))]
+        #[cfg(any(all(loom, feature = "loom"), feature = "shuttle"))]
         {
             self.0 == Some(w)
         }
-        #[cfg(not(all(loom, feature = "loom")))]
+        #[cfg(not(any(all(loom, feature = "loom"), feature = "shuttle")))]
         {
             let _ = w;
             false

@@ -18,11 +18,17 @@
 #![cfg(not(loom))]
 
 use std::cell::UnsafeCell;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread;
 
-use evtchn::{Delivery, Fifo, GuestUnmask, OwnedFifo, OwnedMemory, PortOps, TwoLevel};
+use evtchn::xen::fifo::{ControlBlock, EventWord};
+use evtchn::xen::VcpuInfo;
+use evtchn::{
+    Delivery, Error, Fifo, GuestUnmask, OwnedFifo, OwnedMemory, PortOps, Ports, Raise,
+    RegisteredFifo, TwoLevel,
+};
 
 #[cfg(miri)]
 const ROUNDS: usize = 1;
@@ -119,8 +125,12 @@ fn send_vs_unmask<A: Build>() {
         abi.mask(P).expect("mask");
         race(
             &abi,
-            |a| drop(a.set_pending(P, || 0).expect("send")),
-            |a| drop(a.unmask(P, || 0).expect("unmask")),
+            |a| {
+                let _ = a.set_pending(P, || 0).expect("send");
+            },
+            |a| {
+                let _ = a.unmask(P, || 0).expect("unmask");
+            },
         );
         assert!(
             abi.is_pending(P).expect("port"),
@@ -144,10 +154,12 @@ fn send_vs_guest_unmask<A: Build>() {
         abi.mask(P).expect("mask");
         race(
             &abi,
-            |a| drop(a.set_pending(P, || 0).expect("send")),
+            |a| {
+                let _ = a.set_pending(P, || 0).expect("send");
+            },
             |a| {
                 if a.try_unmask(P).expect("unmask") == GuestUnmask::Hypercall {
-                    drop(a.unmask(P, || 0).expect("hypervisor unmask"));
+                    let _ = a.unmask(P, || 0).expect("hypervisor unmask");
                 }
             },
         );
@@ -240,4 +252,83 @@ fn two_level_two_senders_vs_upcall() {
 #[test]
 fn fifo_two_senders_vs_upcall() {
     send_vs_upcall::<Fifo<OwnedFifo>>(&[P, Q]);
+}
+
+/// Storage a thread initialises with plain writes before it registers it:
+/// a raiser that reaches it without the registration's happens-before edge
+/// races with those writes (Miri reports it).
+struct Slot<T>(UnsafeCell<MaybeUninit<T>>);
+
+// SAFETY: written once by `init`, before the reference is handed out;
+// every later access is through that shared reference.
+unsafe impl<T: Sync> Sync for Slot<T> {}
+
+impl<T> Slot<T> {
+    fn new() -> Self {
+        Slot(UnsafeCell::new(MaybeUninit::uninit()))
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn init(&self, v: T) -> &T {
+        // SAFETY: called once per slot, by one thread, before any reference
+        // to the contents exists.
+        unsafe { (*self.0.get()).write(v) }
+    }
+}
+
+/// Publication of memory registered while a raiser runs: the guest
+/// registers its control block, then a page of the event array, each
+/// initialised just before; a raiser that finds the page finds the control
+/// block (registered before it), links the event and raises the upcall.
+#[test]
+fn fifo_registration_vs_raise() {
+    for _ in 0..ROUNDS {
+        let page = Slot::<[EventWord; 1024]>::new();
+        let (cb, info) = (Slot::<ControlBlock>::new(), Slot::<VcpuInfo>::new());
+        let mem = RegisteredFifo::<1>::new(1024, 1);
+        let abi = Fifo::new(&mem);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let (cb, info) = (cb.init(ControlBlock::new()), info.init(VcpuInfo::new()));
+                mem.init_control(0, cb, info).expect("init_control");
+                let page = page.init(core::array::from_fn(|_| EventWord::new(0)));
+                mem.expand_array(page).expect("expand_array");
+            });
+            s.spawn(|| {
+                while abi.set_pending(P, || 0) == Err(Error::PortOutOfRange) {
+                    thread::yield_now();
+                }
+                assert!(
+                    abi.upcall_pending(0) == Ok(true),
+                    "litmus: a raise on a registered page found no control block"
+                );
+                let data = [0, 1, 2].map(|_| Payload(UnsafeCell::new(u64::from(P) * 10)));
+                let mut cursor = Default::default();
+                assert_eq!(
+                    upcall(&abi, &mut cursor, &data),
+                    [P],
+                    "litmus: the raise was not linked"
+                );
+            });
+        });
+    }
+}
+
+/// The crate-owned FIFO memory grows a page while a raiser waits for it:
+/// the raiser's first access to the new page's words must see them
+/// initialised.
+#[test]
+fn fifo_owned_expand_vs_raise() {
+    for _ in 0..ROUNDS {
+        let abi = Fifo::new(OwnedFifo::new(8, 1));
+        thread::scope(|s| {
+            s.spawn(|| abi.prepare(P).expect("prepare"));
+            s.spawn(|| {
+                while abi.set_pending(P, || 0) == Err(Error::PortOutOfRange) {
+                    thread::yield_now();
+                }
+                assert_eq!(abi.is_pending(P), Ok(true), "litmus: the raise was lost");
+            });
+        });
+    }
 }

@@ -40,10 +40,18 @@ impl<T> Lock<T> {
     }
 }
 
-#[cfg(all(not(all(loom, feature = "loom")), feature = "std"))]
+#[cfg(all(
+    not(all(loom, feature = "loom")),
+    not(feature = "shuttle"),
+    feature = "std"
+))]
 pub(crate) struct Lock<T>(parking_lot::Mutex<T>);
 
-#[cfg(all(not(all(loom, feature = "loom")), feature = "std"))]
+#[cfg(all(
+    not(all(loom, feature = "loom")),
+    not(feature = "shuttle"),
+    feature = "std"
+))]
 impl<T> Lock<T> {
     pub(crate) const fn new(t: T) -> Self {
         Lock(parking_lot::Mutex::new(t))
@@ -54,7 +62,10 @@ impl<T> Lock<T> {
     }
 }
 
-#[cfg(all(not(all(loom, feature = "loom")), not(feature = "std")))]
+#[cfg(all(
+    not(all(loom, feature = "loom")),
+    any(not(feature = "std"), feature = "shuttle")
+))]
 pub(crate) use spin::Lock;
 
 pub(crate) use spin::Lock as SpinLock;
@@ -130,12 +141,20 @@ mod spin {
                         access: self.value.get_mut(),
                     };
                 }
-                #[cfg(all(feature = "std", not(all(loom, feature = "loom"))))]
+                #[cfg(all(
+                    feature = "std",
+                    not(all(loom, feature = "loom")),
+                    not(feature = "shuttle")
+                ))]
                 let mut spins = 0u32;
                 // Relaxed: only a hint to retry the CAS; the CAS orders.
                 while self.locked.load(Ordering::Relaxed) != 0 {
                     spin_loop();
-                    #[cfg(all(feature = "std", not(all(loom, feature = "loom"))))]
+                    #[cfg(all(
+                        feature = "std",
+                        not(all(loom, feature = "loom")),
+                        not(feature = "shuttle")
+                    ))]
                     {
                         spins = spins.saturating_add(1);
                         if spins >= 128 {
