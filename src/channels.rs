@@ -6,7 +6,7 @@
 
 use crate::abi::{PortOps, Raise, Raised};
 use crate::guest::{Guest, Hypercalls, Hypervisor};
-#[cfg(any(all(loom, feature = "loom"), feature = "shuttle"))]
+#[cfg(all(loom, feature = "loom"))]
 use crate::weaken::Weaken;
 use crate::weaken::Weakness;
 use crate::{Error, Host, Notify};
@@ -109,7 +109,7 @@ impl<A: PortOps, N: Notify> Guest<InProcess<A, N>> {
     }
 
     /// An instance with one protective step weakened (loom models only).
-    #[cfg(any(all(loom, feature = "loom"), feature = "shuttle"))]
+    #[cfg(all(loom, feature = "loom"))]
     #[doc(hidden)]
     pub fn weakened(abi: A, notify: N, w: Weaken) -> Self {
         Self::build(

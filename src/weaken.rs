@@ -95,12 +95,10 @@ pub enum Weaken {
 
 /// The weakness a core object was built with; zero-sized natively.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Weakness(
-    #[cfg(any(all(loom, feature = "loom"), feature = "shuttle"))] Option<Weaken>,
-);
+pub(crate) struct Weakness(#[cfg(all(loom, feature = "loom"))] Option<Weaken>);
 
 impl Weakness {
-    #[cfg(any(all(loom, feature = "loom"), feature = "shuttle"))]
+    #[cfg(all(loom, feature = "loom"))]
     pub(crate) fn new(w: Weaken) -> Self {
         Weakness(Some(w))
     }
@@ -108,11 +106,11 @@ impl Weakness {
     /// Whether step `w` is weakened; a constant `false` natively.
     #[inline(always)]
     pub(crate) fn has(self, w: Weaken) -> bool {
-        #[cfg(any(all(loom, feature = "loom"), feature = "shuttle"))]
+        #[cfg(all(loom, feature = "loom"))]
         {
             self.0 == Some(w)
         }
-        #[cfg(not(any(all(loom, feature = "loom"), feature = "shuttle")))]
+        #[cfg(not(all(loom, feature = "loom")))]
         {
             let _ = w;
             false

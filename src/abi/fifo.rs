@@ -54,9 +54,9 @@ const _: () = assert!(QUEUES as usize == MAX_QUEUES);
 
 /// Event words per page of [`OwnedFifo`]: a 4 KiB page natively; a tiny
 /// page under loom, whose every word is a modelled atomic.
-#[cfg(not(any(all(loom, feature = "loom"), feature = "shuttle")))]
+#[cfg(not(all(loom, feature = "loom")))]
 const PAGE_WORDS: u32 = EVENT_WORDS_PER_PAGE;
-#[cfg(any(all(loom, feature = "loom"), feature = "shuttle"))]
+#[cfg(all(loom, feature = "loom"))]
 const PAGE_WORDS: u32 = 8;
 
 /// Memory the FIFO ABI works over: the event array, and per vCPU a control
@@ -562,7 +562,7 @@ impl<M: FifoMemory> Fifo<M> {
     }
 
     /// The FIFO ABI with one protective step weakened (loom models only).
-    #[cfg(any(all(loom, feature = "loom"), feature = "shuttle"))]
+    #[cfg(all(loom, feature = "loom"))]
     #[doc(hidden)]
     pub fn weakened(mem: M, w: Weaken) -> Self {
         Self::build(mem, Weakness::new(w))

@@ -465,7 +465,7 @@ impl<M: Memory2l> TwoLevel<M> {
     }
 
     /// The 2-level ABI with one protective step weakened (loom models only).
-    #[cfg(any(all(loom, feature = "loom"), feature = "shuttle"))]
+    #[cfg(all(loom, feature = "loom"))]
     #[doc(hidden)]
     pub fn weakened(mem: M, w: Weaken) -> Self {
         TwoLevel {

@@ -40,18 +40,10 @@ impl<T> Lock<T> {
     }
 }
 
-#[cfg(all(
-    not(all(loom, feature = "loom")),
-    not(feature = "shuttle"),
-    feature = "std"
-))]
+#[cfg(all(not(all(loom, feature = "loom")), feature = "std"))]
 pub(crate) struct Lock<T>(parking_lot::Mutex<T>);
 
-#[cfg(all(
-    not(all(loom, feature = "loom")),
-    not(feature = "shuttle"),
-    feature = "std"
-))]
+#[cfg(all(not(all(loom, feature = "loom")), feature = "std"))]
 impl<T> Lock<T> {
     pub(crate) const fn new(t: T) -> Self {
         Lock(parking_lot::Mutex::new(t))
@@ -62,10 +54,7 @@ impl<T> Lock<T> {
     }
 }
 
-#[cfg(all(
-    not(all(loom, feature = "loom")),
-    any(not(feature = "std"), feature = "shuttle")
-))]
+#[cfg(all(not(all(loom, feature = "loom")), not(feature = "std")))]
 pub(crate) use spin::Lock;
 
 pub(crate) use spin::Lock as SpinLock;
@@ -141,20 +130,12 @@ mod spin {
                         access: self.value.get_mut(),
                     };
                 }
-                #[cfg(all(
-                    feature = "std",
-                    not(all(loom, feature = "loom")),
-                    not(feature = "shuttle")
-                ))]
+                #[cfg(all(feature = "std", not(all(loom, feature = "loom"))))]
                 let mut spins = 0u32;
                 // Relaxed: only a hint to retry the CAS; the CAS orders.
                 while self.locked.load(Ordering::Relaxed) != 0 {
                     spin_loop();
-                    #[cfg(all(
-                        feature = "std",
-                        not(all(loom, feature = "loom")),
-                        not(feature = "shuttle")
-                    ))]
+                    #[cfg(all(feature = "std", not(all(loom, feature = "loom"))))]
                     {
                         spins = spins.saturating_add(1);
                         if spins >= 128 {

@@ -6,20 +6,12 @@
 //! the `loom` feature under `RUSTFLAGS="--cfg loom"` every atomic, fence,
 //! spin hint and the control-plane lock come from loom, so the model checker
 //! sees every access the core makes. (`--cfg loom` alone leaves the crate
-//! native: a user's own loom build does not switch it unasked.) With the
-//! `shuttle` feature they come from shuttle, whose schedulers run the same
-//! code under randomized schedules past loom's preemption bound
-//! (shuttle-tests/).
+//! native: a user's own loom build does not switch it unasked.)
 
-#[cfg(not(any(all(loom, feature = "loom"), feature = "shuttle")))]
+#[cfg(not(all(loom, feature = "loom")))]
 mod native;
-#[cfg(not(any(all(loom, feature = "loom"), feature = "shuttle")))]
+#[cfg(not(all(loom, feature = "loom")))]
 use native as imp;
-
-#[cfg(all(feature = "shuttle", not(all(loom, feature = "loom"))))]
-mod shuttle;
-#[cfg(all(feature = "shuttle", not(all(loom, feature = "loom"))))]
-use shuttle as imp;
 
 #[cfg(all(loom, feature = "loom"))]
 mod model;

@@ -66,7 +66,7 @@ impl Default for ControlBlock {
     }
 }
 
-#[cfg(not(any(all(loom, feature = "loom"), feature = "shuttle")))]
+#[cfg(not(all(loom, feature = "loom")))]
 mod layout {
     use super::ControlBlock;
     use core::mem::{offset_of, size_of};

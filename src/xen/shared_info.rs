@@ -119,7 +119,7 @@ impl Default for SharedInfo {
     }
 }
 
-#[cfg(not(any(all(loom, feature = "loom"), feature = "shuttle")))]
+#[cfg(not(all(loom, feature = "loom")))]
 mod layout {
     use super::{SharedInfo, VcpuInfo};
     use core::mem::{align_of, offset_of, size_of};
