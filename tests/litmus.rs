@@ -18,7 +18,6 @@
 #![cfg(not(loom))]
 
 use std::cell::UnsafeCell;
-use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread;
@@ -254,63 +253,81 @@ fn fifo_two_senders_vs_upcall() {
     send_vs_upcall::<Fifo<OwnedFifo>>(&[P, Q]);
 }
 
-/// Storage a thread initialises with plain writes before it registers it:
-/// a raiser that reaches it without the registration's happens-before edge
-/// races with those writes (Miri reports it).
-struct Slot<T>(UnsafeCell<MaybeUninit<T>>);
+/// Memory a thread allocates and initialises before it registers it; the
+/// test frees it after every thread ended. A raiser that reaches it without
+/// the registration's happens-before edge races with its initialisation
+/// (Miri reports it).
+struct Leaked<T: 'static>(std::sync::atomic::AtomicPtr<T>);
 
-// SAFETY: written once by `init`, before the reference is handed out;
-// every later access is through that shared reference.
-unsafe impl<T: Sync> Sync for Slot<T> {}
-
-impl<T> Slot<T> {
+impl<T> Leaked<T> {
     fn new() -> Self {
-        Slot(UnsafeCell::new(MaybeUninit::uninit()))
+        Leaked(std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()))
     }
 
-    #[allow(clippy::mut_from_ref)]
-    fn init(&self, v: T) -> &T {
-        // SAFETY: called once per slot, by one thread, before any reference
-        // to the contents exists.
-        unsafe { (*self.0.get()).write(v) }
+    /// Allocates `v`; the reference lives until `free`.
+    fn alloc(&self, v: T) -> &'static T {
+        // Written as a guest writes its page: through a unique reference.
+        let r: &'static mut T = Box::leak(Box::new(v));
+        // Relaxed: read back only by `free`, after the threads were joined.
+        self.0.store(r, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    /// Frees the allocation; call after every reference is gone.
+    fn free(&self) {
+        // Relaxed: the threads that wrote it were joined.
+        let p = self
+            .0
+            .swap(std::ptr::null_mut(), std::sync::atomic::Ordering::Relaxed);
+        if !p.is_null() {
+            // SAFETY: `p` came from `Box::into_raw` in `alloc`, and nothing
+            // refers to it any more.
+            drop(unsafe { Box::from_raw(p) });
+        }
     }
 }
 
 /// Publication of memory registered while a raiser runs: the guest
 /// registers its control block, then a page of the event array, each
-/// initialised just before; a raiser that finds the page finds the control
-/// block (registered before it), links the event and raises the upcall.
+/// allocated and initialised just before; a raiser that finds the page
+/// finds the control block (registered before it), links the event and
+/// raises the upcall.
 #[test]
 fn fifo_registration_vs_raise() {
     for _ in 0..ROUNDS {
-        let page = Slot::<[EventWord; 1024]>::new();
-        let (cb, info) = (Slot::<ControlBlock>::new(), Slot::<VcpuInfo>::new());
-        let mem = RegisteredFifo::<1>::new(1024, 1);
-        let abi = Fifo::new(&mem);
-        thread::scope(|s| {
-            s.spawn(|| {
-                let (cb, info) = (cb.init(ControlBlock::new()), info.init(VcpuInfo::new()));
-                mem.init_control(0, cb, info).expect("init_control");
-                let page = page.init(core::array::from_fn(|_| EventWord::new(0)));
-                mem.expand_array(page).expect("expand_array");
+        let page = Leaked::<[EventWord; 1024]>::new();
+        let (cb, info) = (Leaked::<ControlBlock>::new(), Leaked::<VcpuInfo>::new());
+        {
+            let mem = RegisteredFifo::<1>::new(1024, 1);
+            let abi = Fifo::new(&mem);
+            thread::scope(|s| {
+                s.spawn(|| {
+                    let (cb, info) = (cb.alloc(ControlBlock::new()), info.alloc(VcpuInfo::new()));
+                    mem.init_control(0, cb, info).expect("init_control");
+                    let page = page.alloc(core::array::from_fn(|_| EventWord::new(0)));
+                    mem.expand_array(page).expect("expand_array");
+                });
+                s.spawn(|| {
+                    while abi.set_pending(P, || 0) == Err(Error::PortOutOfRange) {
+                        thread::yield_now();
+                    }
+                    assert!(
+                        abi.upcall_pending(0) == Ok(true),
+                        "litmus: a raise on a registered page found no control block"
+                    );
+                    let data = [0, 1, 2].map(|_| Payload(UnsafeCell::new(u64::from(P) * 10)));
+                    let mut cursor = Default::default();
+                    assert_eq!(
+                        upcall(&abi, &mut cursor, &data),
+                        [P],
+                        "litmus: the raise was not linked"
+                    );
+                });
             });
-            s.spawn(|| {
-                while abi.set_pending(P, || 0) == Err(Error::PortOutOfRange) {
-                    thread::yield_now();
-                }
-                assert!(
-                    abi.upcall_pending(0) == Ok(true),
-                    "litmus: a raise on a registered page found no control block"
-                );
-                let data = [0, 1, 2].map(|_| Payload(UnsafeCell::new(u64::from(P) * 10)));
-                let mut cursor = Default::default();
-                assert_eq!(
-                    upcall(&abi, &mut cursor, &data),
-                    [P],
-                    "litmus: the raise was not linked"
-                );
-            });
-        });
+        }
+        page.free();
+        cb.free();
+        info.free();
     }
 }
 
