@@ -465,7 +465,7 @@ impl<M: Memory2l> TwoLevel<M> {
     }
 
     /// The 2-level ABI with one protective step weakened (loom models only).
-    #[cfg(all(loom, feature = "loom"))]
+    #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
     #[doc(hidden)]
     pub fn weakened(mem: M, w: Weaken) -> Self {
         TwoLevel {
