@@ -184,6 +184,11 @@ pub struct World<A: Abi> {
     /// Per port number: the generation of a life that is over (closed and
     /// seen not in flight), or [`NONE`] (C6).
     closed: Vec<AtomicU32>,
+    /// Per port number: late-EOI mode (set by [`World::set_lateeoi`]).
+    late: Vec<AtomicBool>,
+    /// Per port number: a run of a late-EOI port awaits its EOI (C3: no
+    /// second run before it).
+    eoi_due: Vec<AtomicBool>,
     /// Lives still to be bound (whose targets are not known yet): the
     /// vCPUs may not stop before they are.
     lives: AtomicU32,
@@ -209,6 +214,8 @@ impl<A: Abi> World<A> {
             target: v(0),
             inside: (0..n).map(|_| AtomicBool::new(false)).collect(),
             closed: v(NONE),
+            late: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            eoi_due: (0..n).map(|_| AtomicBool::new(false)).collect(),
             lives: AtomicU32::new(0),
             done: AtomicBool::new(false),
         })
@@ -225,6 +232,13 @@ impl<A: Abi> World<A> {
         self.target[i].store(sends, SeqCst);
         self.live[i].store(p.generation(), SeqCst);
         p
+    }
+
+    /// Puts `p` in late-EOI mode: each run masks it until its EOI, which
+    /// the vCPU that ran it ends after its upcall.
+    pub fn set_lateeoi(&self, p: Port) {
+        self.ch.set_lateeoi(p, true).expect("set_lateeoi");
+        self.late[p.number() as usize].store(true, SeqCst);
     }
 
     /// One more life will be bound (with [`World::bind_late`]) while the
@@ -265,6 +279,13 @@ impl<A: Abi> World<A> {
             p.number(),
             p.generation()
         );
+        if self.late[i].load(SeqCst) {
+            assert!(
+                !self.eoi_due[i].swap(true, SeqCst),
+                "C3: handler of port {} ran again on vCPU {vcpu} before its late EOI",
+                p.number()
+            );
+        }
         if self.live[i].load(SeqCst) == p.generation() {
             let s = self.sent[i].load(SeqCst);
             self.seen[i].fetch_max(s, SeqCst);
@@ -308,10 +329,11 @@ impl<A: Abi> World<A> {
         }
         .expect("upcall");
         for p in due {
-            match self.ch.status(p.number()) {
-                Ok(s) if s.lateeoi && s.generation == p.generation() => {}
-                _ => continue,
+            if !self.late[p.number() as usize].load(SeqCst) {
+                continue;
             }
+            // Before the EOI: the next run may start right after it.
+            self.eoi_due[p.number() as usize].store(false, SeqCst);
             match self.ch.lateeoi(p, false) {
                 Ok(None) => {}
                 Ok(Some(_)) => self.ch.eoi(p).expect("eoi after the back-off"),
@@ -384,6 +406,13 @@ pub fn spawn_vcpu<A: Abi>(world: &Arc<World<A>>, v: u32) -> JoinHandle<()> {
 
 /// One schedule of the storm over ABI `A`, with `weaken` if any.
 pub fn storm<A: Abi>(weaken: Option<Weaken>) {
+    storm_with::<A>(weaken, true);
+}
+
+/// [`storm`], with or without the late-EOI port (a core without the
+/// in-flight guard takes no late-EOI claim either, so the negative control
+/// leaves late EOI out and checks C3 alone).
+pub fn storm_with<A: Abi>(weaken: Option<Weaken>, late_eoi: bool) {
     let w = World::<A>::build(weaken);
     // a: hot, moved by the control thread; b: late EOI; c: closed and
     // bound again; d: on the vCPU taken offline.
@@ -391,7 +420,9 @@ pub fn storm<A: Abi>(weaken: Option<Weaken>) {
     let b = w.bind(3, 2);
     let c = w.bind(5, 0);
     let d = w.bind(2, 2);
-    w.ch.set_lateeoi(b, true).expect("set_lateeoi");
+    if late_eoi {
+        w.set_lateeoi(b);
+    }
     w.expect_life();
     let vcpus: Vec<_> = (0..VCPUS as u32).map(|v| spawn_vcpu(&w, v)).collect();
     let s0 = {
