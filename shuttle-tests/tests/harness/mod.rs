@@ -90,7 +90,7 @@ pub fn iterations() -> usize {
 }
 
 /// The short default of [`iterations`].
-pub const DEFAULT_ITERATIONS: usize = 100;
+pub const DEFAULT_ITERATIONS: usize = 500;
 
 /// The PCT scheduler's depth (bug depth it targets).
 pub const PCT_DEPTH: usize = 3;
