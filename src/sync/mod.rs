@@ -62,7 +62,7 @@ pub(crate) use lock::{Lock, SpinLock};
 /// * Under loom the helper is `fence(SeqCst)`: loom treats `SeqCst`
 ///   *accesses* as `AcqRel` and would report the stranded outcome, but it
 ///   models `SeqCst` *fences* exactly.
-/// * Under shuttle the helper is empty, as natively: shuttle runs one thread
+/// * Under shuttle it is empty, as natively: shuttle runs one thread
 ///   at a time and every access is sequentially consistent.
 #[inline(always)]
 pub(crate) fn store_load_fence() {
