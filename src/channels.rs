@@ -108,7 +108,7 @@ impl<A: PortOps, N: Notify> Guest<InProcess<A, N>> {
         )
     }
 
-    /// An instance with one protective step weakened (loom models only).
+    /// An instance with one protective step weakened (loom models and shuttle negative controls only).
     #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
     #[doc(hidden)]
     pub fn weakened(abi: A, notify: N, w: Weaken) -> Self {

@@ -10,7 +10,8 @@
 
 use crate::sync::Ordering;
 
-/// One protective step to remove. Exists only for the negative loom models.
+/// One protective step to remove. Exists only for the negative loom models
+/// and the shuttle negative controls.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Weaken {

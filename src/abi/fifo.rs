@@ -564,7 +564,7 @@ impl<M: FifoMemory> Fifo<M> {
         Self::build(mem, Weakness::default())
     }
 
-    /// The FIFO ABI with one protective step weakened (loom models only).
+    /// The FIFO ABI with one protective step weakened (loom models and shuttle negative controls only).
     #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
     #[doc(hidden)]
     pub fn weakened(mem: M, w: Weaken) -> Self {

@@ -115,7 +115,7 @@ impl<R: Raise, N: Notify> core::fmt::Debug for Host<R, N> {
 
 #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
 impl<R: crate::abi::PortOps, N: Notify> Host<R, N> {
-    /// A host with one protective step weakened (loom models only).
+    /// A host with one protective step weakened (loom models and shuttle negative controls only).
     #[doc(hidden)]
     pub fn weakened(abi: R, notify: N, w: Weaken) -> Self {
         Host {

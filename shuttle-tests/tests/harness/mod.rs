@@ -238,30 +238,35 @@ impl<A: Abi> World<A> {
     /// the vCPU that ran it ends after its upcall.
     pub fn set_lateeoi(&self, p: Port) {
         self.ch.set_lateeoi(p, true).expect("set_lateeoi");
+        // SeqCst: read by every handler run.
         self.late[p.number() as usize].store(true, SeqCst);
     }
 
     /// One more life will be bound (with [`World::bind_late`]) while the
     /// vCPUs run.
     pub fn expect_life(&self) {
+        // SeqCst: read by every handler run's stop check.
         self.lives.fetch_add(1, SeqCst);
     }
 
     /// [`World::bind`] of a life announced by [`World::expect_life`].
     pub fn bind_late(&self, vcpu: u32, sends: u32) -> Port {
         let p = self.bind(vcpu, sends);
+        // SeqCst: the life's target is set above; the stop check reads both.
         self.lives.fetch_sub(1, SeqCst);
         p
     }
 
     /// One send of the live life of `p`, counted before it is made.
     pub fn send(&self, p: Port) {
+        // SeqCst: bumped before the send, read by a run at its start (C1).
         self.sent[p.number() as usize].fetch_add(1, SeqCst);
         self.ch.send(p).expect("send");
     }
 
     /// The life of `p` is over: closed, and seen not in flight.
     pub fn over(&self, p: Port) {
+        // SeqCst: read by every handler run (C6).
         self.closed[p.number() as usize].store(p.generation(), SeqCst);
     }
 
@@ -269,23 +274,28 @@ impl<A: Abi> World<A> {
     pub fn handle(&self, vcpu: u32, p: Port) {
         let i = p.number() as usize;
         assert!(
+            // SeqCst: a plain flag; two handlers inside at once is the breach.
             !self.inside[i].swap(true, SeqCst),
             "C3: handler of port {} entered on vCPU {vcpu} while running elsewhere",
             p.number()
         );
         assert!(
+            // SeqCst: set by the closer once the life is over.
             self.closed[i].load(SeqCst) != p.generation(),
             "C6: handler of port {} of a closed life (generation {}) ran on vCPU {vcpu}",
             p.number(),
             p.generation()
         );
+        // SeqCst: set before the first send of the port.
         if self.late[i].load(SeqCst) {
             assert!(
+                // SeqCst: cleared by the vCPU just before the EOI.
                 !self.eoi_due[i].swap(true, SeqCst),
                 "C3: handler of port {} ran again on vCPU {vcpu} before its late EOI",
                 p.number()
             );
         }
+        // SeqCst: the live generation, set at bind.
         if self.live[i].load(SeqCst) == p.generation() {
             let s = self.sent[i].load(SeqCst);
             self.seen[i].fetch_max(s, SeqCst);
@@ -293,7 +303,9 @@ impl<A: Abi> World<A> {
         // A scheduling point while inside: another run of this port may be
         // scheduled here if the in-flight guard lets it.
         thread::yield_now();
+        // SeqCst: leaves the handler (C3).
         self.inside[i].store(false, SeqCst);
+        // SeqCst: one run ends the storm and wakes every vCPU.
         if self.all_seen() && !self.done.swap(true, SeqCst) {
             self.ch.notifier().wake_all();
         }
@@ -301,6 +313,7 @@ impl<A: Abi> World<A> {
 
     /// Whether every port's live life reached its target.
     fn all_seen(&self) -> bool {
+        // SeqCst: read with the counts below.
         self.lives.load(SeqCst) == 0
             && self
                 .seen
@@ -311,6 +324,7 @@ impl<A: Abi> World<A> {
 
     /// Whether the vCPUs may stop.
     pub fn done(&self) -> bool {
+        // SeqCst: set by the run that saw the last target.
         self.done.load(SeqCst)
     }
 
@@ -329,10 +343,12 @@ impl<A: Abi> World<A> {
         }
         .expect("upcall");
         for p in due {
+            // SeqCst: set before the first send of the port.
             if !self.late[p.number() as usize].load(SeqCst) {
                 continue;
             }
             // Before the EOI: the next run may start right after it.
+            // SeqCst: read by the next run of the port.
             self.eoi_due[p.number() as usize].store(false, SeqCst);
             match self.ch.lateeoi(p, false) {
                 Ok(None) => {}
@@ -372,6 +388,7 @@ impl<A: Abi> World<A> {
                 "quiescence: port {n} left {s:?}"
             );
             let i = n as usize;
+            // SeqCst: every thread but this one was joined.
             let (seen, sent) = (self.seen[i].load(SeqCst), self.sent[i].load(SeqCst));
             assert!(
                 seen >= sent,
