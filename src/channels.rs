@@ -6,7 +6,7 @@
 
 use crate::abi::{PortOps, Raise, Raised};
 use crate::guest::{Guest, Hypercalls, Hypervisor};
-#[cfg(all(loom, feature = "loom"))]
+#[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
 use crate::weaken::Weaken;
 use crate::weaken::Weakness;
 use crate::{Error, Host, Notify};
@@ -108,8 +108,8 @@ impl<A: PortOps, N: Notify> Guest<InProcess<A, N>> {
         )
     }
 
-    /// An instance with one protective step weakened (loom models only).
-    #[cfg(all(loom, feature = "loom"))]
+    /// An instance with one protective step weakened (loom models and shuttle negative controls only).
+    #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
     #[doc(hidden)]
     pub fn weakened(abi: A, notify: N, w: Weaken) -> Self {
         Self::build(

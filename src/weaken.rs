@@ -3,13 +3,15 @@
 //! Each protective step of the core (a mask around a rebind, the in-flight
 //! guard, an Acquire/Release pair, the store-load fence, ...) can be switched
 //! off one at a time under `cfg(loom)` so that the model suite can show that
-//! loom catches the weakened variant. Natively [`Weakness`] is a zero-sized
+//! loom catches the weakened variant (and under `cfg(evtchn_shuttle)`, for
+//! the randomized schedules' negative control). Natively [`Weakness`] is a zero-sized
 //! type whose [`Weakness::has`] is a constant `false`: the checks compile
 //! away and the API to set a weakness does not exist.
 
 use crate::sync::Ordering;
 
-/// One protective step to remove. Exists only for the negative loom models.
+/// One protective step to remove. Exists only for the negative loom models
+/// and the shuttle negative controls.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Weaken {
@@ -95,10 +97,10 @@ pub enum Weaken {
 
 /// The weakness a core object was built with; zero-sized natively.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Weakness(#[cfg(all(loom, feature = "loom"))] Option<Weaken>);
+pub(crate) struct Weakness(#[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))] Option<Weaken>);
 
 impl Weakness {
-    #[cfg(all(loom, feature = "loom"))]
+    #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
     pub(crate) fn new(w: Weaken) -> Self {
         Weakness(Some(w))
     }
@@ -106,11 +108,11 @@ impl Weakness {
     /// Whether step `w` is weakened; a constant `false` natively.
     #[inline(always)]
     pub(crate) fn has(self, w: Weaken) -> bool {
-        #[cfg(all(loom, feature = "loom"))]
+        #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
         {
             self.0 == Some(w)
         }
-        #[cfg(not(all(loom, feature = "loom")))]
+        #[cfg(not(any(all(loom, feature = "loom"), evtchn_shuttle)))]
         {
             let _ = w;
             false

@@ -53,11 +53,14 @@ const LOWEST_PRIORITY: u32 = QUEUES - 1;
 const _: () = assert!(QUEUES as usize == MAX_QUEUES);
 
 /// Event words per page of [`OwnedFifo`]: a 4 KiB page natively; a tiny
-/// page under loom, whose every word is a modelled atomic.
-#[cfg(not(all(loom, feature = "loom")))]
+/// page under loom, whose every word is a modelled atomic; 64 words under
+/// shuttle (the randomized schedules' 64 ports), built anew every schedule.
+#[cfg(not(any(all(loom, feature = "loom"), evtchn_shuttle)))]
 const PAGE_WORDS: u32 = EVENT_WORDS_PER_PAGE;
 #[cfg(all(loom, feature = "loom"))]
 const PAGE_WORDS: u32 = 8;
+#[cfg(evtchn_shuttle)]
+const PAGE_WORDS: u32 = 64;
 
 /// Memory the FIFO ABI works over: the event array, and per vCPU a control
 /// block and a `vcpu_info` (whose `evtchn_upcall_pending` the FIFO ABI uses
@@ -561,8 +564,8 @@ impl<M: FifoMemory> Fifo<M> {
         Self::build(mem, Weakness::default())
     }
 
-    /// The FIFO ABI with one protective step weakened (loom models only).
-    #[cfg(all(loom, feature = "loom"))]
+    /// The FIFO ABI with one protective step weakened (loom models and shuttle negative controls only).
+    #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
     #[doc(hidden)]
     pub fn weakened(mem: M, w: Weaken) -> Self {
         Self::build(mem, Weakness::new(w))

@@ -464,8 +464,8 @@ impl<M: Memory2l> TwoLevel<M> {
         }
     }
 
-    /// The 2-level ABI with one protective step weakened (loom models only).
-    #[cfg(all(loom, feature = "loom"))]
+    /// The 2-level ABI with one protective step weakened (loom models and shuttle negative controls only).
+    #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
     #[doc(hidden)]
     pub fn weakened(mem: M, w: Weaken) -> Self {
         TwoLevel {

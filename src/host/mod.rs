@@ -96,12 +96,12 @@ pub struct Host<R: Raise, N: Notify = ()> {
     weak: Weakness,
     /// The deliver half's mask, for [`Weaken::HostBindVcpuMasks`] only (the
     /// raise half has none).
-    #[cfg(all(loom, feature = "loom"))]
+    #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
     weak_mask: Option<MaskFn<R>>,
 }
 
 /// The deliver half's mask of a port ([`crate::abi::Deliver::mask`]).
-#[cfg(all(loom, feature = "loom"))]
+#[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
 type MaskFn<R> = fn(&R, u32) -> Result<bool, Error>;
 
 impl<R: Raise, N: Notify> core::fmt::Debug for Host<R, N> {
@@ -113,9 +113,9 @@ impl<R: Raise, N: Notify> core::fmt::Debug for Host<R, N> {
     }
 }
 
-#[cfg(all(loom, feature = "loom"))]
+#[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
 impl<R: crate::abi::PortOps, N: Notify> Host<R, N> {
-    /// A host with one protective step weakened (loom models only).
+    /// A host with one protective step weakened (loom models and shuttle negative controls only).
     #[doc(hidden)]
     pub fn weakened(abi: R, notify: N, w: Weaken) -> Self {
         Host {
@@ -145,7 +145,7 @@ impl<R: Raise, N: Notify> Host<R, N> {
             lock: Lock::new(()),
             free_hint: AtomicU32::new(1),
             weak,
-            #[cfg(all(loom, feature = "loom"))]
+            #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
             weak_mask: None,
         }
     }
@@ -302,7 +302,7 @@ impl<R: Raise, N: Notify> Host<R, N> {
         if w & STATE != BOUND {
             return Err(Error::NotBound);
         }
-        #[cfg(all(loom, feature = "loom"))]
+        #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
         if let (true, Some(mask)) = (self.weak.has(Weaken::HostBindVcpuMasks), self.weak_mask) {
             mask(&self.abi, port)?;
         }

@@ -1,5 +1,8 @@
 #![cfg_attr(
-    all(not(all(loom, feature = "loom")), not(feature = "alloc")),
+    all(
+        not(any(all(loom, feature = "loom"), evtchn_shuttle)),
+        not(feature = "alloc")
+    ),
     allow(dead_code)
 )]
 
@@ -8,6 +11,7 @@
 //! | build              | [`Lock`] (control plane)          | [`SpinLock`] (FIFO queue tails)   |
 //! |--------------------|-----------------------------------|-----------------------------------|
 //! | `cfg(loom)` + `loom` feature | `loom::sync::Mutex`     | the spin lock, on loom's atomics  |
+//! | `cfg(evtchn_shuttle)` | `shuttle::sync::Mutex`         | the spin lock, on shuttle's atomics |
 //! | `std` feature      | `parking_lot::Mutex`              | spin lock, yielding after a while |
 //! | neither (`no_std`) | a test-and-test-and-set spin lock | the same spin lock                |
 //!
@@ -40,10 +44,30 @@ impl<T> Lock<T> {
     }
 }
 
-#[cfg(all(not(all(loom, feature = "loom")), feature = "std"))]
+#[cfg(evtchn_shuttle)]
+pub(crate) struct Lock<T>(::shuttle::sync::Mutex<T>);
+
+#[cfg(evtchn_shuttle)]
+impl<T> Lock<T> {
+    pub(crate) const fn new(t: T) -> Self {
+        Lock(::shuttle::sync::Mutex::new(t))
+    }
+
+    pub(crate) fn lock(&self) -> ::shuttle::sync::MutexGuard<'_, T> {
+        // A shuttle thread panics only when an assertion fails; shuttle then
+        // ends the schedule and reports it, so a poisoned lock is never
+        // observed by a check that matters.
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+#[cfg(all(not(any(all(loom, feature = "loom"), evtchn_shuttle)), feature = "std"))]
 pub(crate) struct Lock<T>(parking_lot::Mutex<T>);
 
-#[cfg(all(not(all(loom, feature = "loom")), feature = "std"))]
+#[cfg(all(not(any(all(loom, feature = "loom"), evtchn_shuttle)), feature = "std"))]
 impl<T> Lock<T> {
     pub(crate) const fn new(t: T) -> Self {
         Lock(parking_lot::Mutex::new(t))
@@ -54,7 +78,10 @@ impl<T> Lock<T> {
     }
 }
 
-#[cfg(all(not(all(loom, feature = "loom")), not(feature = "std")))]
+#[cfg(all(
+    not(any(all(loom, feature = "loom"), evtchn_shuttle)),
+    not(feature = "std")
+))]
 pub(crate) use spin::Lock;
 
 pub(crate) use spin::Lock as SpinLock;
@@ -73,7 +100,7 @@ mod spin {
     use super::super::{spin_loop, AtomicU8, Ordering};
     use crate::weaken::{Weaken, Weakness};
 
-    /// A test-and-test-and-set spin lock. With `std`, a waiter that has spun
+    /// A test-and-test-and-set spin lock. With `std` (natively), a waiter that has spun
     /// for a while yields its CPU, so that a holder preempted in its few
     /// instructions gets to run.
     pub(crate) struct Lock<T> {
@@ -99,7 +126,10 @@ mod spin {
 
     impl<T> Lock<T> {
         /// Used as the control-plane lock of `no_std` builds.
-        #[cfg_attr(any(all(loom, feature = "loom"), feature = "std"), allow(dead_code))]
+        #[cfg_attr(
+            any(all(loom, feature = "loom"), evtchn_shuttle, feature = "std"),
+            allow(dead_code)
+        )]
         pub(crate) fn new(t: T) -> Self {
             Self::with_weakness(t, Weakness::default())
         }
@@ -130,12 +160,15 @@ mod spin {
                         access: self.value.get_mut(),
                     };
                 }
-                #[cfg(all(feature = "std", not(all(loom, feature = "loom"))))]
+                #[cfg(all(feature = "std", not(any(all(loom, feature = "loom"), evtchn_shuttle))))]
                 let mut spins = 0u32;
                 // Relaxed: only a hint to retry the CAS; the CAS orders.
                 while self.locked.load(Ordering::Relaxed) != 0 {
                     spin_loop();
-                    #[cfg(all(feature = "std", not(all(loom, feature = "loom"))))]
+                    #[cfg(all(
+                        feature = "std",
+                        not(any(all(loom, feature = "loom"), evtchn_shuttle))
+                    ))]
                     {
                         spins = spins.saturating_add(1);
                         if spins >= 128 {

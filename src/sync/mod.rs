@@ -1,17 +1,29 @@
 //! The abstract atomics: the one place that chooses between the native
 //! primitives and loom's model-checked ones.
 //!
-//! Nothing else in the crate names `core::sync::atomic` or `loom`. Natively
-//! this is `core::sync::atomic` plus `crossbeam_utils::CachePadded`; with
-//! the `loom` feature under `RUSTFLAGS="--cfg loom"` every atomic, fence,
-//! spin hint and the control-plane lock come from loom, so the model checker
-//! sees every access the core makes. (`--cfg loom` alone leaves the crate
-//! native: a user's own loom build does not switch it unasked.)
+//! Nothing else in the crate names `core::sync::atomic`, `loom` or
+//! `shuttle`. Natively this is `core::sync::atomic` plus
+//! `crossbeam_utils::CachePadded`; with the `loom` feature under
+//! `RUSTFLAGS="--cfg loom"` every atomic, fence, spin hint and the
+//! control-plane lock come from loom, so the model checker sees every access
+//! the core makes. (`--cfg loom` alone leaves the crate native: a user's own
+//! loom build does not switch it unasked.) Under `cfg(evtchn_shuttle)`, which
+//! only the `shuttle-tests` workspace member sets (its build script), they
+//! come from shuttle instead, whose schedulers run the core's threads in
+//! random (and PCT) orders.
 
-#[cfg(not(all(loom, feature = "loom")))]
+#[cfg(all(evtchn_shuttle, all(loom, feature = "loom")))]
+compile_error!("cfg(evtchn_shuttle) and the loom build are exclusive");
+
+#[cfg(not(any(all(loom, feature = "loom"), evtchn_shuttle)))]
 mod native;
-#[cfg(not(all(loom, feature = "loom")))]
+#[cfg(not(any(all(loom, feature = "loom"), evtchn_shuttle)))]
 use native as imp;
+
+#[cfg(evtchn_shuttle)]
+mod shuttle;
+#[cfg(evtchn_shuttle)]
+use self::shuttle as imp;
 
 #[cfg(all(loom, feature = "loom"))]
 mod model;
@@ -20,7 +32,8 @@ use model as imp;
 
 mod lock;
 
-#[cfg(all(loom, feature = "loom"))]
+#[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
+#[allow(unused_imports)]
 pub(crate) use imp::atomic::fence;
 pub(crate) use imp::atomic::AtomicPtr;
 pub(crate) use imp::atomic::Ordering;
@@ -59,6 +72,8 @@ pub(crate) use lock::{Lock, SpinLock};
 ///   weakened access (say the mask load to `Acquire`) passes loom and must
 ///   be argued instead. mutation/RESULTS.md lists those mutants with their
 ///   arguments, and each call site repeats the one that applies to it.
+/// * Under shuttle it is empty, as natively: shuttle runs one thread
+///   at a time and every access is sequentially consistent.
 #[inline(always)]
 pub(crate) fn store_load_fence() {
     #[cfg(all(loom, feature = "loom"))]

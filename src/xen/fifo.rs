@@ -66,7 +66,7 @@ impl Default for ControlBlock {
     }
 }
 
-#[cfg(not(all(loom, feature = "loom")))]
+#[cfg(not(any(all(loom, feature = "loom"), evtchn_shuttle)))]
 mod layout {
     use super::ControlBlock;
     use core::mem::{offset_of, size_of};

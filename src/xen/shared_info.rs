@@ -119,7 +119,7 @@ impl Default for SharedInfo {
     }
 }
 
-#[cfg(not(all(loom, feature = "loom")))]
+#[cfg(not(any(all(loom, feature = "loom"), evtchn_shuttle)))]
 mod layout {
     use super::{SharedInfo, VcpuInfo};
     use core::mem::{align_of, offset_of, size_of};
