@@ -581,9 +581,23 @@ def load_verdicts():
 
 def verdict_for(m, verdicts):
     for v in verdicts:
-        if re.search(v["match"], f"{m['file']}:{m['line']} {m['from']}->{m['to']} {m['text']}"):
+        if "sites" in v and m["site"] in v["sites"]:
+            return v
+        if "match" in v and re.search(v["match"], f"{m['file']}:{m['line']} {m['from']}->{m['to']} {m['text']}"):
             return v
     return None
+
+
+def current_lines(res):
+    """Results with each site's line as it is in the tree now (site ids are
+    stable while no ordering is added or removed; the text must agree)."""
+    sites, _ = find_sites()
+    now = {s["id"]: s for s in sites}
+    for m in res["mutants"].values():
+        s = now.get(m["site"])
+        if s and s["text"] == m["text"] and s["file"] == m["file"]:
+            m["line"] = s["line"]
+    return res
 
 
 def classify_all(res, verdicts):
@@ -611,12 +625,16 @@ def table(rows):
     return files
 
 
+def anchor(title):
+    return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+
+
 def cmd_report(args):
-    res = load_results(args.out)
+    res = current_lines(load_results(args.out))
     verdicts = load_verdicts()
     rows = classify_all(res, verdicts)
     after = table(rows)
-    before = table(classify_all(load_results(args.before), [])) if args.before else None
+    before = table(classify_all(current_lines(load_results(args.before)), [])) if args.before else None
     print("| file | generated | killed | equivalent | surviving | killed of non-equivalent |"
           + (" before: killed / surviving |" if before else ""))
     print("|---|---|---|---|---|---|" + ("---|" if before else ""))
@@ -644,9 +662,27 @@ def cmd_report(args):
     for m, cls, v in rows:
         why = m["by"] or ""
         if cls != "killed" and v is not None:
-            why = v.get("by") or v.get("argument_ref") or v.get("title", "")
-        print(f"| {m['key']} | {m['file']}:{m['line']} `{m['text'][:60]}` | {m['kind']} {m['from']} → {m['to']} "
+            why = f"[{v['title']}](#{anchor(v['title'])})"
+        elif cls != "killed":
+            why = "no verdict yet: [plan](#the-plan-for-the-rest)"
+        text = m["text"][:60].replace("|", "\\|")
+        print(f"| {m['key']} | {m['file']}:{m['line']} `{text}` | {m['kind']} {m['from']} → {m['to']} "
               f"| {cls} | {why} |")
+    print()
+    print("## Verdicts")
+    for v in verdicts:
+        keys = [m["key"] for m, cls, vv in rows if vv is v and cls != "killed"]
+        if not keys:
+            continue
+        print()
+        print(f"### {v['title']}")
+        print()
+        print(f"{v['verdict']}: {', '.join(keys)}")
+        print()
+        print(v["argument"].strip())
+        if v.get("plan"):
+            print()
+            print(f"Plan: {v['plan']}")
 
 
 def main():
