@@ -683,6 +683,39 @@ What is left is not killed and has no verdict yet. By group:
 """
 
 
+CARGO_MUTANTS_NOTES = {
+    "not built": "in code the native build does not compile (the loom or the shuttle lock): "
+                 "no native test can reach it; a pass with the loom build (mutation/README.md) "
+                 "would, and was not run",
+    "equivalent": "changes only when the spin lock yields the OS thread (after 128 spins or at once): "
+                  "the same results, another speed",
+}
+
+
+def cargo_mutants_section(folder):
+    out = ["## cargo-mutants", "",
+           "`cargo mutants -f src/guest/plane.rs -f src/sync/lock.rs -- --test policy --test api "
+           "--test fifo --test budget` (the native pass, tests chosen for these files; "
+           "`.cargo/mutants.toml`); the lists are in `cargo-mutants/`.", "",
+           "| file | generated | caught | timeout (caught) | unviable | missed |", "|---|---|---|---|---|---|"]
+    files = {}
+    lists = {}
+    for kind in ("caught", "timeout", "unviable", "missed"):
+        path = os.path.join(folder, kind + ".txt")
+        lines = [l for l in open(path).read().splitlines() if l.strip()] if os.path.exists(path) else []
+        lists[kind] = lines
+        for l in lines:
+            f = l.split(":")[0]
+            files.setdefault(f, {"caught": 0, "timeout": 0, "unviable": 0, "missed": 0})[kind] += 1
+    for f, c in sorted(files.items()):
+        out.append(f"| {f} | {sum(c.values())} | {c['caught']} | {c['timeout']} | {c['unviable']} | {c['missed']} |")
+    out += ["", "Missed:", ""]
+    for l in lists["missed"]:
+        why = CARGO_MUTANTS_NOTES["equivalent"] if ">= with <" in l else CARGO_MUTANTS_NOTES["not built"]
+        out.append(f"* `{l}`: {why}.")
+    return "\n".join(out)
+
+
 def anchor(title):
     return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
 
@@ -747,6 +780,9 @@ def cmd_report(args):
     if args.before:
         print()
         print(PLAN.strip())
+    if args.cargo_mutants:
+        print()
+        print(cargo_mutants_section(args.cargo_mutants))
 
 
 def main():
@@ -768,6 +804,7 @@ def main():
     rep = sub.add_parser("report")
     rep.add_argument("--out", default=RESULTS)
     rep.add_argument("--before")
+    rep.add_argument("--cargo-mutants", help="a folder with cargo-mutants' caught/missed/timeout/unviable.txt")
     args = p.parse_args()
     {"list": cmd_list, "run": cmd_run, "miri": cmd_miri, "report": cmd_report}[args.cmd](args)
 
