@@ -759,6 +759,8 @@ def cmd_report(args):
             why = f"[{v['title']}](#{anchor(v['title'])})"
         elif cls != "killed":
             why = "no verdict yet: [plan](#the-plan-for-the-rest)"
+        if cls != "killed" and m.get("miri", {}).get("ran"):
+            why += f" (Miri: {len(m['miri']['ran'])} litmus tests, not killed)"
         text = m["text"][:60].replace("|", "\\|")
         print(f"| {m['key']} | {m['file']}:{m['line']} `{text}` | {m['kind']} {m['from']} → {m['to']} "
               f"| {cls} | {why} |")
