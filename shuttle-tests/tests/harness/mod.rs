@@ -107,6 +107,20 @@ pub fn pct<F: Fn() + Send + Sync + 'static>(name: &str, f: F) {
     );
 }
 
+/// Runs `f` under the PCT scheduler (depth [`PCT_DEPTH`]) from a fixed
+/// seed, [`iterations`] schedules: the negative controls, whose schedules
+/// (and so the failure found first) must be the same on every run.
+pub fn pct_seeded<F: Fn() + Send + Sync + 'static>(name: &str, seed: u64, f: F) {
+    let n = iterations();
+    let t = std::time::Instant::now();
+    let scheduler = shuttle::scheduler::PctScheduler::new_from_seed(seed, PCT_DEPTH, n);
+    shuttle::Runner::new(scheduler, Default::default()).run(f);
+    eprintln!(
+        "shuttle: {name}: {n} PCT schedules (depth {PCT_DEPTH}, seed {seed}) in {:.2?}",
+        t.elapsed()
+    );
+}
+
 /// Runs `f` under the random scheduler, [`iterations`] schedules, and
 /// prints the count and the time.
 pub fn random<F: Fn() + Send + Sync + 'static>(name: &str, f: F) {
