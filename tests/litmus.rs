@@ -25,8 +25,8 @@ use std::thread;
 use evtchn::xen::fifo::{ControlBlock, EventWord};
 use evtchn::xen::VcpuInfo;
 use evtchn::{
-    Delivery, Error, Fifo, GuestUnmask, OwnedFifo, OwnedMemory, PortOps, Ports, Raise,
-    RegisteredFifo, TwoLevel,
+    Deliver, Delivery, Error, Fifo, GuestUnmask, OwnedFifo, OwnedMemory, PortOps, Ports, Raise,
+    Raised, RegisteredFifo, RegisteredVcpus, TwoLevel,
 };
 
 #[cfg(miri)]
@@ -111,6 +111,21 @@ fn race<A: Build>(abi: &Arc<A>, f: fn(&A), g: fn(&A)) {
     let g = thread::spawn(move || g(&b));
     f.join().expect("first thread");
     g.join().expect("second thread");
+}
+
+/// Runs `f` and `g` on two scoped threads and joins both. The handles are
+/// held until both threads ended: dropping the handle of a thread that has
+/// already ended can make the spawning thread synchronise with it (the
+/// last reference to the handle's shared state acquires what the thread
+/// released when it dropped its own), and a thread spawned after that would
+/// be ordered after the first one's every write, hiding the race under test.
+fn pair(f: impl FnOnce() + Send, g: impl FnOnce() + Send) {
+    thread::scope(|s| {
+        let a = s.spawn(f);
+        let b = s.spawn(g);
+        a.join().expect("first thread");
+        b.join().expect("second thread");
+    });
 }
 
 /// Store buffering: the sender writes *pending* then reads *mask*; the
@@ -300,14 +315,14 @@ fn fifo_registration_vs_raise() {
         {
             let mem = RegisteredFifo::<1>::new(1024, 1);
             let abi = Fifo::new(&mem);
-            thread::scope(|s| {
-                s.spawn(|| {
+            pair(
+                || {
                     let (cb, info) = (cb.alloc(ControlBlock::new()), info.alloc(VcpuInfo::new()));
                     mem.init_control(0, cb, info).expect("init_control");
                     let page = page.alloc(core::array::from_fn(|_| EventWord::new(0)));
                     mem.expand_array(page).expect("expand_array");
-                });
-                s.spawn(|| {
+                },
+                || {
                     while abi.set_pending(P, || 0) == Err(Error::PortOutOfRange) {
                         thread::yield_now();
                     }
@@ -322,11 +337,152 @@ fn fifo_registration_vs_raise() {
                         [P],
                         "litmus: the raise was not linked"
                     );
-                });
-            });
+                },
+            );
         }
         page.free();
         cb.free();
+        info.free();
+    }
+}
+
+/// Publication of a control block registered after the event array's first
+/// page: the raiser finds the page (published before the control block, so
+/// that edge does not carry the control block), waits until it sees the
+/// control block, and links the event into it.
+#[test]
+fn fifo_control_after_page_vs_raise() {
+    for _ in 0..ROUNDS {
+        let page = Leaked::<[EventWord; 1024]>::new();
+        let (cb, info) = (Leaked::<ControlBlock>::new(), Leaked::<VcpuInfo>::new());
+        {
+            let mem = RegisteredFifo::<1>::new(1024, 1);
+            let abi = Fifo::new(&mem);
+            pair(
+                || {
+                    let page = page.alloc(core::array::from_fn(|_| EventWord::new(0)));
+                    mem.expand_array(page).expect("expand_array");
+                    let (cb, info) = (cb.alloc(ControlBlock::new()), info.alloc(VcpuInfo::new()));
+                    mem.init_control(0, cb, info).expect("init_control");
+                },
+                || {
+                    while !mem.has_control_block(0) {
+                        thread::yield_now();
+                    }
+                    assert!(
+                        matches!(abi.set_pending(P, || 0), Ok(Raised::Notified { .. })),
+                        "litmus: a raise after registration was not linked"
+                    );
+                    let data = [0, 1, 2].map(|_| Payload(UnsafeCell::new(u64::from(P) * 10)));
+                    let mut cursor = Default::default();
+                    assert_eq!(
+                        upcall(&abi, &mut cursor, &data),
+                        [P],
+                        "litmus: the linked event was not delivered"
+                    );
+                },
+            );
+        }
+        page.free();
+        cb.free();
+        info.free();
+    }
+}
+
+/// Publication of a `vcpu_info` to a status read: a thread that polls
+/// `upcall_pending` of a vCPU while it registers reads the flag of the
+/// registered `vcpu_info` only after its initialisation.
+#[test]
+fn fifo_vcpu_info_vs_status_read() {
+    for _ in 0..ROUNDS {
+        let (cb, info) = (Leaked::<ControlBlock>::new(), Leaked::<VcpuInfo>::new());
+        {
+            let mem = RegisteredFifo::<1>::new(1024, 1);
+            let abi = Fifo::new(&mem);
+            pair(
+                || {
+                    let (cb, info) = (cb.alloc(ControlBlock::new()), info.alloc(VcpuInfo::new()));
+                    mem.init_control(0, cb, info).expect("init_control");
+                },
+                || loop {
+                    match abi.upcall_pending(0) {
+                        Ok(flag) => {
+                            assert!(!flag, "litmus: a fresh vcpu_info read as pending");
+                            break;
+                        }
+                        Err(_) => thread::yield_now(),
+                    }
+                },
+            );
+        }
+        cb.free();
+        info.free();
+    }
+}
+
+/// 2-level registration racing a raise (`register_vcpu_info`): a raise that
+/// found no `vcpu_info` left its bit in the pending word only; the
+/// registration's marking (selector and flag) must carry that bit to a scan
+/// on another thread. The scan does not read the upcall flag first (a guest
+/// upcall entered by injection does not), so only the selector's edge
+/// orders the pending word before the scan's read of it. After both
+/// threads, whatever is still raised is drained; the event is handled
+/// exactly once.
+#[test]
+fn two_level_registration_vs_raise() {
+    for _ in 0..ROUNDS {
+        let info = Leaked::<VcpuInfo>::new();
+        let mem = RegisteredVcpus::<_, 1>::new(OwnedMemory::new(1, 0), 1);
+        let abi = TwoLevel::new(&mem);
+        let data = [0, 1, 2].map(|_| Payload(UnsafeCell::new(0)));
+        // The handles are held until the end (see `pair`).
+        let handled = thread::scope(|s| {
+            let raiser = s.spawn(|| {
+                data[P as usize].write(u64::from(P) * 10);
+                abi.set_pending(P, || 0).expect("raise");
+            });
+            let registrar = s.spawn(|| {
+                mem.register_vcpu_info(0, info.alloc(VcpuInfo::new()))
+                    .expect("register_vcpu_info");
+            });
+            let scanner = s.spawn(|| {
+                while !mem.is_registered(0) {
+                    thread::yield_now();
+                }
+                let mut handled = Vec::new();
+                let mut cursor = Default::default();
+                abi.scan(
+                    0,
+                    &mut cursor,
+                    |p| {
+                        if abi.test_and_clear_pending(p).expect("port") {
+                            assert_eq!(
+                                data[p as usize].read(),
+                                u64::from(p) * 10,
+                                "litmus: handler saw a stale payload"
+                            );
+                            handled.push(p);
+                            Delivery::Handled
+                        } else {
+                            Delivery::Skipped
+                        }
+                    },
+                    |_| {},
+                )
+                .expect("scan");
+                handled
+            });
+            raiser.join().expect("raiser");
+            registrar.join().expect("registrar");
+            scanner.join().expect("scanner")
+        });
+        let mut cursor = Default::default();
+        let rest = upcall(&abi, &mut cursor, &data);
+        assert_eq!(
+            [handled, rest].concat(),
+            [P],
+            "litmus: the registration lost or doubled an event raised before it"
+        );
         info.free();
     }
 }
@@ -338,14 +494,14 @@ fn fifo_registration_vs_raise() {
 fn fifo_owned_expand_vs_raise() {
     for _ in 0..ROUNDS {
         let abi = Fifo::new(OwnedFifo::new(8, 1));
-        thread::scope(|s| {
-            s.spawn(|| abi.prepare(P).expect("prepare"));
-            s.spawn(|| {
+        pair(
+            || abi.prepare(P).expect("prepare"),
+            || {
                 while abi.set_pending(P, || 0) == Err(Error::PortOutOfRange) {
                     thread::yield_now();
                 }
                 assert_eq!(abi.is_pending(P), Ok(true), "litmus: the raise was lost");
-            });
-        });
+            },
+        );
     }
 }
