@@ -458,7 +458,8 @@ def cmd_run(args):
     exes = build_models()
     models = positive_models(exes)
     print(f"{len(models)} positive models", flush=True)
-    if not res["coverage"]:
+    missing = [m for m in models if f"{m[0]}::{m[1]}" not in res["coverage"]]
+    if missing:
         trace_dir = os.path.join(ROOT, "target", "mutation", "trace")
         os.makedirs(trace_dir, exist_ok=True)
 
@@ -472,7 +473,7 @@ def cmd_run(args):
             return model, rc, dt, ids, tail
 
         with cf.ThreadPoolExecutor(args.jobs) as pool:
-            for (stem, name), rc, dt, ids, tail in pool.map(cover, models):
+            for (stem, name), rc, dt, ids, tail in pool.map(cover, missing):
                 if rc != 0:
                     sys.exit(f"error: {stem}::{name} fails unmutated (rc {rc}):\n{tail}")
                 res["coverage"][f"{stem}::{name}"] = ids
@@ -480,6 +481,11 @@ def cmd_run(args):
                 print(f"covered {stem}::{name}: {len(ids)} sites, {dt:.1f} s", flush=True)
         save_results(args.out, res)
     todo = [m for m in muts if m["key"] not in res["mutants"]]
+    if args.rerun:
+        # Survivors against the models they have not run yet (models added
+        # since): the earlier record is kept and extended.
+        todo += [m for m in muts if m["key"] in res["mutants"]
+                 and res["mutants"][m["key"]]["status"] in ("survived", "uncovered")]
     if args.skip_killed_in:
         # A rerun after sharper models: what an earlier run killed stays
         # killed (less synchronisation in the models only adds executions).
@@ -500,14 +506,21 @@ def cmd_run(args):
         covering = sorted((k for k, ids in res["coverage"].items() if m["site"] in ids),
                           key=lambda k: res["model_time"][k])
         rec = dict(m, status="uncovered", by=None, ran=[], secs=0.0)
+        earlier = res["mutants"].get(m["key"])
+        if args.rerun and earlier:
+            rec = dict(earlier)
+            covering = [k for k in covering if k not in rec.get("ran", [])]
+            if not covering:
+                return rec
         if not covering:
             return rec
         # The slowest models only for a site no faster model covers.
         fast = [k for k in covering if res["model_time"][k] <= args.max_model_secs]
-        if fast:
+        if fast or args.rerun:
             rec["skipped"] = [k for k in covering if k not in fast]
             covering = fast
-        rec["status"] = "survived"
+        if rec["status"] == "uncovered":
+            rec["status"] = "survived"
         for k in covering:
             stem, name = k.split("::", 1)
             timeout = 4 * res["model_time"][k] + 20
@@ -682,7 +695,9 @@ step weaker, or one store-load fence removed.
   mutants again after the registration litmus tests were added and made
   to hold their thread handles (`miri --again --seeds 8 --filter ' (6|8|10|12|13|14|59|60):Relaxed$'`,
   with `fifo_control_after_page_vs_raise` left out: `litmus_unusable`),
-  and the verdicts of `verdicts.toml` (equivalent, or surviving with an
+  every survivor against the models added since and the models an earlier
+  run skipped as slow (`run --rerun --max-model-secs 15`, which also runs
+  the 15 s-and-faster models a mutant had not run), and the verdicts of `verdicts.toml` (equivalent, or surviving with an
   argument or a plan).
 
 "killed of non-equivalent" is killed / (generated − equivalent). A model
@@ -856,6 +871,8 @@ def main():
     r.add_argument("--filter")
     r.add_argument("--out", default=RESULTS)
     r.add_argument("--fresh", action="store_true")
+    r.add_argument("--rerun", action="store_true",
+                   help="also run surviving mutants against the covering models they have not run (models added since)")
     r.add_argument("--skip-killed-in", help="results file whose killed mutants are not run again")
     r.add_argument("--max-model-secs", type=float, default=60.0,
                    help="skip covering models slower than this (unmutated) when a faster one covers the site")
