@@ -12,7 +12,12 @@
 //! other deliverer, which takes that bit, must find the event the bit
 //! stands for: FIFO's `head` as handed back, not the head the budgeted
 //! pass already consumed. Each event runs exactly once (C1, and no
-//! double run).
+//! double run). The final drain runs upcalls only while the upcall flag is
+//! set, as a vCPU that halts otherwise: the budgeted pass sets the flag
+//! after giving its work back, and the other deliverer's flag clear, made
+//! before its own selector (ready) swap, must not land after that set in
+//! the flag's modification order. The give-back's `fetch_or` acquires the
+//! other deliverer's swap to exclude it (loom explores the store order).
 #![cfg(loom)]
 
 use evtchn::{Bind, Weaken};
@@ -45,7 +50,13 @@ fn scenario<A: Abi>(weaken: Option<Weaken>) {
         });
         budgeted.join().expect("budgeted deliverer");
         other.join().expect("other deliverer");
-        w.drain();
+        // As a vCPU that halts when its upcall flag is clear: a deferred
+        // event must leave the flag set (a drain that ignores the flag
+        // would hide a flag clear that lands after the deferral's set).
+        let mut cpu = w.ch.vcpu(0).expect("vCPU 0");
+        while cpu.upcall_pending() {
+            cpu.upcall(|x| w.handle(0, x)).expect("upcall");
+        }
         for port in [p, q] {
             let runs = w.runs(port.number()).per_vcpu[0];
             assert_eq!(

@@ -763,9 +763,15 @@ impl<M: FifoMemory> Fifo<M> {
                 *local = 0;
             }
         }
-        // Release: after the heads; pairs with the AcqRel swap of the next
-        // upcall, which then reads the heads written above.
-        cb.ready.fetch_or(cursor.ready, Release);
+        // AcqRel. Release: after the heads; pairs with the AcqRel swap of
+        // the next upcall, which then reads the heads written above.
+        // Acquire: pairs with the Release swap of a scan running on another
+        // handle of this vCPU, so its flag clear happens before the flag
+        // set that follows a hand-back (budget, unwind); without it the
+        // clear may land after the set in the flag's modification order,
+        // and both scans end with the queues handed back behind a clear
+        // flag (s20).
+        cb.ready.fetch_or(cursor.ready, AcqRel);
         cursor.ready = 0;
     }
 

@@ -361,9 +361,13 @@ impl<'a, M: Memory2l, const N: usize> RegisteredVcpus<'a, M, N> {
             // hands what it saw on to the scan that takes the selector.
             let _ = word.load(SeqCst);
         }
-        // Release: a scan whose Acquire swap reads these bits also sees
-        // every pending bit the loads above saw.
-        info.evtchn_pending_sel.fetch_or(!0, Release);
+        // AcqRel. Release: a scan whose Acquire swap reads these bits also
+        // sees every pending bit the loads above saw. Acquire: pairs with
+        // the Release swap of a scan already running on `info`, so that
+        // scan's flag clear happens before our flag set below; without it
+        // the clear may land after the set in the flag's modification
+        // order, and the vCPU halts with the whole selector marked.
+        info.evtchn_pending_sel.fetch_or(!0, AcqRel);
         // Release: after the selector; pairs with `upcall_pending`'s
         // Acquire load, so a vCPU that sees the flag finds the bits.
         info.evtchn_upcall_pending.store(1, Release);
@@ -553,9 +557,14 @@ impl<M: Memory2l> TwoLevel<M> {
     #[inline]
     fn defer(&self, vi: &VcpuInfo, sel: u64) {
         if !self.weak.has(Weaken::BudgetDropsSelector) {
-            // Release: a scan on another handle of this vCPU whose Acquire
-            // swap reads these bits also sees the pending bits we acquired.
-            vi.evtchn_pending_sel.fetch_or(sel, Release);
+            // AcqRel. Release: a scan on another handle of this vCPU whose
+            // Acquire swap reads these bits also sees the pending bits we
+            // acquired. Acquire: pairs with that scan's Release swap, so
+            // its flag clear happens before our flag set below; without it
+            // the clear may land after the set in the flag's modification
+            // order, and both scans end with the bits given back behind a
+            // clear flag (s20).
+            vi.evtchn_pending_sel.fetch_or(sel, AcqRel);
         }
         if !self.weak.has(Weaken::BudgetNoUpcallFlag) {
             // Release: after the selector bits; pairs with `upcall_pending`'s
