@@ -480,6 +480,11 @@ def cmd_run(args):
                 res["model_time"][f"{stem}::{name}"] = round(dt, 2)
                 print(f"covered {stem}::{name}: {len(ids)} sites, {dt:.1f} s", flush=True)
         save_results(args.out, res)
+    stale = sorted(set(res["mutants"]) - {m["key"] for m in muts})
+    for k in stale:
+        # Its ordering changed since: the mutant no longer exists.
+        print(f"retired {k}: the ordering at its site changed", flush=True)
+        res.setdefault("retired", {})[k] = res["mutants"].pop(k)
     todo = [m for m in muts if m["key"] not in res["mutants"]]
     if args.rerun:
         # Survivors against the models they have not run yet (models added
@@ -629,6 +634,8 @@ def load_verdicts():
 
 def verdict_for(m, verdicts):
     for v in verdicts:
+        if "keys" in v and m["key"] in v["keys"]:
+            return v
         if "sites" in v and m["site"] in v["sites"]:
             return v
         if "match" in v and re.search(v["match"], f"{m['file']}:{m['line']} {m['from']}->{m['to']} {m['text']}"):
@@ -653,7 +660,9 @@ def classify_all(res, verdicts):
     for m in sorted(res["mutants"].values(), key=lambda m: (m["file"], m["line"], m["key"])):
         v = verdict_for(m, verdicts)
         cls = m["status"]
-        if cls != "killed" and v is not None:
+        if v is not None and v.get("even_if_killed") and cls in ("killed", "timeout"):
+            cls = v["verdict"]
+        elif cls != "killed" and v is not None:
             cls = v["verdict"]  # "equivalent", "killed-elsewhere" or "survived" (with a plan)
         rows.append((m, cls, v))
     return rows
@@ -661,8 +670,9 @@ def classify_all(res, verdicts):
 
 def table(rows):
     files = {}
-    for m, cls, _ in rows:
-        c = files.setdefault(m["file"], {"generated": 0, "killed": 0, "equivalent": 0, "surviving": 0})
+    for m, cls, v in rows:
+        c = files.setdefault(m["file"], {"generated": 0, "killed": 0, "equivalent": 0, "surviving": 0,
+                                         "argued": 0})
         c["generated"] += 1
         if cls in ("killed", "killed-elsewhere", "timeout"):
             c["killed"] += 1
@@ -670,6 +680,8 @@ def table(rows):
             c["equivalent"] += 1
         else:
             c["surviving"] += 1
+            if v is not None:
+                c["argued"] += 1
     return files
 
 
@@ -702,6 +714,9 @@ step weaker, or one store-load fence removed.
 
 "killed of non-equivalent" is killed / (generated − equivalent). A model
 run that times out (four times its own time plus 20 s) counts as a kill.
+"argued": surviving mutants whose ordering no tool here can judge, with the
+litmus argument of why it is needed (`verdicts.toml`); the rest of the
+surviving have no verdict yet.
 """
 
 
@@ -728,25 +743,21 @@ What is left is not killed and has no verdict yet. By group:
   changes which accesses it orders (`-Zmiri-address-reuse-rate=0` changes
   the outcome of the control). Plan: the same races as loom models (loom
   checks its `UnsafeCell` and allocation causality without address reuse).
-* **Hand-off orderings** (FIFO `last`, `head`, `ready`, the upcall flag,
-  `set_link`'s BUSY, the unlink; 2-level selector, flag, the scan's word
-  reads, the budget's give-back). What the sender wrote before a send
-  travels on the pending bit's own word: the raiser's releasing
-  read-modify-write and the deliverer's acquiring clear. These orderings
-  make the event *found*, not its payload seen. Weakening one of them
-  loses an event only if a read-modify-write is ordered, in its location's
-  modification order, before a store it did not synchronise with, or a
-  later store becomes visible before an earlier read-modify-write: loom
-  and Miri both give every read-modify-write the newest store in execution
-  order, so neither can show it; and the plain loads on these paths
-  (`head`, `last`, the scan's word reads) follow an acquiring
-  read-modify-write that already orders every store they must see. A
-  payload check in the models therefore adds nothing here (the payload is
-  carried by the pending word). Plan: a verdict per site (needed, with the
-  litmus argument, or redundant, with the edge that makes it so), and a
-  checker that explores modification orders (GenMC). The orderings that
-  protect a guest's plain loads of `head` and the event words are tested
-  only against our own consumer, which reads them through atomics.
+* **Hand-off orderings.** What the sender wrote before a send travels on
+  the pending bit's own word (the raiser's releasing read-modify-write and
+  the deliverer's acquiring clear); the other hand-off orderings make the
+  event *found*. Loom explores the modification order of plain stores
+  (not of read-modify-writes, which it places last), so a model in which
+  another deliverer of the vCPU runs beside a give-back (S20) or a
+  registration (S21) kills the weakenings whose failure is a plain flag
+  set overtaken by an earlier clear, and it found the give-back's and the
+  registration's selector `fetch_or` too weak (`Release` only; now
+  `AcqRel`). Most of the rest now carry a verdict. Left: the queue
+  tail's `last` (18), the link and `set_link`'s BUSY protocol with the
+  guest's conditional unmask (23, 26–29, 48), the FIFO mask (46), and the
+  control plane's pending clear (37, 69). Plan: a model of a guest's
+  conditional unmask racing an append behind that port as the queue's
+  tail (BUSY), and a verdict per site for the others.
 * **Control-plane publication to lock-free paths** (bind's and close's
   stores, `send`'s and `port`'s loads): a sender that finds the port by
   number and reads a weakened publication still meets bind's unmask,
@@ -795,8 +806,18 @@ def anchor(title):
     return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
 
 
+def current_only(res):
+    """Results of the mutants the tree has now: an ordering changed since
+    (strengthened after a model found it too weak) retires its old
+    mutants and brings new ones."""
+    sites, _ = find_sites()
+    now = {m["key"] for m in mutants_of(sites)}
+    res["mutants"] = {k: m for k, m in res["mutants"].items() if k in now}
+    return res
+
+
 def cmd_report(args):
-    res = current_lines(load_results(args.out))
+    res = current_only(current_lines(load_results(args.out)))
     verdicts = load_verdicts()
     rows = classify_all(res, verdicts)
     after = table(rows)
@@ -804,10 +825,10 @@ def cmd_report(args):
     if args.before:
         print(PREAMBLE.strip())
         print()
-    print("| file | generated | killed | equivalent | surviving | killed of non-equivalent |"
+    print("| file | generated | killed | equivalent | surviving (of which argued) | killed of non-equivalent |"
           + (" before: killed / surviving |" if before else ""))
     print("|---|---|---|---|---|---|" + ("---|" if before else ""))
-    tot = {"generated": 0, "killed": 0, "equivalent": 0, "surviving": 0}
+    tot = {"generated": 0, "killed": 0, "equivalent": 0, "surviving": 0, "argued": 0}
     for f in sorted(after):
         c = after[f]
         for k in tot:
@@ -818,12 +839,12 @@ def cmd_report(args):
         if before:
             bc = before.get(f, {"killed": 0, "surviving": 0})
             b = f" {bc['killed']} / {bc['surviving']} |"
-        print(f"| {f} | {c['generated']} | {c['killed']} | {c['equivalent']} | {c['surviving']} | {pct} |{b}")
+        print(f"| {f} | {c['generated']} | {c['killed']} | {c['equivalent']} | {c['surviving']} ({c['argued']}) | {pct} |{b}")
     ne = tot["generated"] - tot["equivalent"]
     b = ""
     if before:
         b = f" {sum(c['killed'] for c in before.values())} / {sum(c['surviving'] for c in before.values())} |"
-    print(f"| **all** | {tot['generated']} | {tot['killed']} | {tot['equivalent']} | {tot['surviving']} | "
+    print(f"| **all** | {tot['generated']} | {tot['killed']} | {tot['equivalent']} | {tot['surviving']} ({tot['argued']}) | "
           f"{100 * tot['killed'] / ne:.0f}% |{b}" if ne else "")
     print()
     print("| mutant | site | change | result | by / argument |")
@@ -832,6 +853,8 @@ def cmd_report(args):
         why = m["by"] or ""
         if cls != "killed" and v is not None:
             why = f"[{v['title']}](#{anchor(v['title'])})"
+            if m["by"]:
+                why += f" (a loom model fails without it: {m['by']})"
         elif cls != "killed":
             why = "no verdict yet: [plan](#the-plan-for-the-rest)"
         if cls != "killed" and m.get("miri", {}).get("ran"):
