@@ -725,24 +725,13 @@ PLAN = """
 
 What is left is not killed and has no verdict yet. By group:
 
-* **Registration** (FIFO `RegisteredFifo`, 2-level `RegisteredVcpus`): no
-  loom model registers memory while raisers run, so these sites are
-  uncovered by loom; `tests/litmus.rs` races registration against a raise
-  (`fifo_registration_vs_raise`, `fifo_control_after_page_vs_raise`,
-  `fifo_vcpu_info_vs_status_read`, `two_level_registration_vs_raise`) for
-  Miri. Miri kills the page publication's read (12) in all 8 schedules
-  and not its write (6), nor the `vcpu_info` publication (8, 14) in a
-  status read that races the registration, although each leaves the same
-  race (an atomic access to memory whose initialisation it does not
-  happen after); `fifo_control_after_page_vs_raise` reports a race on the
-  control block's `head` with no mutant at all under the sweep's switch
-  for some values of the switch (not in the plain tree, 32 schedules), so
-  `sweep.py miri` leaves it out (`UNUSABLE_LITMUS`). Two causes are found: a scoped thread whose handle was
-  dropped early ordered the threads spawned after it (the tests now hold
-  every handle, `pair`), and Miri's reuse of freed addresses across threads
-  changes which accesses it orders (`-Zmiri-address-reuse-rate=0` changes
-  the outcome of the control). Plan: the same races as loom models (loom
-  checks its `UnsafeCell` and allocation causality without address reuse).
+* **Registration.** S22 (FIFO: the page after the control block, the
+  control block after the page, a status read of the `vcpu_info`) and S21
+  (2-level) kill the publications: loom reports an access to an atomic
+  that does not happen after its creation. Under Miri the litmus tests
+  kill only the page load (12): two pitfalls made it blind (a scoped
+  thread's handle dropped early, Miri's address reuse; README.md, "The
+  second checker: Miri").
 * **Hand-off orderings.** What the sender wrote before a send travels on
   the pending bit's own word (the raiser's releasing read-modify-write and
   the deliverer's acquiring clear); the other hand-off orderings make the
