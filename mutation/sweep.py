@@ -449,6 +449,7 @@ def cmd_list(args):
 def cmd_run(args):
     sites, _ = find_sites()
     muts = mutants_of(sites)
+    current = {m["key"] for m in muts}
     if args.filter:
         muts = [m for m in muts if re.search(args.filter, f"{m['file']}:{m['line']} {m['key']}")]
     res = {"mutants": {}, "coverage": {}, "model_time": {}} if args.fresh else load_results(args.out)
@@ -480,7 +481,7 @@ def cmd_run(args):
                 res["model_time"][f"{stem}::{name}"] = round(dt, 2)
                 print(f"covered {stem}::{name}: {len(ids)} sites, {dt:.1f} s", flush=True)
         save_results(args.out, res)
-    stale = sorted(set(res["mutants"]) - {m["key"] for m in muts})
+    stale = sorted(set(res["mutants"]) - current)
     for k in stale:
         # Its ordering changed since: the mutant no longer exists.
         print(f"retired {k}: the ordering at its site changed", flush=True)
