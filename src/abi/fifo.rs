@@ -150,7 +150,8 @@ impl OwnedFifo {
         }
     }
 
-    /// Pages mapped so far.
+    /// Pages mapped so far. Acquires: a caller that sees a page mapped
+    /// also sees what the mapping thread wrote before it.
     #[must_use]
     pub fn mapped_pages(&self) -> usize {
         self.pages
@@ -420,7 +421,9 @@ impl<'a, const N: usize> RegisteredFifo<'a, N> {
         Ok(())
     }
 
-    /// Pages of the event array registered so far.
+    /// Pages of the event array registered so far. Acquires: a caller that
+    /// sees a page registered also sees what the registering thread wrote
+    /// before it.
     #[must_use]
     pub fn registered_pages(&self) -> usize {
         self.pages

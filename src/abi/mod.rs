@@ -88,6 +88,11 @@ pub enum GuestUnmask {
 /// event array, or on a page of it not registered yet), and one taking a
 /// vCPU fails with [`Error::VcpuOutOfRange`] when the memory holds no state
 /// for it.
+///
+/// The status reads (`is_pending`, `is_masked`, `upcall_pending`) acquire:
+/// one that observes a send, a mask or a raise also observes what its
+/// writer wrote before it (a guest that polls a port and then reads its
+/// ring, without an upcall).
 pub trait Ports: Sync {
     /// Number of ports this memory holds.
     #[must_use]

@@ -374,7 +374,9 @@ impl<'a, M: Memory2l, const N: usize> RegisteredVcpus<'a, M, N> {
         Ok(())
     }
 
-    /// Whether `vcpu` has registered a `vcpu_info`.
+    /// Whether `vcpu` has registered a `vcpu_info`. Acquires: a caller that
+    /// sees it registered also sees what the registering thread wrote before
+    /// it.
     #[must_use]
     pub fn is_registered(&self, vcpu: u32) -> bool {
         self.slots
