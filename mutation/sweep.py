@@ -722,40 +722,47 @@ surviving have no verdict yet.
 
 
 PLAN = """
-## The plan for the rest
+## What is not killed
 
-What is left is not killed and has no verdict yet. By group:
+Every mutant not killed has a verdict. The equivalent ones carry the
+happens-before argument of why no execution differs; 20 of them are the
+hand-off and control-plane groups argued in this form for the first time
+after the models S20–S24 (a weakening there is redundant with another
+edge that is always present). A reader who finds a hole in one of those
+arguments has found a model to write.
 
-* **Registration.** S22 (FIFO: the page after the control block, the
-  control block after the page, a status read of the `vcpu_info`) and S21
-  (2-level) kill the publications: loom reports an access to an atomic
-  that does not happen after its creation. Under Miri the litmus tests
-  kill only the page load (12): two pitfalls made it blind (a scoped
-  thread's handle dropped early, Miri's address reuse; README.md, "The
-  second checker: Miri").
-* **Hand-off orderings.** What the sender wrote before a send travels on
-  the pending bit's own word (the raiser's releasing read-modify-write and
-  the deliverer's acquiring clear); the other hand-off orderings make the
-  event *found*. Loom explores the modification order of plain stores
-  (not of read-modify-writes, which it places last), so a model in which
-  another deliverer of the vCPU runs beside a give-back (S20) or a
-  registration (S21) kills the weakenings whose failure is a plain flag
-  set overtaken by an earlier clear, and it found the give-back's and the
-  registration's selector `fetch_or` too weak (`Release` only; now
-  `AcqRel`). Most of the rest now carry a verdict. Left: the queue
-  tail's `last` (18), the link and `set_link`'s BUSY protocol with the
-  guest's conditional unmask (23, 26–29, 48), the FIFO mask (46), and the
-  control plane's pending clear (37, 69). Plan: a model of a guest's
-  conditional unmask racing an append behind that port as the queue's
-  tail (BUSY), and a verdict per site for the others.
-* **Control-plane publication to lock-free paths** (bind's and close's
-  stores, `send`'s and `port`'s loads): a sender that finds the port by
-  number and reads a weakened publication still meets bind's unmask,
-  whose `SeqCst`/`AcqRel` write it reads in the send/unmask pattern, or
-  leaves the event to that unmask, which then raises it itself. Plan: a
-  model whose sender finds the port by number (`Guest::port`) while a
-  bind or close runs, and a verdict per site where the unmask's edge makes
-  the publication's redundant.
+The surviving ones are orderings that no tool here can judge, each with
+its litmus argument:
+
+* **the store-buffer pattern with one `SeqCst` access weakened** (20):
+  the loom build's `store_load_fence` (a `SeqCst` fence) forbids the
+  outcome whatever the accesses' orders, and Miri's `SeqCst` is
+  conservative;
+* **a raiser's flag swap that must come after a scan's clear** (FIFO
+  `link`'s `ready` `fetch_or` without `Acquire`, 20:Release): loom places
+  a read-modify-write last in its location's modification order;
+* **the close's pending clear** (37, 69) and **the replay request's
+  release** (96:Acquire): loom's `SeqCst` accesses meet in one clock and
+  order the sender's writes by themselves, which C++20 does not.
+
+Plan: a checker with C++20's `SeqCst` and free read-modify-write placement
+(GenMC), or Arm litmus runs of these patterns; until then the arguments
+stand, next to the code and here.
+
+What the work found on the way: loom explores the modification order of
+plain stores (a relaxed store may land after a later one it is not ordered
+with), and S20 and S21 used it to find the give-back's and the
+registration's selector `fetch_or` too weak: a scan's earlier flag clear
+could land after their flag set, and the vCPU halt with work given back.
+Both are `AcqRel` now.
+
+### Registration under Miri
+
+Before S22, the registration mutants had only the litmus tests under
+Miri, which kill the page load (12) and not the others. Two pitfalls made
+Miri blind there (a scoped thread's handle dropped early, Miri's address
+reuse; README.md, "The second checker: Miri"); loom's causality check on
+atomics created in another thread (S22) kills them all.
 """
 
 
@@ -846,7 +853,7 @@ def cmd_report(args):
             if m["by"]:
                 why += f" (a loom model fails without it: {m['by']})"
         elif cls != "killed":
-            why = "no verdict yet: [plan](#the-plan-for-the-rest)"
+            why = "no verdict yet: [what is not killed](#what-is-not-killed)"
         if cls != "killed" and m.get("miri", {}).get("ran"):
             why += f" (Miri: {len(m['miri']['ran'])} litmus tests, not killed)"
         text = m["text"][:60].replace("|", "\\|")
