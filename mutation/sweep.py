@@ -766,36 +766,84 @@ atomics created in another thread (S22) kills them all.
 """
 
 
-CARGO_MUTANTS_NOTES = {
-    "not built": "in code the native build does not compile (the loom or the shuttle lock): "
-                 "no native test can reach it; a pass with the loom build (mutation/README.md) "
-                 "would, and was not run",
-    "equivalent": "changes only when the spin lock yields the OS thread (after 128 spins or at once): "
-                  "the same results, another speed",
-}
+def cargo_mutants_runs(folder):
+    """The runs under `folder` (one sub-folder each, in name order, with
+    cargo-mutants' caught/missed/timeout/unviable.txt and the `command`
+    that made them); a mutant's outcome is the one of the last run that
+    tested it (a re-run after new tests overrides a miss)."""
+    runs, outcome = [], {}
+    for name in sorted(os.listdir(folder)):
+        run = os.path.join(folder, name)
+        if not os.path.isdir(run):
+            continue
+        cmd_path = os.path.join(run, "command")
+        cmd = open(cmd_path).read().strip() if os.path.exists(cmd_path) else "?"
+        counts = {"caught": 0, "timeout": 0, "unviable": 0, "missed": 0}
+        for kind in counts:
+            path = os.path.join(run, kind + ".txt")
+            if not os.path.exists(path):
+                continue
+            for line in open(path).read().splitlines():
+                if line.strip():
+                    outcome[line.strip()] = kind
+                    counts[kind] += 1
+        runs.append((name, cmd, counts))
+    return runs, outcome
+
+
+def cargo_mutants_verdict(name, verdicts):
+    for v in verdicts:
+        if name in v.get("names", []) or ("match" in v and re.search(v["match"], name)):
+            return v
+    return None
 
 
 def cargo_mutants_section(folder):
+    """The cargo-mutants part of the report: per file, what the runs
+    generated and killed, and every missed mutant with its verdict
+    (`verdicts.toml` in the same folder)."""
+    runs, outcome = cargo_mutants_runs(folder)
+    vpath = os.path.join(folder, "verdicts.toml")
+    verdicts = tomllib.load(open(vpath, "rb")).get("mutant", []) if os.path.exists(vpath) else []
     out = ["## cargo-mutants", "",
-           "`cargo mutants -f src/guest/plane.rs -f src/sync/lock.rs -- --test policy --test api "
-           "--test fifo --test budget` (the native pass, tests chosen for these files; "
-           "`.cargo/mutants.toml`); the lists are in `cargo-mutants/`.", "",
-           "| file | generated | caught | timeout (caught) | unviable | missed |", "|---|---|---|---|---|---|"]
+           "cargo-mutants' own mutants (operators, return values, deleted calls) against the "
+           "native suite; `.cargo/mutants.toml` and mutation/README.md say how. The runs, in "
+           "order (a later run's outcome for a mutant replaces an earlier one):", ""]
+    for name, cmd, c in runs:
+        out.append(f"* `cargo-mutants/{name}`: `{cmd}` (caught {c['caught']}, timeout {c['timeout']}, "
+                   f"unviable {c['unviable']}, missed {c['missed']})")
+    out += ["", "\"killed of non-equivalent\" is (caught + timeout) / (tested − unviable − equivalent). "
+            "A timeout counts as caught (the mutant hangs the suite).", "",
+            "| file | tested | caught | timeout | unviable | missed: equivalent | missed: surviving | "
+            "killed of non-equivalent |", "|---|---|---|---|---|---|---|---|"]
     files = {}
-    lists = {}
-    for kind in ("caught", "timeout", "unviable", "missed"):
-        path = os.path.join(folder, kind + ".txt")
-        lines = [l for l in open(path).read().splitlines() if l.strip()] if os.path.exists(path) else []
-        lists[kind] = lines
-        for l in lines:
-            f = l.split(":")[0]
-            files.setdefault(f, {"caught": 0, "timeout": 0, "unviable": 0, "missed": 0})[kind] += 1
+    missed = []
+    for name, kind in outcome.items():
+        f = name.split(":")[0]
+        c = files.setdefault(f, {"caught": 0, "timeout": 0, "unviable": 0, "equivalent": 0, "surviving": 0})
+        if kind == "missed":
+            v = cargo_mutants_verdict(name, verdicts)
+            cls = v["verdict"] if v and v["verdict"] in ("equivalent", "unviable") else "surviving"
+            c[cls] += 1
+            missed.append((name, cls, v))
+        else:
+            c[kind] += 1
+    tot = {k: 0 for k in ("caught", "timeout", "unviable", "equivalent", "surviving")}
+    def row(label, c):
+        tested = sum(c.values())
+        denom = tested - c["unviable"] - c["equivalent"]
+        pct = f"{100 * (c['caught'] + c['timeout']) / denom:.0f}%" if denom else "n/a"
+        return (f"| {label} | {tested} | {c['caught']} | {c['timeout']} | {c['unviable']} | "
+                f"{c['equivalent']} | {c['surviving']} | {pct} |")
     for f, c in sorted(files.items()):
-        out.append(f"| {f} | {sum(c.values())} | {c['caught']} | {c['timeout']} | {c['unviable']} | {c['missed']} |")
+        out.append(row(f, c))
+        for k in tot:
+            tot[k] += c[k]
+    out.append(row("**all**", tot))
     out += ["", "Missed:", ""]
-    for l in lists["missed"]:
-        why = CARGO_MUTANTS_NOTES["equivalent"] if ">= with <" in l else CARGO_MUTANTS_NOTES["not built"]
-        out.append(f"* `{l}`: {why}.")
+    for name, cls, v in sorted(missed):
+        why = v["argument"].strip().replace("\n", " ") if v else "no verdict yet"
+        out.append(f"* `{name}`: **{cls}**. {why}")
     return "\n".join(out)
 
 
@@ -905,7 +953,7 @@ def main():
     rep = sub.add_parser("report")
     rep.add_argument("--out", default=RESULTS)
     rep.add_argument("--before")
-    rep.add_argument("--cargo-mutants", help="a folder with cargo-mutants' caught/missed/timeout/unviable.txt")
+    rep.add_argument("--cargo-mutants", help="the folder of cargo-mutants runs (one sub-folder each) and their verdicts.toml")
     args = p.parse_args()
     {"list": cmd_list, "run": cmd_run, "miri": cmd_miri, "report": cmd_report}[args.cmd](args)
 

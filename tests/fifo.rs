@@ -29,7 +29,7 @@ use evtchn::{Bind, Channels, Error, Fifo, FifoMemory, OwnedFifo, Port, State, St
 use evtchn::{Deliver, Ports, Raise};
 
 use evtchn_test_support::{
-    assert_err_unchanged_by, kicks, numbers, pending_vcpus, within, Kicks, Rng,
+    assert_err_unchanged_by, kicks, numbers, pending_vcpus, within, Kicks, Rng, StopOnDrop,
 };
 
 // ---------------------------------------------------------------------------
@@ -798,6 +798,8 @@ fn move_while_linked_on_threads_loses_nothing_and_never_runs_concurrently() {
     let t0 = Instant::now();
     let mut sends = 0u64;
     thread::scope(|s| {
+        // A failed check below stops the looping threads (or the scope hangs).
+        let _stop = StopOnDrop([&stop_vcpus, &stop_mover]);
         let (ch, ports, handle) = (&ch, &ports, &handle);
         for v in 0..VCPUS as u32 {
             let stop = &stop_vcpus;

@@ -24,7 +24,7 @@ use evtchn::{
 };
 use evtchn::{Deliver, Ports, Raise};
 
-use evtchn_test_support::{within, Rng};
+use evtchn_test_support::{within, Rng, StopOnDrop};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -465,6 +465,8 @@ fn raise_side_busy_hold_gets_through_a_guest_that_keeps_writing_the_tail() {
     // The tail the raiser links after next.
     let tail = AtomicU32::new(0);
     let rounds = thread::scope(|s| {
+        // A failed check below stops the looping threads (or the scope hangs).
+        let _stop = StopOnDrop([&stop]);
         s.spawn(|| {
             started.store(true, Release);
             while !stop.load(Relaxed) {
@@ -1115,6 +1117,8 @@ fn concurrent_hostile_guest_cannot_stall_the_raise_side_or_touch_another_domain(
         let stop = AtomicBool::new(false);
         let t0 = Instant::now();
         let (scribbles, rounds_b) = thread::scope(|s| {
+            // A failed check below stops the looping threads (or the scope hangs).
+            let _stop = StopOnDrop([&stop]);
             let scribbler = s.spawn(|| {
                 let mut rng = Rng::new(5);
                 let mut n = 0u64;

@@ -18,6 +18,7 @@ use evtchn::{
     RegisteredFifo, RegisteredVcpus, TwoLevel, TwoLevelCursor,
 };
 use evtchn::{Deliver, Ports, Raise};
+use evtchn_test_support::StopOnDrop;
 
 type Page = [EventWord; 1024];
 
@@ -295,6 +296,8 @@ fn registration_while_raising_and_scanning_loses_nothing() {
         let early = AtomicU32::new(0);
         let stop = AtomicBool::new(false);
         thread::scope(|s| {
+            // A failed check below stops the looping threads (or the scope hangs).
+            let _stop = StopOnDrop([&stop]);
             let deliverer = s.spawn(|| {
                 let mut cursors = vec![TwoLevelCursor::default(); VCPUS as usize];
                 let sweep = |cursors: &mut [TwoLevelCursor]| {
@@ -594,6 +597,8 @@ fn page_registration_while_raising_and_scanning_loses_nothing() {
         let refused = AtomicU32::new(0);
         let stop = AtomicBool::new(false);
         thread::scope(|s| {
+            // A failed check below stops the looping threads (or the scope hangs).
+            let _stop = StopOnDrop([&stop]);
             let deliverer = s.spawn(|| {
                 let mut cursors = vec![FifoCursor::default(); VCPUS as usize];
                 let sweep = |cursors: &mut [FifoCursor]| {

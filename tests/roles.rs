@@ -249,3 +249,22 @@ fn in_process_channels_keep_host_and_guest_in_step() {
     let s = ch.host().status(p.number()).unwrap();
     assert!(!s.bound && !s.pending, "{s:?}");
 }
+
+#[test]
+fn host_reports_its_size_and_prints_it() {
+    let page = Box::new(SharedInfo::new());
+    let host = Host::new(TwoLevel::new(&*page), ());
+    let nr_ports = host.abi().nr_ports();
+    assert_eq!(host.nr_ports(), nr_ports);
+    assert_eq!(host.nr_vcpus(), host.abi().nr_vcpus());
+    // The last number is usable, the one past it is not.
+    assert_eq!(host.status(nr_ports - 1).map(|s| s.bound), Ok(false));
+    assert_eq!(host.status(nr_ports), Err(Error::PortOutOfRange));
+    assert_eq!(
+        format!("{host:?}"),
+        format!(
+            "Host {{ nr_ports: {nr_ports}, nr_vcpus: {}, .. }}",
+            host.nr_vcpus()
+        )
+    );
+}

@@ -5,6 +5,7 @@
 //! hang is a failure.
 
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering::Release};
 use std::sync::{mpsc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -75,6 +76,21 @@ pub fn assert_err_unchanged_by<S: PartialEq + Debug, T: Debug>(
         before,
         "a failed operation ({want:?}) changed state"
     );
+}
+
+/// Sets each flag when dropped. A scoped test whose threads loop until a
+/// stop flag holds one from the start of its scope: if the test's own thread
+/// panics (a failed check), the flags are still set, the threads end, and
+/// the test fails instead of the scope waiting for them forever.
+pub struct StopOnDrop<'a, const N: usize>(pub [&'a AtomicBool; N]);
+
+impl<const N: usize> Drop for StopOnDrop<'_, N> {
+    fn drop(&mut self) {
+        for flag in self.0 {
+            // Release: as the tests' own stop stores.
+            flag.store(true, Release);
+        }
+    }
 }
 
 /// Runs `f` on its own thread and fails the test if it does not finish in

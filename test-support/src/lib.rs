@@ -38,6 +38,8 @@ pub mod fuzz;
 mod halt;
 mod rng;
 
-pub use control::{assert_err_unchanged_by, kicks, numbers, pending_vcpus, upcall, within, Kicks};
+pub use control::{
+    assert_err_unchanged_by, kicks, numbers, pending_vcpus, upcall, within, Kicks, StopOnDrop,
+};
 pub use halt::{Halt, Kicker};
 pub use rng::Rng;
