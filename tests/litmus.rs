@@ -113,6 +113,24 @@ fn race<A: Build>(abi: &Arc<A>, f: fn(&A), g: fn(&A)) {
     g.join().expect("second thread");
 }
 
+/// Tries `f` until it returns `Some`, yielding between tries; a test whose
+/// other thread never makes `f` succeed fails here instead of hanging (the
+/// bound is far beyond any schedule's need: the other thread is a few steps).
+fn retry_some<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..100_000 {
+        if let Some(v) = f() {
+            return v;
+        }
+        thread::yield_now();
+    }
+    panic!("litmus: {what} never became visible");
+}
+
+/// [`retry_some`] for a condition.
+fn retry(what: &str, mut f: impl FnMut() -> bool) {
+    retry_some(what, || f().then_some(()));
+}
+
 /// Runs `f` and `g` on two scoped threads and joins both. The handles are
 /// held until both threads ended: dropping the handle of a thread that has
 /// already ended can make the spawning thread synchronise with it (the
@@ -323,9 +341,9 @@ fn fifo_registration_vs_raise() {
                     mem.expand_array(page).expect("expand_array");
                 },
                 || {
-                    while abi.set_pending(P, || 0) == Err(Error::PortOutOfRange) {
-                        thread::yield_now();
-                    }
+                    retry("the page's registration", || {
+                        abi.set_pending(P, || 0) != Err(Error::PortOutOfRange)
+                    });
                     assert!(
                         abi.upcall_pending(0) == Ok(true),
                         "litmus: a raise on a registered page found no control block"
@@ -404,14 +422,11 @@ fn fifo_vcpu_info_vs_status_read() {
                     let (cb, info) = (cb.alloc(ControlBlock::new()), info.alloc(VcpuInfo::new()));
                     mem.init_control(0, cb, info).expect("init_control");
                 },
-                || loop {
-                    match abi.upcall_pending(0) {
-                        Ok(flag) => {
-                            assert!(!flag, "litmus: a fresh vcpu_info read as pending");
-                            break;
-                        }
-                        Err(_) => thread::yield_now(),
-                    }
+                || {
+                    let flag = retry_some("the vcpu_info's registration", || {
+                        abi.upcall_pending(0).ok()
+                    });
+                    assert!(!flag, "litmus: a fresh vcpu_info read as pending");
                 },
             );
         }
@@ -497,9 +512,9 @@ fn fifo_owned_expand_vs_raise() {
         pair(
             || abi.prepare(P).expect("prepare"),
             || {
-                while abi.set_pending(P, || 0) == Err(Error::PortOutOfRange) {
-                    thread::yield_now();
-                }
+                retry("the page's preparation", || {
+                    abi.set_pending(P, || 0) != Err(Error::PortOutOfRange)
+                });
                 assert_eq!(abi.is_pending(P), Ok(true), "litmus: the raise was lost");
             },
         );

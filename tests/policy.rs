@@ -157,6 +157,11 @@ fn plan_moves_the_hottest_port_that_narrows_the_gap() {
         plan_rebalance(&[Some(100), None], &[(1, 0, 10)], 8),
         Vec::<(u32, u32, u32)>::new()
     );
+    // A port with no load narrows nothing: moving it only churns.
+    assert_eq!(
+        plan_rebalance(&[Some(100), Some(0)], &[(1, 0, 0), (2, 0, 0)], 8),
+        Vec::<(u32, u32, u32)>::new()
+    );
 }
 
 #[test]

@@ -260,6 +260,14 @@ fn host_reports_its_size_and_prints_it() {
     // The last number is usable, the one past it is not.
     assert_eq!(host.status(nr_ports - 1).map(|s| s.bound), Ok(false));
     assert_eq!(host.status(nr_ports), Err(Error::PortOutOfRange));
+    // Xen's default (7), then every priority reads back as set.
+    let p = host.bind(1).unwrap();
+    assert_eq!(host.status(p).unwrap().priority, 7);
+    for prio in [15, 9, 0] {
+        host.set_priority(p, prio).unwrap();
+        assert_eq!(host.status(p).unwrap().priority, prio);
+    }
+    assert_eq!(host.set_priority(p, 16), Err(Error::PriorityOutOfRange));
     assert_eq!(
         format!("{host:?}"),
         format!(
