@@ -798,6 +798,9 @@ def cargo_mutants_verdict(name, verdicts):
     return None
 
 
+CM_CLASSES = ("caught", "timeout", "unviable", "equivalent", "killed-elsewhere", "surviving")
+
+
 def cargo_mutants_section(folder):
     """The cargo-mutants part of the report: per file, what the runs
     generated and killed, and every missed mutant with its verdict
@@ -812,29 +815,33 @@ def cargo_mutants_section(folder):
     for name, cmd, c in runs:
         out.append(f"* `cargo-mutants/{name}`: `{cmd}` (caught {c['caught']}, timeout {c['timeout']}, "
                    f"unviable {c['unviable']}, missed {c['missed']})")
-    out += ["", "\"killed of non-equivalent\" is (caught + timeout) / (tested − unviable − equivalent). "
-            "A timeout counts as caught (the mutant hangs the suite).", "",
-            "| file | tested | caught | timeout | unviable | missed: equivalent | missed: surviving | "
-            "killed of non-equivalent |", "|---|---|---|---|---|---|---|---|"]
+    out += ["", "\"killed of non-equivalent\" is (caught + timeout + killed elsewhere) / "
+            "(tested − unviable − equivalent). A timeout counts as caught (the mutant hangs the "
+            "suite). \"Killed elsewhere\": missed by the native run, failed by a check outside "
+            "it (the verdict names it and its command: Miri's leak check, a loom model).", "",
+            "| file | tested | caught | timeout | unviable | missed: equivalent | missed: killed elsewhere | "
+            "missed: surviving | killed of non-equivalent |", "|---|---|---|---|---|---|---|---|---|"]
     files = {}
     missed = []
     for name, kind in outcome.items():
         f = name.split(":")[0]
-        c = files.setdefault(f, {"caught": 0, "timeout": 0, "unviable": 0, "equivalent": 0, "surviving": 0})
+        c = files.setdefault(f, dict.fromkeys(CM_CLASSES, 0))
         if kind == "missed":
             v = cargo_mutants_verdict(name, verdicts)
-            cls = v["verdict"] if v and v["verdict"] in ("equivalent", "unviable") else "surviving"
+            cls = v["verdict"] if v and v["verdict"] in ("equivalent", "unviable", "killed-elsewhere") \
+                else "surviving"
             c[cls] += 1
             missed.append((name, cls, v))
         else:
             c[kind] += 1
-    tot = {k: 0 for k in ("caught", "timeout", "unviable", "equivalent", "surviving")}
+    tot = dict.fromkeys(CM_CLASSES, 0)
     def row(label, c):
         tested = sum(c.values())
         denom = tested - c["unviable"] - c["equivalent"]
-        pct = f"{100 * (c['caught'] + c['timeout']) / denom:.0f}%" if denom else "n/a"
+        killed = c["caught"] + c["timeout"] + c["killed-elsewhere"]
+        pct = f"{100 * killed / denom:.0f}%" if denom else "n/a"
         return (f"| {label} | {tested} | {c['caught']} | {c['timeout']} | {c['unviable']} | "
-                f"{c['equivalent']} | {c['surviving']} | {pct} |")
+                f"{c['equivalent']} | {c['killed-elsewhere']} | {c['surviving']} | {pct} |")
     for f, c in sorted(files.items()):
         out.append(row(f, c))
         for k in tot:

@@ -384,9 +384,7 @@ fn fifo_control_after_page_vs_raise() {
                     mem.init_control(0, cb, info).expect("init_control");
                 },
                 || {
-                    while !mem.has_control_block(0) {
-                        thread::yield_now();
-                    }
+                    retry("the control block", || mem.has_control_block(0));
                     assert!(
                         matches!(abi.set_pending(P, || 0), Ok(Raised::Notified { .. })),
                         "litmus: a raise after registration was not linked"
@@ -461,9 +459,7 @@ fn two_level_registration_vs_raise() {
                     .expect("register_vcpu_info");
             });
             let scanner = s.spawn(|| {
-                while !mem.is_registered(0) {
-                    thread::yield_now();
-                }
+                retry("the registration", || mem.is_registered(0));
                 let mut handled = Vec::new();
                 let mut cursor = Default::default();
                 abi.scan(
