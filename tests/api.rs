@@ -11,9 +11,12 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-use evtchn::xen::{SharedInfo, BITS_PER_WORD, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L};
+use evtchn::xen::{SharedInfo, VcpuInfo, BITS_PER_WORD, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L};
 use evtchn::Ports;
-use evtchn::{Bind, Channels, Error, Memory2l, OwnedMemory, Port, State, Status, TwoLevel};
+use evtchn::{
+    Bind, Channels, Error, MaxVcpus, Memory2l, OwnedMemory, Port, RegisteredVcpus, State, Status,
+    TwoLevel,
+};
 
 use evtchn_test_support::{
     assert_err_unchanged_by, kicks, numbers, pending_vcpus, upcall, Kicks, Rng,
@@ -1723,4 +1726,62 @@ fn hostile_memory_cannot_run_handlers_of_unbound_masked_or_foreign_ports() {
     let again = ch.bind(Bind::Affinity(1)).unwrap();
     assert_eq!(again.number(), closed.number());
     assert!(!ch.status(again.number()).unwrap().pending);
+}
+
+/// The Debug output of the memory adapters and of a vCPU handle names the
+/// type and its figures.
+#[test]
+fn debug_output_names_the_type_and_its_figures() {
+    let m = MaxVcpus::new(OwnedMemory::new(1, 4), 2);
+    assert_eq!(format!("{m:?}"), "MaxVcpus { max_vcpus: 2, .. }");
+
+    let info = VcpuInfo::new();
+    let r = RegisteredVcpus::<_, 4>::new(OwnedMemory::new(1, 4), 3);
+    assert_eq!(
+        format!("{r:?}"),
+        "RegisteredVcpus { nr_vcpus: 3, registered: 0, .. }"
+    );
+    r.register_vcpu_info(1, &info).unwrap();
+    assert_eq!(
+        format!("{r:?}"),
+        "RegisteredVcpus { nr_vcpus: 3, registered: 1, .. }"
+    );
+
+    let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    let v = ch.vcpu(1).unwrap();
+    assert_eq!(format!("{v:?}"), "Vcpu { id: 1, .. }");
+}
+
+/// Late EOI turned on shows in the status and holds the port after a run;
+/// turned off again, it shows as off, leaves the binding as it was, and
+/// the next events go through without an EOI.
+#[test]
+fn lateeoi_turned_off_lets_events_through_again() {
+    let ch = Channels::new(TwoLevel::new(OwnedMemory::new(1, 2)), ());
+    let p = ch.bind(Bind::Affinity(1)).unwrap();
+    ch.set_priority(p, 3).unwrap();
+    ch.set_lateeoi(p, true).unwrap();
+    let on = ch.status(p.number()).unwrap();
+    assert!(on.lateeoi, "status shows late EOI on: {on:?}");
+    let mut v1 = ch.vcpu(1).unwrap();
+    ch.send(p).unwrap();
+    assert_eq!(v1.upcall(|_| {}).unwrap(), 1);
+    ch.send(p).unwrap();
+    assert_eq!(v1.upcall(|_| {}).unwrap(), 0, "held until the EOI");
+    ch.eoi(p).unwrap();
+    assert_eq!(v1.upcall(|_| {}).unwrap(), 1);
+    ch.eoi(p).unwrap();
+
+    ch.set_lateeoi(p, false).unwrap();
+    let off = ch.status(p.number()).unwrap();
+    assert!(!off.lateeoi, "status shows late EOI off: {off:?}");
+    assert_eq!(
+        (off.state, off.vcpu, off.priority, off.masked_eoi),
+        (on.state, on.vcpu, on.priority, false),
+        "turning late EOI off changes nothing else"
+    );
+    for _ in 0..2 {
+        ch.send(p).unwrap();
+        assert_eq!(v1.upcall(|_| {}).unwrap(), 1, "no EOI needed any more");
+    }
 }
