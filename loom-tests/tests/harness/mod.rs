@@ -758,6 +758,15 @@ impl<A: Abi> HostWorld<A> {
         }
     }
 
+    /// The model guest unmasks `port` by `EVTCHNOP_unmask` alone, as a
+    /// guest without the conditional unmask does (its record first).
+    pub fn guest_unmask_by_hypercall(&self, port: u32) {
+        // SeqCst: a plain flag of the model guest.
+        self.masked[port as usize].store(false, SeqCst);
+        self.host.unmask(port).expect("unmask");
+        tr(format!("guest EVTCHNOP_unmask port {port} returned"));
+    }
+
     /// Marks sender flag `k` as sent (before the send itself).
     pub fn flag(&self, k: usize) {
         // Relaxed: the raise (Release) and the clear (Acquire) must carry it
