@@ -847,10 +847,13 @@ def cargo_mutants_section(folder):
         for k in tot:
             tot[k] += c[k]
     out.append(row("**all**", tot))
-    out += ["", "Missed:", ""]
+    out += ["", "Missed, grouped by verdict (one argument per group):", ""]
+    groups = {}
     for name, cls, v in sorted(missed):
+        groups.setdefault(id(v) if v else name, (cls, v, []))[2].append(name)
+    for cls, v, names in sorted(groups.values(), key=lambda g: g[2][0]):
         why = v["argument"].strip().replace("\n", " ") if v else "no verdict yet"
-        out.append(f"* `{name}`: **{cls}**. {why}")
+        out.append("* " + ", ".join(f"`{n}`" for n in names) + f": **{cls}**. {why}")
     return "\n".join(out)
 
 
