@@ -104,32 +104,6 @@ fn bind_vcpu_scenario<A: Abi>(on_foreign: OnForeign, binding_first: bool, weaken
     });
 }
 
-fn unmask_scenario<A: Abi>(weaken: Option<Weaken>) {
-    model(2, move || {
-        let w = HostWorld::<A>::build(HostConfig {
-            weaken,
-            sends: vec![1],
-            ..HostConfig::default()
-        });
-        let p = w.bind(0);
-        // The guest masks the port in its own memory.
-        w.guest_mask(p);
-        let vcpu0 = spawn_guest_vcpu(&w, 0);
-        let s = w.clone();
-        let sender = thread::spawn(move || {
-            s.flag(0);
-            s.host.send(p).expect("send");
-            tr(format!("sent port {p}"));
-        });
-        let g = w.clone();
-        let guest = thread::spawn(move || g.guest_unmask(p));
-        sender.join().expect("sender");
-        guest.join().expect("guest");
-        vcpu0.join().expect("vCPU 0");
-        assert_eq!(w.runs(p).per_vcpu, [1, 0], "C1: handled once, on vCPU 0");
-    });
-}
-
 #[test]
 fn bind_vcpu_vs_send_2l() {
     bind_vcpu_scenario::<TwoL>(OnForeign::Skip, true, None);
@@ -168,12 +142,12 @@ fn limit_unmasked_move_hypercall_first() {
 
 #[test]
 fn guest_unmask_vs_send_2l() {
-    unmask_scenario::<TwoL>(None);
+    host_unmask_scenario_on::<TwoL>(None, UnmaskBy::Conditional);
 }
 
 #[test]
 fn guest_unmask_vs_send_fifo() {
-    unmask_scenario::<FifoAbi>(None);
+    host_unmask_scenario_on::<FifoAbi>(None, UnmaskBy::Conditional);
 }
 
 /// 2-level: the guest clears the mask, finds the port pending (the raise
@@ -182,7 +156,10 @@ fn guest_unmask_vs_send_fifo() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn twin_guest_unmask_ignores_pending_2l() {
-    unmask_scenario::<TwoL>(Some(Weaken::GuestUnmaskIgnoresPending));
+    host_unmask_scenario_on::<TwoL>(
+        Some(Weaken::GuestUnmaskIgnoresPending),
+        UnmaskBy::Conditional,
+    );
 }
 
 /// FIFO: the guest clears MASKED although the port is pending: the raise
@@ -190,5 +167,8 @@ fn twin_guest_unmask_ignores_pending_2l() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn twin_guest_unmask_ignores_pending_fifo() {
-    unmask_scenario::<FifoAbi>(Some(Weaken::GuestUnmaskIgnoresPending));
+    host_unmask_scenario_on::<FifoAbi>(
+        Some(Weaken::GuestUnmaskIgnoresPending),
+        UnmaskBy::Conditional,
+    );
 }

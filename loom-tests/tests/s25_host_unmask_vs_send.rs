@@ -14,47 +14,17 @@
 #![cfg(loom)]
 
 use evtchn::Weaken;
-use loom::thread;
 mod harness;
 use harness::*;
 
-fn scenario<A: Abi>(weaken: Option<Weaken>) {
-    model(2, move || {
-        let w = HostWorld::<A>::build(HostConfig {
-            weaken,
-            sends: vec![1],
-            ..HostConfig::default()
-        });
-        let p = w.bind(0);
-        w.guest_mask(p);
-        let vcpu0 = spawn_guest_vcpu(&w, 0);
-        let s = w.clone();
-        let sender = thread::spawn(move || {
-            s.flag(0);
-            s.host.send(p).expect("send");
-            tr(format!("sent port {p}"));
-        });
-        let u = w.clone();
-        let unmasker = thread::spawn(move || u.guest_unmask_by_hypercall(p));
-        sender.join().expect("sender");
-        unmasker.join().expect("unmasker");
-        // vCPU 0's loop ends once a run has observed the send; a lost
-        // event leaves it parked for ever (loom reports the deadlock).
-        vcpu0.join().expect("vCPU 0");
-        let runs = w.runs(p);
-        assert!(runs.observed[0], "C1: the send was never observed");
-        assert_eq!(runs.per_vcpu, [1, 0], "C1: once, on vCPU 0");
-    });
-}
-
 #[test]
 fn host_unmask_vs_send_2l() {
-    scenario::<TwoL>(None);
+    host_unmask_scenario_on::<TwoL>(None, UnmaskBy::Hypercall);
 }
 
 #[test]
 fn host_unmask_vs_send_fifo() {
-    scenario::<FifoAbi>(None);
+    host_unmask_scenario_on::<FifoAbi>(None, UnmaskBy::Hypercall);
 }
 
 /// Without the store-load fences: the send reads the mask still set, the
@@ -62,5 +32,5 @@ fn host_unmask_vs_send_fifo() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn twin_host_unmask_without_fence_2l() {
-    scenario::<TwoL>(Some(Weaken::NoStoreLoadFence));
+    host_unmask_scenario_on::<TwoL>(Some(Weaken::NoStoreLoadFence), UnmaskBy::Hypercall);
 }

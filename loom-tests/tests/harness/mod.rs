@@ -916,3 +916,47 @@ pub fn spawn_guest_vcpu<A: Abi>(world: &Arc<HostWorld<A>>, v: u32) -> JoinHandle
         .register(v as usize, h.thread().clone());
     h
 }
+
+/// How the model guest of a [`HostWorld`] unmasks a port it masked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnmaskBy {
+    /// Linux's conditional unmask, `EVTCHNOP_unmask` when the port is
+    /// pending ([`HostWorld::guest_unmask`]).
+    Conditional,
+    /// `EVTCHNOP_unmask` alone ([`HostWorld::guest_unmask_by_hypercall`]).
+    Hypercall,
+}
+
+/// Scenarios 17 (`guest_unmask_vs_send`) and 25: the model guest masked
+/// port `p` in its own memory and unmasks it (`by`) while `Host::send`
+/// raises it. Checks C1: the send runs once, on vCPU 0 (a lost event
+/// leaves vCPU 0 parked: loom's deadlock).
+pub fn host_unmask_scenario_on<A: Abi>(weaken: Option<Weaken>, by: UnmaskBy) {
+    model(2, move || {
+        let w = HostWorld::<A>::build(HostConfig {
+            weaken,
+            sends: vec![1],
+            ..HostConfig::default()
+        });
+        let p = w.bind(0);
+        w.guest_mask(p);
+        let vcpu0 = spawn_guest_vcpu(&w, 0);
+        let s = w.clone();
+        let sender = thread::spawn(move || {
+            s.flag(0);
+            s.host.send(p).expect("send");
+            tr(format!("sent port {p}"));
+        });
+        let g = w.clone();
+        let guest = thread::spawn(move || match by {
+            UnmaskBy::Conditional => g.guest_unmask(p),
+            UnmaskBy::Hypercall => g.guest_unmask_by_hypercall(p),
+        });
+        sender.join().expect("sender");
+        guest.join().expect("guest");
+        vcpu0.join().expect("vCPU 0");
+        let runs = w.runs(p);
+        assert!(runs.observed[0], "C1: the send was never observed");
+        assert_eq!(runs.per_vcpu, [1, 0], "C1: handled once, on vCPU 0");
+    });
+}
