@@ -26,6 +26,7 @@
 
 #include <xen/xen.h>
 #include <xen/event_channel.h>
+#include <xen/errno.h>
 
 #define SIZE_OF_FIELD(type, field) sizeof(((type *)0)->field)
 #define LEN_OF_FIELD(type, field) \
@@ -38,6 +39,13 @@
     do {                                                              \
         P(#type "." #field ".offset", offsetof(struct type, field));  \
         P(#type "." #field ".size", SIZE_OF_FIELD(struct type, field)); \
+    } while (0)
+
+/* size and alignment of a struct */
+#define STRUCT(type)                                          \
+    do {                                                      \
+        P(#type ".size", sizeof(struct type));                \
+        P(#type ".align", _Alignof(struct type));             \
     } while (0)
 
 /* offset, size, element count and element size of an array field */
@@ -95,6 +103,114 @@ int main(void)
     P("evtchn_fifo_control_block.align", _Alignof(struct evtchn_fifo_control_block));
     FIELD(evtchn_fifo_control_block, ready);
     ARRAY(evtchn_fifo_control_block, head);
+
+    /* The event-channel hypercall: command numbers, states, VIRQs, errors. */
+    P("EVTCHNOP_bind_interdomain", EVTCHNOP_bind_interdomain);
+    P("EVTCHNOP_bind_virq", EVTCHNOP_bind_virq);
+    P("EVTCHNOP_bind_pirq", EVTCHNOP_bind_pirq);
+    P("EVTCHNOP_close", EVTCHNOP_close);
+    P("EVTCHNOP_send", EVTCHNOP_send);
+    P("EVTCHNOP_status", EVTCHNOP_status);
+    P("EVTCHNOP_alloc_unbound", EVTCHNOP_alloc_unbound);
+    P("EVTCHNOP_bind_ipi", EVTCHNOP_bind_ipi);
+    P("EVTCHNOP_bind_vcpu", EVTCHNOP_bind_vcpu);
+    P("EVTCHNOP_unmask", EVTCHNOP_unmask);
+    P("EVTCHNOP_reset", EVTCHNOP_reset);
+    P("EVTCHNOP_init_control", EVTCHNOP_init_control);
+    P("EVTCHNOP_expand_array", EVTCHNOP_expand_array);
+    P("EVTCHNOP_set_priority", EVTCHNOP_set_priority);
+    P("EVTCHNSTAT_closed", EVTCHNSTAT_closed);
+    P("EVTCHNSTAT_unbound", EVTCHNSTAT_unbound);
+    P("EVTCHNSTAT_interdomain", EVTCHNSTAT_interdomain);
+    P("EVTCHNSTAT_pirq", EVTCHNSTAT_pirq);
+    P("EVTCHNSTAT_virq", EVTCHNSTAT_virq);
+    P("EVTCHNSTAT_ipi", EVTCHNSTAT_ipi);
+    P("BIND_PIRQ__WILL_SHARE", BIND_PIRQ__WILL_SHARE);
+    P("VIRQ_TIMER", VIRQ_TIMER);
+    P("VIRQ_DEBUG", VIRQ_DEBUG);
+    P("VIRQ_CONSOLE", VIRQ_CONSOLE);
+    P("VIRQ_DOM_EXC", VIRQ_DOM_EXC);
+    P("VIRQ_TBUF", VIRQ_TBUF);
+    P("VIRQ_DEBUGGER", VIRQ_DEBUGGER);
+    P("VIRQ_XENOPROF", VIRQ_XENOPROF);
+    P("VIRQ_CON_RING", VIRQ_CON_RING);
+    P("VIRQ_PCPU_STATE", VIRQ_PCPU_STATE);
+    P("VIRQ_MEM_EVENT", VIRQ_MEM_EVENT);
+    P("VIRQ_ARGO", VIRQ_ARGO);
+    P("VIRQ_ENOMEM", VIRQ_ENOMEM);
+    P("VIRQ_XENPMU", VIRQ_XENPMU);
+    P("VIRQ_ARCH_0", VIRQ_ARCH_0);
+    P("NR_VIRQS", NR_VIRQS);
+    P("DOMID_SELF", DOMID_SELF);
+    P("DOMID_FIRST_RESERVED", DOMID_FIRST_RESERVED);
+    P("sizeof_domid_t", sizeof(domid_t));
+    P("sizeof_evtchn_port_t", sizeof(evtchn_port_t));
+    P("XEN_EPERM", XEN_EPERM);
+    P("XEN_ENOENT", XEN_ENOENT);
+    P("XEN_ESRCH", XEN_ESRCH);
+    P("XEN_EAGAIN", XEN_EAGAIN);
+    P("XEN_ENOMEM", XEN_ENOMEM);
+    P("XEN_EFAULT", XEN_EFAULT);
+    P("XEN_EBUSY", XEN_EBUSY);
+    P("XEN_EEXIST", XEN_EEXIST);
+    P("XEN_EINVAL", XEN_EINVAL);
+    P("XEN_ENOSPC", XEN_ENOSPC);
+    P("XEN_ENOSYS", XEN_ENOSYS);
+    P("XEN_EOPNOTSUPP", XEN_EOPNOTSUPP);
+
+    /* The argument structures. */
+    STRUCT(evtchn_alloc_unbound);
+    FIELD(evtchn_alloc_unbound, dom);
+    FIELD(evtchn_alloc_unbound, remote_dom);
+    FIELD(evtchn_alloc_unbound, port);
+    STRUCT(evtchn_bind_interdomain);
+    FIELD(evtchn_bind_interdomain, remote_dom);
+    FIELD(evtchn_bind_interdomain, remote_port);
+    FIELD(evtchn_bind_interdomain, local_port);
+    STRUCT(evtchn_bind_virq);
+    FIELD(evtchn_bind_virq, virq);
+    FIELD(evtchn_bind_virq, vcpu);
+    FIELD(evtchn_bind_virq, port);
+    STRUCT(evtchn_bind_pirq);
+    FIELD(evtchn_bind_pirq, pirq);
+    FIELD(evtchn_bind_pirq, flags);
+    FIELD(evtchn_bind_pirq, port);
+    STRUCT(evtchn_bind_ipi);
+    FIELD(evtchn_bind_ipi, vcpu);
+    FIELD(evtchn_bind_ipi, port);
+    STRUCT(evtchn_close);
+    FIELD(evtchn_close, port);
+    STRUCT(evtchn_send);
+    FIELD(evtchn_send, port);
+    STRUCT(evtchn_unmask);
+    FIELD(evtchn_unmask, port);
+    STRUCT(evtchn_status);
+    FIELD(evtchn_status, dom);
+    FIELD(evtchn_status, port);
+    FIELD(evtchn_status, status);
+    FIELD(evtchn_status, vcpu);
+    FIELD(evtchn_status, u);
+    FIELD(evtchn_status, u.unbound.dom);
+    FIELD(evtchn_status, u.interdomain.dom);
+    FIELD(evtchn_status, u.interdomain.port);
+    FIELD(evtchn_status, u.pirq);
+    FIELD(evtchn_status, u.virq);
+    STRUCT(evtchn_bind_vcpu);
+    FIELD(evtchn_bind_vcpu, port);
+    FIELD(evtchn_bind_vcpu, vcpu);
+    STRUCT(evtchn_reset);
+    FIELD(evtchn_reset, dom);
+    STRUCT(evtchn_init_control);
+    FIELD(evtchn_init_control, control_gfn);
+    FIELD(evtchn_init_control, offset);
+    FIELD(evtchn_init_control, vcpu);
+    FIELD(evtchn_init_control, link_bits);
+    FIELD(evtchn_init_control, _pad);
+    STRUCT(evtchn_expand_array);
+    FIELD(evtchn_expand_array, array_gfn);
+    STRUCT(evtchn_set_priority);
+    FIELD(evtchn_set_priority, port);
+    FIELD(evtchn_set_priority, priority);
 
     return ferror(stdout) ? 1 : 0;
 }

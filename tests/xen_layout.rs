@@ -23,6 +23,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use evtchn::xen::evtchnop::{self as op, cmd, errno, stat, virq};
 use evtchn::xen::{
     fifo, SharedInfo, VcpuInfo, XenUlong, BITS_PER_WORD, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L,
 };
@@ -222,6 +223,182 @@ fn rust_values(with_nr_event_channels: bool) -> Vec<(&'static str, usize)> {
     v
 }
 
+/// `name.offset` and `name.size` of a field, as the C program's `FIELD`.
+macro_rules! field {
+    ($c:literal, $ty:ty, $f:ident) => {
+        [
+            (
+                concat!($c, ".", stringify!($f), ".offset").to_string(),
+                offset_of!($ty, $f),
+            ),
+            (
+                concat!($c, ".", stringify!($f), ".size").to_string(),
+                field_size(|s: &$ty| &s.$f),
+            ),
+        ]
+    };
+}
+
+/// `name.size` and `name.align` of a struct, as the C program's `STRUCT`.
+macro_rules! strukt {
+    ($c:literal, $ty:ty) => {
+        [
+            (concat!($c, ".size").to_string(), size_of::<$ty>()),
+            (concat!($c, ".align").to_string(), align_of::<$ty>()),
+        ]
+    };
+}
+
+/// The Rust side of the event-channel hypercall's lines
+/// (`evtchn::xen::evtchnop`).
+fn evtchnop_values() -> Vec<(String, usize)> {
+    let n = |name: &str, value: u32| (name.to_string(), value as usize);
+    let e = |name: &str, value: i32| (name.to_string(), value as usize);
+    let mut v = vec![
+        n("EVTCHNOP_bind_interdomain", cmd::BIND_INTERDOMAIN),
+        n("EVTCHNOP_bind_virq", cmd::BIND_VIRQ),
+        n("EVTCHNOP_bind_pirq", cmd::BIND_PIRQ),
+        n("EVTCHNOP_close", cmd::CLOSE),
+        n("EVTCHNOP_send", cmd::SEND),
+        n("EVTCHNOP_status", cmd::STATUS),
+        n("EVTCHNOP_alloc_unbound", cmd::ALLOC_UNBOUND),
+        n("EVTCHNOP_bind_ipi", cmd::BIND_IPI),
+        n("EVTCHNOP_bind_vcpu", cmd::BIND_VCPU),
+        n("EVTCHNOP_unmask", cmd::UNMASK),
+        n("EVTCHNOP_reset", cmd::RESET),
+        n("EVTCHNOP_init_control", cmd::INIT_CONTROL),
+        n("EVTCHNOP_expand_array", cmd::EXPAND_ARRAY),
+        n("EVTCHNOP_set_priority", cmd::SET_PRIORITY),
+        n("EVTCHNSTAT_closed", stat::CLOSED),
+        n("EVTCHNSTAT_unbound", stat::UNBOUND),
+        n("EVTCHNSTAT_interdomain", stat::INTERDOMAIN),
+        n("EVTCHNSTAT_pirq", stat::PIRQ),
+        n("EVTCHNSTAT_virq", stat::VIRQ),
+        n("EVTCHNSTAT_ipi", stat::IPI),
+        n("BIND_PIRQ__WILL_SHARE", op::BIND_PIRQ_WILL_SHARE),
+        n("VIRQ_TIMER", virq::TIMER),
+        n("VIRQ_DEBUG", virq::DEBUG),
+        n("VIRQ_CONSOLE", virq::CONSOLE),
+        n("VIRQ_DOM_EXC", virq::DOM_EXC),
+        n("VIRQ_TBUF", virq::TBUF),
+        n("VIRQ_DEBUGGER", virq::DEBUGGER),
+        n("VIRQ_XENOPROF", virq::XENOPROF),
+        n("VIRQ_CON_RING", virq::CON_RING),
+        n("VIRQ_PCPU_STATE", virq::PCPU_STATE),
+        n("VIRQ_MEM_EVENT", virq::MEM_EVENT),
+        n("VIRQ_ARGO", virq::ARGO),
+        n("VIRQ_ENOMEM", virq::ENOMEM),
+        n("VIRQ_XENPMU", virq::XENPMU),
+        n("VIRQ_ARCH_0", virq::ARCH_0),
+        n("NR_VIRQS", virq::NR_VIRQS),
+        n("DOMID_SELF", u32::from(op::DOMID_SELF)),
+        n("DOMID_FIRST_RESERVED", u32::from(op::DOMID_FIRST_RESERVED)),
+        ("sizeof_domid_t".to_string(), size_of::<op::DomId>()),
+        ("sizeof_evtchn_port_t".to_string(), size_of::<u32>()),
+        e("XEN_EPERM", errno::EPERM),
+        e("XEN_ENOENT", errno::ENOENT),
+        e("XEN_ESRCH", errno::ESRCH),
+        e("XEN_EAGAIN", errno::EAGAIN),
+        e("XEN_ENOMEM", errno::ENOMEM),
+        e("XEN_EFAULT", errno::EFAULT),
+        e("XEN_EBUSY", errno::EBUSY),
+        e("XEN_EEXIST", errno::EEXIST),
+        e("XEN_EINVAL", errno::EINVAL),
+        e("XEN_ENOSPC", errno::ENOSPC),
+        e("XEN_ENOSYS", errno::ENOSYS),
+        e("XEN_EOPNOTSUPP", errno::EOPNOTSUPP),
+    ];
+    v.extend(strukt!("evtchn_alloc_unbound", op::AllocUnbound));
+    v.extend(field!("evtchn_alloc_unbound", op::AllocUnbound, dom));
+    v.extend(field!("evtchn_alloc_unbound", op::AllocUnbound, remote_dom));
+    v.extend(field!("evtchn_alloc_unbound", op::AllocUnbound, port));
+    v.extend(strukt!("evtchn_bind_interdomain", op::BindInterdomain));
+    v.extend(field!(
+        "evtchn_bind_interdomain",
+        op::BindInterdomain,
+        remote_dom
+    ));
+    v.extend(field!(
+        "evtchn_bind_interdomain",
+        op::BindInterdomain,
+        remote_port
+    ));
+    v.extend(field!(
+        "evtchn_bind_interdomain",
+        op::BindInterdomain,
+        local_port
+    ));
+    v.extend(strukt!("evtchn_bind_virq", op::BindVirq));
+    v.extend(field!("evtchn_bind_virq", op::BindVirq, virq));
+    v.extend(field!("evtchn_bind_virq", op::BindVirq, vcpu));
+    v.extend(field!("evtchn_bind_virq", op::BindVirq, port));
+    v.extend(strukt!("evtchn_bind_pirq", op::BindPirq));
+    v.extend(field!("evtchn_bind_pirq", op::BindPirq, pirq));
+    v.extend(field!("evtchn_bind_pirq", op::BindPirq, flags));
+    v.extend(field!("evtchn_bind_pirq", op::BindPirq, port));
+    v.extend(strukt!("evtchn_bind_ipi", op::BindIpi));
+    v.extend(field!("evtchn_bind_ipi", op::BindIpi, vcpu));
+    v.extend(field!("evtchn_bind_ipi", op::BindIpi, port));
+    v.extend(strukt!("evtchn_close", op::Close));
+    v.extend(field!("evtchn_close", op::Close, port));
+    v.extend(strukt!("evtchn_send", op::Send));
+    v.extend(field!("evtchn_send", op::Send, port));
+    v.extend(strukt!("evtchn_unmask", op::Unmask));
+    v.extend(field!("evtchn_unmask", op::Unmask, port));
+    v.extend(strukt!("evtchn_status", op::Status));
+    v.extend(field!("evtchn_status", op::Status, dom));
+    v.extend(field!("evtchn_status", op::Status, port));
+    v.extend(field!("evtchn_status", op::Status, status));
+    v.extend(field!("evtchn_status", op::Status, vcpu));
+    v.extend(field!("evtchn_status", op::Status, u));
+    // The union's members: `remote` serves `unbound` and `interdomain`,
+    // `irq` serves `pirq` and `virq`; every member starts at the union's
+    // start.
+    let u = offset_of!(op::Status, u);
+    let remote_dom = u + offset_of!(op::RemoteEnd, dom);
+    let remote_port = u + offset_of!(op::RemoteEnd, port);
+    let dom_size = field_size(|r: &op::RemoteEnd| &r.dom);
+    let port_size = field_size(|r: &op::RemoteEnd| &r.port);
+    for (name, value) in [
+        ("u.unbound.dom.offset", remote_dom),
+        ("u.unbound.dom.size", dom_size),
+        ("u.interdomain.dom.offset", remote_dom),
+        ("u.interdomain.dom.size", dom_size),
+        ("u.interdomain.port.offset", remote_port),
+        ("u.interdomain.port.size", port_size),
+        ("u.pirq.offset", u),
+        ("u.pirq.size", size_of::<u32>()),
+        ("u.virq.offset", u),
+        ("u.virq.size", size_of::<u32>()),
+    ] {
+        v.push((format!("evtchn_status.{name}"), value));
+    }
+    v.extend(strukt!("evtchn_bind_vcpu", op::BindVcpu));
+    v.extend(field!("evtchn_bind_vcpu", op::BindVcpu, port));
+    v.extend(field!("evtchn_bind_vcpu", op::BindVcpu, vcpu));
+    v.extend(strukt!("evtchn_reset", op::Reset));
+    v.extend(field!("evtchn_reset", op::Reset, dom));
+    v.extend(strukt!("evtchn_init_control", op::InitControl));
+    v.extend(field!("evtchn_init_control", op::InitControl, control_gfn));
+    v.extend(field!("evtchn_init_control", op::InitControl, offset));
+    v.extend(field!("evtchn_init_control", op::InitControl, vcpu));
+    v.extend(field!("evtchn_init_control", op::InitControl, link_bits));
+    v.push((
+        "evtchn_init_control._pad.offset".to_string(),
+        offset_of!(op::InitControl, pad),
+    ));
+    v.push((
+        "evtchn_init_control._pad.size".to_string(),
+        field_size(|c: &op::InitControl| &c.pad),
+    ));
+    v.extend(strukt!("evtchn_expand_array", op::ExpandArray));
+    v.extend(field!("evtchn_expand_array", op::ExpandArray, array_gfn));
+    v.extend(strukt!("evtchn_set_priority", op::SetPriority));
+    v.extend(field!("evtchn_set_priority", op::SetPriority, port));
+    v.extend(field!("evtchn_set_priority", op::SetPriority, priority));
+    v
+}
+
 /// The constants for the private fields must agree with the public fields the
 /// Rust types do expose: each private region starts where the public fields
 /// before it end, and runs in order up to the end of the struct.
@@ -368,11 +545,15 @@ fn check(variant: &str, extra_flags: &[&str], with_nr_event_channels: bool) {
         return;
     };
     let mut c_values = run(variant, &exe);
-    let rust = rust_values(with_nr_event_channels);
+    let rust: Vec<(String, usize)> = rust_values(with_nr_event_channels)
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .chain(evtchnop_values())
+        .collect();
 
     let mut failures = Vec::new();
     for (name, rust_value) in &rust {
-        match c_values.remove(*name) {
+        match c_values.remove(name.as_str()) {
             None => failures.push(format!(
                 "{name}: the C program did not print it (Rust side: {rust_value})"
             )),

@@ -8,6 +8,7 @@
 //! `xen_layout` test compiles a C program against the real headers and
 //! compares every one of them.
 
+pub mod evtchnop;
 pub mod fifo;
 mod shared_info;
 
