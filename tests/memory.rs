@@ -595,6 +595,7 @@ fn page_registration_while_raising_and_scanning_loses_nothing() {
         let delivered: Vec<AtomicU32> = (0..PORTS).map(|_| AtomicU32::new(0)).collect();
         let raised: Vec<AtomicU32> = (0..PORTS).map(|_| AtomicU32::new(0)).collect();
         let refused = AtomicU32::new(0);
+        let refused_on: Vec<AtomicU32> = (0..PAGES).map(|_| AtomicU32::new(0)).collect();
         let stop = AtomicBool::new(false);
         thread::scope(|s| {
             // A failed check below stops the looping threads (or the scope hangs).
@@ -620,9 +621,16 @@ fn page_registration_while_raising_and_scanning_loses_nothing() {
                 }
                 while sweep(&mut cursors) {}
             });
+            // Each page is registered only once a raise on it was refused,
+            // so every round runs raises against missing pages (left to
+            // timing, a registrar that outran the raisers registered every
+            // page before a raise reached it, and nothing was refused).
             let registrar = s.spawn(|| {
-                for p in &pages {
-                    for _ in 0..200 + round * 100 {
+                for (i, p) in pages.iter().enumerate() {
+                    while refused_on[i].load(SeqCst) == 0 && !stop.load(SeqCst) {
+                        thread::yield_now();
+                    }
+                    for _ in 0..round * 100 {
                         thread::yield_now();
                     }
                     mem.expand_array(p).unwrap();
@@ -630,7 +638,8 @@ fn page_registration_while_raising_and_scanning_loses_nothing() {
             });
             let raisers: Vec<_> = (0..RAISERS)
                 .map(|r| {
-                    let (fifo, raised, refused) = (&fifo, &raised, &refused);
+                    let (fifo, raised, refused, refused_on) =
+                        (&fifo, &raised, &refused, &refused_on);
                     s.spawn(move || {
                         let mut left: Vec<u32> = (1..PORTS).filter(|p| p % RAISERS == r).collect();
                         while !left.is_empty() {
@@ -644,6 +653,7 @@ fn page_registration_while_raising_and_scanning_loses_nothing() {
                                     }
                                     Err(Error::PortOutOfRange) => {
                                         refused.fetch_add(1, SeqCst);
+                                        refused_on[(p / 1024) as usize].fetch_add(1, SeqCst);
                                         true
                                     }
                                     other => panic!("port {p}: {other:?}"),
@@ -661,7 +671,12 @@ fn page_registration_while_raising_and_scanning_loses_nothing() {
             stop.store(true, SeqCst);
             deliverer.join().unwrap();
         });
-        assert!(refused.load(SeqCst) > 0, "no raise met a missing page");
+        for (i, r) in refused_on.iter().enumerate() {
+            assert!(
+                r.load(SeqCst) > 0,
+                "round {round}: no raise met page {i} missing"
+            );
+        }
         for p in 1..PORTS as usize {
             assert_eq!(raised[p].load(SeqCst), 1);
             assert_eq!(
