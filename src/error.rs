@@ -27,6 +27,14 @@ pub enum Error {
     VcpuOffline,
     /// Taking this vCPU offline would leave no vCPU online.
     LastOnlineVcpu,
+    /// The operation does not apply to the port's kind or the VIRQ's (a
+    /// send on a VIRQ port, `bind_vcpu` of an IPI, a global VIRQ bound on
+    /// a vCPU other than 0).
+    WrongKind,
+    /// The VIRQ (of that vCPU) or the PIRQ already has a port.
+    AlreadyBound,
+    /// The VIRQ number is not below `NR_VIRQS`.
+    VirqOutOfRange,
 }
 
 impl fmt::Display for Error {
@@ -41,6 +49,9 @@ impl fmt::Display for Error {
             Error::NotEoiPending => "port is not waiting for an EOI",
             Error::VcpuOffline => "vCPU offline",
             Error::LastOnlineVcpu => "the last online vCPU cannot go offline",
+            Error::WrongKind => "the operation does not apply to this kind of port or VIRQ",
+            Error::AlreadyBound => "the VIRQ or PIRQ already has a port",
+            Error::VirqOutOfRange => "VIRQ out of range",
         })
     }
 }

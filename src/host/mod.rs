@@ -4,22 +4,29 @@
 //! The guest owns its mask bits (the 2-level `evtchn_mask`, the FIFO
 //! `MASKED` bit). The host reads them when it raises and writes them only
 //! in [`Host::unmask`], which the guest asks for (`EVTCHNOP_unmask`). It
-//! keeps, per port, only what Xen keeps in `struct evtchn`: the state, the
-//! notify vCPU and the priority. [`Host::bind_vcpu`] changes the notify vCPU
+//! keeps, per port, only what Xen keeps in `struct evtchn`: the state and
+//! kind (a port the embedder raises itself, an IPI, a VIRQ, a PIRQ, an
+//! unbound port, with its number), the notify vCPU and the priority; and,
+//! under its lock, which port each VIRQ of each vCPU and each PIRQ has. [`Host::bind_vcpu`] changes the notify vCPU
 //! alone and, as QEMU's emulation does, raises a pending, unmasked event
 //! again on the new vCPU; [`Host::close`] clears the pending state (Xen's
 //! `evtchn_free`) and resets the notify vCPU to 0; [`Host::bind`] touches
 //! neither pending nor mask. Nothing is written to the guest's memory at
 //! start-up.
 //!
-//! Locking: bind, close, bind_vcpu and set_priority serialise on the host's
-//! lock (Xen's `event_lock`); send and unmask never take it.
+//! Locking: the binds, close, bind_vcpu and set_priority serialise on the
+//! host's lock (Xen's `event_lock`); send and unmask never take it;
+//! `raise_virq` and `raise_pirq` look their port up under it (Xen's
+//! `virq_lock`), so a close cannot free the port between the look-up and
+//! the raise.
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 
 use crate::abi::{Raise, Raised};
 use crate::sync::{AtomicU32, AtomicU64, Lock, Ordering::*};
 use crate::weaken::{Weaken, Weakness};
+use crate::xen::evtchnop::virq;
 use crate::{Error, Notify};
 
 const STATE: u64 = 0b1;
@@ -28,6 +35,18 @@ const PRIORITY_SHIFT: u32 = 8;
 const PRIORITY: u64 = 0xf << PRIORITY_SHIFT;
 const VCPU_SHIFT: u32 = 16;
 const VCPU: u64 = 0xffff << VCPU_SHIFT;
+/// A bound port's kind: Xen's `EVTCHNSTAT_*` number, or 0 for a port the
+/// embedder binds and raises itself ([`Host::bind`]).
+const KIND_SHIFT: u32 = 1;
+const KIND: u64 = 0b111 << KIND_SHIFT;
+const K_LOCAL: u64 = 0;
+const K_UNBOUND: u64 = 1;
+const K_PIRQ: u64 = 3;
+const K_VIRQ: u64 = 4;
+const K_IPI: u64 = 5;
+/// The kind's number: the remote domain of an unbound port, the VIRQ, the
+/// PIRQ.
+const DETAIL_SHIFT: u32 = 32;
 
 /// Xen's default FIFO priority (`EVTCHN_FIFO_PRIORITY_DEFAULT`).
 pub(crate) const DEFAULT_PRIORITY: u8 = 7;
@@ -39,8 +58,65 @@ fn vcpu_of(w: u64) -> u32 {
 }
 
 #[inline(always)]
-fn bound_word(vcpu: u32, priority: u8) -> u64 {
-    BOUND | (u64::from(vcpu) << VCPU_SHIFT) | (u64::from(priority) << PRIORITY_SHIFT)
+fn kind_of(w: u64) -> u64 {
+    (w & KIND) >> KIND_SHIFT
+}
+
+#[inline(always)]
+fn detail_of(w: u64) -> u32 {
+    // The high half: always fits.
+    u32::try_from(w >> DETAIL_SHIFT).unwrap_or(0)
+}
+
+#[inline(always)]
+fn bound_word(kind: u64, detail: u32, vcpu: u32, priority: u8) -> u64 {
+    BOUND
+        | (kind << KIND_SHIFT)
+        | (u64::from(detail) << DETAIL_SHIFT)
+        | (u64::from(vcpu) << VCPU_SHIFT)
+        | (u64::from(priority) << PRIORITY_SHIFT)
+}
+
+/// Whether `virq` has a port per vCPU (Xen's "V." VIRQs: the timer, the
+/// debug request, the profiling and PMU interrupts); the others are
+/// global, bound on vCPU 0 and movable (the architecture's VIRQs
+/// included).
+#[inline]
+fn virq_is_per_vcpu(v: u32) -> bool {
+    matches!(v, virq::TIMER | virq::DEBUG | virq::XENOPROF | virq::XENPMU)
+}
+
+/// A port's kind, as [`Host::status`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PortKind {
+    /// Free.
+    Free,
+    /// Bound by [`Host::bind`]: a port the embedder raises itself
+    /// ([`Host::send`]); movable.
+    Local,
+    /// `EVTCHNOP_alloc_unbound`: waiting for domain `remote` to connect. A
+    /// send on it is dropped.
+    Unbound {
+        /// The domain allowed to connect.
+        remote: u16,
+    },
+    /// `EVTCHNOP_bind_ipi`: fixed to its vCPU.
+    Ipi,
+    /// `EVTCHNOP_bind_virq`; a per-vCPU VIRQ is fixed to its vCPU.
+    Virq(u32),
+    /// `EVTCHNOP_bind_pirq`.
+    Pirq(u32),
+}
+
+/// The bindings the host looks up by number, under its lock (Xen's
+/// `virq_to_evtchn` and `pirq->evtchn`).
+#[derive(Default)]
+struct Tables {
+    /// (vCPU, VIRQ) → port; a global VIRQ is kept under vCPU 0.
+    virq: BTreeMap<(u32, u32), u32>,
+    /// PIRQ → port.
+    pirq: BTreeMap<u32, u32>,
 }
 
 /// What the host knows of one port ([`Host::status`]).
@@ -57,6 +133,8 @@ pub struct HostStatus {
     pub pending: bool,
     /// Masked by the guest.
     pub masked: bool,
+    /// The port's kind and its number.
+    pub kind: PortKind,
 }
 
 /// A domain's event channels as its hypervisor keeps them: the raise half of
@@ -88,7 +166,7 @@ pub struct Host<R: Raise, N: Notify = ()> {
     abi: R,
     notify: N,
     table: Box<[AtomicU64]>,
-    lock: Lock<()>,
+    lock: Lock<Tables>,
     /// No port below this one is free: bind starts its search here (a hint
     /// only; bind checks every state it passes).
     free_hint: AtomicU32,
@@ -142,7 +220,7 @@ impl<R: Raise, N: Notify> Host<R, N> {
             nr_vcpus: abi.nr_vcpus().min(0xffff),
             abi,
             notify,
-            lock: Lock::new(()),
+            lock: Lock::new(Tables::default()),
             free_hint: AtomicU32::new(1),
             weak,
             #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
@@ -202,7 +280,83 @@ impl<R: Raise, N: Notify> Host<R, N> {
     /// covering it).
     pub fn bind(&self, vcpu: u32) -> Result<u32, Error> {
         self.check_vcpu(vcpu)?;
-        let _guard = self.lock.lock();
+        let _tables = self.lock.lock();
+        self.take_free_port(K_LOCAL, 0, vcpu)
+    }
+
+    /// `EVTCHNOP_bind_ipi`: the lowest free port, fixed to notify `vcpu`
+    /// ([`Host::bind_vcpu`] refuses it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VcpuOutOfRange`] (Xen's `ENOENT`), [`Error::NoFreePort`].
+    pub fn bind_ipi(&self, vcpu: u32) -> Result<u32, Error> {
+        self.check_vcpu(vcpu)?;
+        let _tables = self.lock.lock();
+        self.take_free_port(K_IPI, 0, vcpu)
+    }
+
+    /// `EVTCHNOP_bind_virq`: the lowest free port for VIRQ `virq` of
+    /// `vcpu`. A per-vCPU VIRQ (timer, debug, profiling, PMU) has a port
+    /// per vCPU, fixed to it; a global one is bound on vCPU 0 and may be
+    /// moved. [`Host::raise_virq`] raises it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VirqOutOfRange`] (`virq` not below `NR_VIRQS`; Xen's
+    /// `EINVAL`), [`Error::WrongKind`] (a global VIRQ on a vCPU other than
+    /// 0; `EINVAL`), [`Error::VcpuOutOfRange`] (`ENOENT`),
+    /// [`Error::AlreadyBound`] (the VIRQ of that vCPU has a port; `EEXIST`),
+    /// [`Error::NoFreePort`]. Each changes nothing.
+    pub fn bind_virq(&self, virq: u32, vcpu: u32) -> Result<u32, Error> {
+        if virq >= virq::NR_VIRQS {
+            return Err(Error::VirqOutOfRange);
+        }
+        let per_vcpu = virq_is_per_vcpu(virq);
+        if !per_vcpu && vcpu != 0 {
+            return Err(Error::WrongKind);
+        }
+        self.check_vcpu(vcpu)?;
+        let mut tables = self.lock.lock();
+        if tables.virq.contains_key(&(vcpu, virq)) {
+            return Err(Error::AlreadyBound);
+        }
+        let port = self.take_free_port(K_VIRQ, virq, vcpu)?;
+        tables.virq.insert((vcpu, virq), port);
+        Ok(port)
+    }
+
+    /// `EVTCHNOP_bind_pirq`: the lowest free port for physical IRQ `pirq`,
+    /// on vCPU 0. [`Host::raise_pirq`] raises it. Whether the domain may
+    /// use `pirq` is the embedder's to check first (Xen's `EPERM`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyBound`] (`EEXIST`), [`Error::NoFreePort`].
+    pub fn bind_pirq(&self, pirq: u32) -> Result<u32, Error> {
+        let mut tables = self.lock.lock();
+        if tables.pirq.contains_key(&pirq) {
+            return Err(Error::AlreadyBound);
+        }
+        let port = self.take_free_port(K_PIRQ, pirq, 0)?;
+        tables.pirq.insert(pirq, port);
+        Ok(port)
+    }
+
+    /// `EVTCHNOP_alloc_unbound`: the lowest free port, waiting for domain
+    /// `remote` to connect; a send on it is dropped until then.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoFreePort`].
+    pub fn alloc_unbound(&self, remote: u16) -> Result<u32, Error> {
+        let _tables = self.lock.lock();
+        self.take_free_port(K_UNBOUND, u32::from(remote), 0)
+    }
+
+    /// Binds the lowest free port as `kind` (with its number `detail`) on
+    /// `vcpu`. Call with the lock held.
+    fn take_free_port(&self, kind: u64, detail: u32, vcpu: u32) -> Result<u32, Error> {
         // Relaxed: a hint; the search reads every state under the lock.
         let hint = self.free_hint.load(Relaxed);
         let start = (hint as usize).clamp(1, self.table.len().max(1));
@@ -221,7 +375,7 @@ impl<R: Raise, N: Notify> Host<R, N> {
         self.abi.set_priority(port, DEFAULT_PRIORITY)?;
         // Release: a sender that finds the port bound (Acquire) sees the
         // ABI's preparation (a FIFO page registered) before it raises.
-        slot.store(bound_word(vcpu, DEFAULT_PRIORITY), Release);
+        slot.store(bound_word(kind, detail, vcpu, DEFAULT_PRIORITY), Release);
         // Relaxed: a hint.
         self.free_hint.store(port.saturating_add(1), Relaxed);
         Ok(port)
@@ -233,18 +387,78 @@ impl<R: Raise, N: Notify> Host<R, N> {
     /// # Errors
     ///
     /// [`Error::PortOutOfRange`] if `port` is 0 or not below
-    /// [`Host::nr_ports`]; [`Error::NotBound`] if it is free. Both change
-    /// nothing.
+    /// [`Host::nr_ports`]; [`Error::NotBound`] if it is free;
+    /// [`Error::WrongKind`] for a VIRQ or PIRQ port (raised by
+    /// [`Host::raise_virq`], [`Host::raise_pirq`]). Each changes nothing.
+    /// A send on an unbound port ([`Host::alloc_unbound`]) is dropped and
+    /// returns `Ok`, as in Xen.
     #[inline]
     pub fn send(&self, port: u32) -> Result<(), Error> {
         let slot = self.slot(port)?;
         // Acquire: pairs with bind's Release.
-        if slot.load(Acquire) & STATE != BOUND {
+        let w = slot.load(Acquire);
+        if w & STATE != BOUND {
             return Err(Error::NotBound);
+        }
+        match kind_of(w) {
+            K_LOCAL | K_IPI => {}
+            // Xen drops a send on an unbound port silently.
+            K_UNBOUND => return Ok(()),
+            _ => return Err(Error::WrongKind),
         }
         // SeqCst: read after the pending write and the mask read (see
         // `Raise::set_pending`), so that a bind_vcpu's new vCPU is seen by
         // a raise its re-raise could miss.
+        self.raise(port, || vcpu_of(slot.load(SeqCst)))?;
+        Ok(())
+    }
+
+    /// Raises VIRQ `virq` of `vcpu` (Xen's `send_guest_vcpu_virq`; for a
+    /// global VIRQ `vcpu` is ignored and the port's notify vCPU is raised,
+    /// `send_guest_global_virq`). Nothing happens if the VIRQ has no port.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VirqOutOfRange`]; [`Error::VcpuOutOfRange`] for a per-vCPU
+    /// VIRQ. Both change nothing.
+    pub fn raise_virq(&self, vcpu: u32, virq: u32) -> Result<(), Error> {
+        if virq >= virq::NR_VIRQS {
+            return Err(Error::VirqOutOfRange);
+        }
+        let vcpu = if virq_is_per_vcpu(virq) {
+            self.check_vcpu(vcpu)?;
+            vcpu
+        } else {
+            0
+        };
+        // Under the lock, as Xen's `virq_lock`: a close cannot free the
+        // port between the look-up and the raise.
+        let tables = self.lock.lock();
+        match tables.virq.get(&(vcpu, virq)) {
+            Some(&port) => self.raise_bound(port),
+            None => Ok(()),
+        }
+    }
+
+    /// Raises the port bound to physical IRQ `pirq` (Xen's
+    /// `send_guest_pirq`). Nothing happens if `pirq` has no port.
+    ///
+    /// # Errors
+    ///
+    /// Only what the ABI reports for the port (a hostile memory).
+    pub fn raise_pirq(&self, pirq: u32) -> Result<(), Error> {
+        let tables = self.lock.lock();
+        match tables.pirq.get(&pirq) {
+            Some(&port) => self.raise_bound(port),
+            None => Ok(()),
+        }
+    }
+
+    /// Raises a port the tables name on its notify vCPU. Call with the
+    /// lock held.
+    fn raise_bound(&self, port: u32) -> Result<(), Error> {
+        let slot = self.slot(port)?;
+        // SeqCst: as in `send`.
         self.raise(port, || vcpu_of(slot.load(SeqCst)))?;
         Ok(())
     }
@@ -292,7 +506,8 @@ impl<R: Raise, N: Notify> Host<R, N> {
     /// # Errors
     ///
     /// [`Error::PortOutOfRange`], [`Error::NotBound`] (free port),
-    /// [`Error::VcpuOutOfRange`]; each changes nothing.
+    /// [`Error::VcpuOutOfRange`] (Xen's `ENOENT`), [`Error::WrongKind`] (an
+    /// IPI or a per-vCPU VIRQ; `EINVAL`); each changes nothing.
     pub fn bind_vcpu(&self, port: u32, vcpu: u32) -> Result<(), Error> {
         let slot = self.slot(port)?;
         self.check_vcpu(vcpu)?;
@@ -301,6 +516,12 @@ impl<R: Raise, N: Notify> Host<R, N> {
         let w = slot.load(Relaxed);
         if w & STATE != BOUND {
             return Err(Error::NotBound);
+        }
+        // Xen's rules: an IPI and a per-vCPU VIRQ stay on their vCPU.
+        match kind_of(w) {
+            K_IPI => return Err(Error::WrongKind),
+            K_VIRQ if virq_is_per_vcpu(detail_of(w)) => return Err(Error::WrongKind),
+            _ => {}
         }
         #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
         if let (true, Some(mask)) = (self.weak.has(Weaken::HostBindVcpuMasks), self.weak_mask) {
@@ -335,10 +556,27 @@ impl<R: Raise, N: Notify> Host<R, N> {
     /// changes nothing.
     pub fn close(&self, port: u32) -> Result<(), Error> {
         let slot = self.slot(port)?;
-        let _guard = self.lock.lock();
+        let mut tables = self.lock.lock();
         // Relaxed: the lock orders every state change.
-        if slot.load(Relaxed) & STATE != BOUND {
+        let w = slot.load(Relaxed);
+        if w & STATE != BOUND {
             return Err(Error::NotBound);
+        }
+        match kind_of(w) {
+            K_VIRQ => {
+                let virq = detail_of(w);
+                // A per-vCPU VIRQ never moves; a global one is kept under 0.
+                let vcpu = if virq_is_per_vcpu(virq) {
+                    vcpu_of(w)
+                } else {
+                    0
+                };
+                tables.virq.remove(&(vcpu, virq));
+            }
+            K_PIRQ => {
+                tables.pirq.remove(&detail_of(w));
+            }
+            _ => {}
         }
         // Release: pairs with a sender's Acquire state check. A sender that
         // reads the free state stops; one that read BOUND before may still
@@ -395,7 +633,22 @@ impl<R: Raise, N: Notify> Host<R, N> {
         // Acquire: what the last writer published.
         let w = slot.load(Acquire);
         let bound = w & STATE == BOUND;
+        let kind = if !bound {
+            PortKind::Free
+        } else {
+            match kind_of(w) {
+                K_UNBOUND => PortKind::Unbound {
+                    // 16 bits were stored: always fits.
+                    remote: u16::try_from(detail_of(w)).unwrap_or(0),
+                },
+                K_IPI => PortKind::Ipi,
+                K_VIRQ => PortKind::Virq(detail_of(w)),
+                K_PIRQ => PortKind::Pirq(detail_of(w)),
+                _ => PortKind::Local,
+            }
+        };
         Ok(HostStatus {
+            kind,
             bound,
             vcpu: vcpu_of(w),
             // 4 bits: always fits.
