@@ -8,83 +8,34 @@ use core::mem::{offset_of, size_of};
 use evtchn::xen::fifo::{ControlBlock, EventWord};
 use evtchn::xen::{SharedInfo, VcpuInfo};
 
+use evtchn::xen::evtchnop::cmd;
+pub use evtchn::xen::evtchnop::errno::{EBUSY, EINVAL, ENOENT, ENOSPC, ENOSYS};
+/// `evtchn_bind_ipi_t`, `evtchn_bind_vcpu_t`, `evtchn_close_t`,
+/// `evtchn_send_t`, `evtchn_set_priority_t`, `evtchn_unmask_t`: the
+/// crate's own declarations, which `xen_layout` checks against Xen's
+/// headers.
+pub use evtchn::xen::evtchnop::{
+    BindIpi as EvtchnBindIpi, BindVcpu as EvtchnBindVcpu, Close as EvtchnClose, Send as EvtchnSend,
+    SetPriority as EvtchnSetPriority, Unmask as EvtchnUnmask,
+};
+
+/// A command number as the C code's `int cmd` carries it (all below 14).
+const fn c(cmd: u32) -> i32 {
+    cmd as i32
+}
+
 /// `EVTCHNOP_close`.
-pub const EVTCHNOP_CLOSE: i32 = 3;
+pub const EVTCHNOP_CLOSE: i32 = c(cmd::CLOSE);
 /// `EVTCHNOP_send`.
-pub const EVTCHNOP_SEND: i32 = 4;
+pub const EVTCHNOP_SEND: i32 = c(cmd::SEND);
 /// `EVTCHNOP_bind_ipi`.
-pub const EVTCHNOP_BIND_IPI: i32 = 7;
+pub const EVTCHNOP_BIND_IPI: i32 = c(cmd::BIND_IPI);
 /// `EVTCHNOP_bind_vcpu`.
-pub const EVTCHNOP_BIND_VCPU: i32 = 8;
+pub const EVTCHNOP_BIND_VCPU: i32 = c(cmd::BIND_VCPU);
 /// `EVTCHNOP_unmask`.
-pub const EVTCHNOP_UNMASK: i32 = 9;
+pub const EVTCHNOP_UNMASK: i32 = c(cmd::UNMASK);
 /// `EVTCHNOP_set_priority`.
-pub const EVTCHNOP_SET_PRIORITY: i32 = 13;
-
-/// `ENOENT`.
-pub const ENOENT: i32 = 2;
-/// `EBUSY`.
-pub const EBUSY: i32 = 16;
-/// `EINVAL`.
-pub const EINVAL: i32 = 22;
-/// `ENOSPC`.
-pub const ENOSPC: i32 = 28;
-/// `ENOSYS`.
-pub const ENOSYS: i32 = 38;
-
-/// `evtchn_send_t`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EvtchnSend {
-    /// The port.
-    pub port: u32,
-}
-
-/// `evtchn_close_t`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EvtchnClose {
-    /// The port.
-    pub port: u32,
-}
-
-/// `evtchn_unmask_t`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EvtchnUnmask {
-    /// The port.
-    pub port: u32,
-}
-
-/// `evtchn_bind_vcpu_t`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EvtchnBindVcpu {
-    /// The port.
-    pub port: u32,
-    /// Its new notify vCPU.
-    pub vcpu: u32,
-}
-
-/// `evtchn_bind_ipi_t`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EvtchnBindIpi {
-    /// IN: the vCPU to notify.
-    pub vcpu: u32,
-    /// OUT: the new port.
-    pub port: u32,
-}
-
-/// `evtchn_set_priority_t`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EvtchnSetPriority {
-    /// The port.
-    pub port: u32,
-    /// 0 (highest) ..= 15.
-    pub priority: u32,
-}
+pub const EVTCHNOP_SET_PRIORITY: i32 = c(cmd::SET_PRIORITY);
 
 fn n(x: usize) -> u32 {
     u32::try_from(x).expect("small figure")
