@@ -644,6 +644,72 @@ def verdict_for(m, verdicts):
     return None
 
 
+def cmd_rekey(args):
+    """After orderings were added or removed: site ids are positions in the
+    tree, so the ids after the change shift. Each recorded mutant is matched
+    to today's site by file, source line and ordering (the n-th of equal
+    lines to the n-th), its key and site renamed, and the `sites` and
+    `keys` of verdicts.toml renamed with it. The coverage is dropped (it
+    names sites by id): the next `run` traces every model again and runs
+    the mutants of the new sites."""
+    sites, _ = find_sites()
+    res = load_results(args.out)
+    groups = {}
+    for s in sites:
+        groups.setdefault((s["file"], s["text"], s["kind"], s["from"]), []).append(s)
+    old_sites = {}
+    for m in res["mutants"].values():
+        old_sites.setdefault(m["site"], m)
+    by_group = {}
+    for sid, m in sorted(old_sites.items(), key=lambda kv: (kv[1]["file"], kv[1]["line"])):
+        by_group.setdefault((m["file"], m["text"], m["kind"], m["from"]), []).append(sid)
+    site_map = {}
+    for g, olds in by_group.items():
+        news = groups.get(g, [])
+        # Equal lines pair up in order only when their number is unchanged;
+        # otherwise which old one a new one is cannot be told, and all of
+        # them are run again.
+        if len(news) == len(olds):
+            for old, new in zip(olds, news):
+                site_map[old] = new
+    mutants, dropped = {}, []
+    for k, m in res["mutants"].items():
+        s = site_map.get(m["site"])
+        if s is None:
+            dropped.append(k)
+            continue
+        nk = f"{s['id']}:{m['to']}"
+        m.update(key=nk, site=s["id"], line=s["line"])
+        mutants[nk] = m
+    res["mutants"] = mutants
+    res["coverage"], res["model_time"] = {}, {}
+    save_results(args.out, res)
+    moved = {o: s["id"] for o, s in site_map.items() if o != s["id"]}
+    print(f"{len(moved)} sites renumbered, {len(dropped)} mutants without a site now: {dropped}")
+    ids = {o: s["id"] for o, s in site_map.items()}
+    gone = set()
+
+    def renumber(match):
+        # A verdict's site or key whose site is gone (its line changed) is
+        # dropped from the list: its new site's mutants are run again.
+        body = match.group(2)
+        if match.group(1) == "sites":
+            olds = [int(x) for x in re.findall(r"\d+", body)]
+            gone.update(o for o in olds if o not in ids)
+            items = [str(ids[o]) for o in olds if o in ids]
+            return f"sites = [{', '.join(items)}]"
+        pairs = re.findall(r'"(\d+):(\w+)"', body)
+        gone.update(f"{o}:{to}" for o, to in pairs if int(o) not in ids)
+        items = [f'"{ids[int(o)]}:{to}"' for o, to in pairs if int(o) in ids]
+        return f"keys = [{', '.join(items)}]"
+
+    text = open(VERDICTS).read()
+    text = re.sub(r"^(sites|keys) = \[([^\]]*)\]", renumber, text, flags=re.M)
+    open(VERDICTS, "w").write(text)
+    if gone:
+        print(f"dropped from verdicts.toml (their sites changed): {sorted(map(str, gone))}")
+
+
 def current_lines(res):
     """Results with each site's line as it is in the tree now (site ids are
     stable while no ordering is added or removed; the text must agree)."""
@@ -960,12 +1026,14 @@ def main():
     mi.add_argument("--again", action="store_true",
                     help="also the mutants an earlier Miri pass ran (after the litmus tests changed)")
     mi.add_argument("--out", default=RESULTS)
+    rk = sub.add_parser("rekey", help="after orderings were added or removed: rename the recorded mutants' sites")
+    rk.add_argument("--out", default=RESULTS)
     rep = sub.add_parser("report")
     rep.add_argument("--out", default=RESULTS)
     rep.add_argument("--before")
     rep.add_argument("--cargo-mutants", help="the folder of cargo-mutants runs (one sub-folder each) and their verdicts.toml")
     args = p.parse_args()
-    {"list": cmd_list, "run": cmd_run, "miri": cmd_miri, "report": cmd_report}[args.cmd](args)
+    {"list": cmd_list, "run": cmd_run, "miri": cmd_miri, "rekey": cmd_rekey, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":
