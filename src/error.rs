@@ -35,6 +35,40 @@ pub enum Error {
     AlreadyBound,
     /// The VIRQ number is not below `NR_VIRQS`.
     VirqOutOfRange,
+    /// No domain has this id ([`crate::Domains`]).
+    NoSuchDomain,
+    /// A domain with this id exists already, or the id is reserved
+    /// (`DOMID_FIRST_RESERVED` and above).
+    DomainExists,
+    /// The calling domain may not act on another domain (it is not
+    /// privileged), or on this PIRQ.
+    NotPermitted,
+}
+
+impl Error {
+    /// The error number Xen's `HYPERVISOR_event_channel_op` returns for it
+    /// (positive; the hypercall returns its negation), so that a
+    /// hypervisor can hand a refusal to its guest unchanged. The
+    /// guest-side errors that have no hypercall map to `EINVAL`.
+    #[must_use]
+    pub fn xen_errno(self) -> i32 {
+        use crate::xen::evtchnop::errno::*;
+        match self {
+            Error::VcpuOutOfRange | Error::VcpuOffline => ENOENT,
+            Error::NoFreePort => ENOSPC,
+            Error::AlreadyBound | Error::DomainExists => EEXIST,
+            Error::NoSuchDomain => ESRCH,
+            Error::NotPermitted => EPERM,
+            Error::LastOnlineVcpu => EBUSY,
+            Error::PortOutOfRange
+            | Error::NotBound
+            | Error::Stale
+            | Error::PriorityOutOfRange
+            | Error::NotEoiPending
+            | Error::WrongKind
+            | Error::VirqOutOfRange => EINVAL,
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -52,6 +86,9 @@ impl fmt::Display for Error {
             Error::WrongKind => "the operation does not apply to this kind of port or VIRQ",
             Error::AlreadyBound => "the VIRQ or PIRQ already has a port",
             Error::VirqOutOfRange => "VIRQ out of range",
+            Error::NoSuchDomain => "no such domain",
+            Error::DomainExists => "the domain id is taken or reserved",
+            Error::NotPermitted => "not permitted",
         })
     }
 }

@@ -116,7 +116,7 @@ pub use error::Error;
 #[cfg(feature = "alloc")]
 pub use guest::{Bind, Guest, Hypercalls, Hypervisor, OnXen, Vcpu};
 #[cfg(feature = "alloc")]
-pub use host::{Host, HostStatus, PortKind};
+pub use host::{BindMode, Domain, Domains, Host, HostStatus, PortKind};
 pub use notify::Notify;
 #[cfg(feature = "alloc")]
 pub use policy::{plan_rebalance, Move, Policy};

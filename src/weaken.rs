@@ -93,6 +93,23 @@ pub enum Weaken {
     /// The guest side's rebind removes its mask reason (unmasks) after the
     /// hypervisor's `bind_vcpu` but before its own binding is updated.
     RebindUnmaskFirst,
+    /// The hypervisor side: `raise_virq` looks its port up under the lock
+    /// but raises it after letting the lock go, so a close can free the
+    /// port in between.
+    VirqRaiseUnlocked,
+    /// Interdomain: a send raises the peer without holding the sender
+    /// domain's lock, so the peer's close can free (and a bind reuse) the
+    /// number in between.
+    InterdomainSendUnlocked,
+    /// Interdomain, Xen's bind: the new local port is not set pending (the
+    /// conservative event that covers a send dropped while the remote end
+    /// was unbound).
+    NoConservativeEvent,
+    /// Interdomain, the atomic-affinity bind: the bind ignores the remote
+    /// end's mark of a dropped send instead of replaying it.
+    BindIgnoresDropped,
+    /// A send on an unbound port drops the event without marking the port.
+    UnboundSendNoMark,
 }
 
 /// The weakness a core object was built with; zero-sized natively.

@@ -908,6 +908,10 @@ impl<M: FifoMemory> Ports for Fifo<M> {
 }
 
 impl<M: FifoMemory> Raise for Fifo<M> {
+    fn has_priorities(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, port: u32) -> Result<(), Error> {
         self.mem.expand(port)
     }

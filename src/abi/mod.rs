@@ -191,6 +191,13 @@ pub trait Raise: Ports {
         Ok(())
     }
 
+    /// Whether the ABI has priorities (FIFO); Xen's `EVTCHNOP_set_priority`
+    /// is `ENOSYS` without them. The default says no.
+    #[must_use]
+    fn has_priorities(&self) -> bool {
+        false
+    }
+
     /// Sets the priority of `port` (0 highest ..= 15). The 2-level ABI has
     /// no priorities and accepts any value in range.
     ///

@@ -41,12 +41,21 @@ const KIND_SHIFT: u32 = 1;
 const KIND: u64 = 0b111 << KIND_SHIFT;
 const K_LOCAL: u64 = 0;
 const K_UNBOUND: u64 = 1;
+const K_INTERDOMAIN: u64 = 2;
 const K_PIRQ: u64 = 3;
 const K_VIRQ: u64 = 4;
 const K_IPI: u64 = 5;
 /// The kind's number: the remote domain of an unbound port, the VIRQ, the
-/// PIRQ.
+/// PIRQ; an interdomain port's peer ([`peer_detail`]).
 const DETAIL_SHIFT: u32 = 32;
+/// An unbound port that a send found (and dropped), set once by the send's
+/// compare-exchange and read by the bind that connects the port
+/// ([`BindMode::Atomic`] replays it instead of Xen's conservative event).
+const DROPPED: u64 = 1 << 4;
+/// An interdomain peer's port number in the detail half: 17 bits, FIFO's
+/// 2^17 ports; the domain in the 15 above it.
+const PEER_PORT_BITS: u32 = 17;
+const PEER_PORT: u32 = (1 << PEER_PORT_BITS) - 1;
 
 /// Xen's default FIFO priority (`EVTCHN_FIFO_PRIORITY_DEFAULT`).
 pub(crate) const DEFAULT_PRIORITY: u8 = 7;
@@ -66,6 +75,29 @@ fn kind_of(w: u64) -> u64 {
 fn detail_of(w: u64) -> u32 {
     // The high half: always fits.
     u32::try_from(w >> DETAIL_SHIFT).unwrap_or(0)
+}
+
+#[inline(always)]
+fn priority_of(w: u64) -> u8 {
+    // 4 bits: always fits.
+    u8::try_from((w & PRIORITY) >> PRIORITY_SHIFT).unwrap_or(0)
+}
+
+/// The detail half of an interdomain port: `dom` in 15 bits (every domain
+/// id below `DOMID_FIRST_RESERVED` fits), `port` in 17.
+#[inline(always)]
+pub(crate) fn peer_detail(dom: u16, port: u32) -> u32 {
+    (u32::from(dom & 0x7fff) << PEER_PORT_BITS) | (port & PEER_PORT)
+}
+
+#[inline(always)]
+fn peer_of(w: u64) -> (u16, u32) {
+    let d = detail_of(w);
+    // 15 bits: always fits.
+    (
+        u16::try_from(d >> PEER_PORT_BITS).unwrap_or(0),
+        d & PEER_PORT,
+    )
 }
 
 #[inline(always)]
@@ -101,12 +133,30 @@ pub enum PortKind {
         /// The domain allowed to connect.
         remote: u16,
     },
+    /// `EVTCHNOP_bind_interdomain` (either end): a send raises the peer,
+    /// port `port` of domain `remote` ([`crate::Domains`]).
+    Interdomain {
+        /// The peer's domain.
+        remote: u16,
+        /// The peer's port.
+        port: u32,
+    },
     /// `EVTCHNOP_bind_ipi`: fixed to its vCPU.
     Ipi,
     /// `EVTCHNOP_bind_virq`; a per-vCPU VIRQ is fixed to its vCPU.
     Virq(u32),
     /// `EVTCHNOP_bind_pirq`.
     Pirq(u32),
+}
+
+/// Where a send goes ([`Host::route`]).
+pub(crate) enum Route<'a> {
+    /// A port of this host: raise it.
+    Raise(&'a AtomicU64),
+    /// Unbound: dropped.
+    Dropped,
+    /// Interdomain: the peer is raised, under this host's lock.
+    Remote(&'a AtomicU64),
 }
 
 /// The bindings the host looks up by number, under its lock (Xen's
@@ -170,6 +220,9 @@ pub struct Host<R: Raise, N: Notify = ()> {
     /// No port below this one is free: bind starts its search here (a hint
     /// only; bind checks every state it passes).
     free_hint: AtomicU32,
+    /// The highest port number a bind may hand out (Xen's
+    /// `max_evtchn_port`).
+    max_port: u32,
     nr_vcpus: u32,
     weak: Weakness,
     /// The deliver half's mask, for [`Weaken::HostBindVcpuMasks`] only (the
@@ -222,10 +275,27 @@ impl<R: Raise, N: Notify> Host<R, N> {
             notify,
             lock: Lock::new(Tables::default()),
             free_hint: AtomicU32::new(1),
+            max_port: nr_ports.saturating_sub(1),
             weak,
             #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
             weak_mask: None,
         }
+    }
+
+    /// Limits the port numbers a bind hands out to `max_port` and below
+    /// (Xen's per-domain `max_evtchn_port`); a bind beyond it is
+    /// [`Error::NoFreePort`] (`ENOSPC`). Ports are never above
+    /// [`Host::nr_ports`] − 1 whatever `max_port` says.
+    #[must_use]
+    pub fn with_max_port(mut self, max_port: u32) -> Self {
+        self.max_port = max_port.min(self.nr_ports().saturating_sub(1));
+        self
+    }
+
+    /// The highest port number a bind may hand out.
+    #[must_use]
+    pub fn max_port(&self) -> u32 {
+        self.max_port
     }
 
     /// The raise half this host drives.
@@ -357,20 +427,40 @@ impl<R: Raise, N: Notify> Host<R, N> {
     /// Binds the lowest free port as `kind` (with its number `detail`) on
     /// `vcpu`. Call with the lock held.
     fn take_free_port(&self, kind: u64, detail: u32, vcpu: u32) -> Result<u32, Error> {
+        let port = self.find_free_port()?;
+        self.install(port, kind, detail, vcpu)
+    }
+
+    /// The lowest free port not above [`Host::max_port`]; changes nothing.
+    /// Call with the lock held.
+    pub(crate) fn find_free_port(&self) -> Result<u32, Error> {
+        let end = (self.max_port as usize)
+            .saturating_add(1)
+            .min(self.table.len());
         // Relaxed: a hint; the search reads every state under the lock.
         let hint = self.free_hint.load(Relaxed);
-        let start = (hint as usize).clamp(1, self.table.len().max(1));
-        let order = (start..self.table.len()).chain(1..start);
-        let mut found = None;
+        let start = (hint as usize).clamp(1, end.max(1));
+        let order = (start..end).chain(1..start);
         for n in order {
             let Some(slot) = self.table.get(n) else { break };
             // Relaxed: the lock orders every state change.
             if slot.load(Relaxed) & STATE != BOUND {
-                found = u32::try_from(n).ok().map(|n| (n, slot));
-                break;
+                return u32::try_from(n).map_err(|_| Error::NoFreePort);
             }
         }
-        let (port, slot) = found.ok_or(Error::NoFreePort)?;
+        Err(Error::NoFreePort)
+    }
+
+    /// Binds free `port` (from [`Host::find_free_port`]) as `kind`. Call
+    /// with the lock held.
+    pub(crate) fn install(
+        &self,
+        port: u32,
+        kind: u64,
+        detail: u32,
+        vcpu: u32,
+    ) -> Result<u32, Error> {
+        let slot = self.slot(port)?;
         self.abi.prepare(port).map_err(|_| Error::NoFreePort)?;
         self.abi.set_priority(port, DEFAULT_PRIORITY)?;
         // Release: a sender that finds the port bound (Acquire) sees the
@@ -392,25 +482,58 @@ impl<R: Raise, N: Notify> Host<R, N> {
     /// [`Host::raise_virq`], [`Host::raise_pirq`]). Each changes nothing.
     /// A send on an unbound port ([`Host::alloc_unbound`]) is dropped and
     /// returns `Ok`, as in Xen.
+    ///
+    /// An interdomain port is sent through [`crate::Domains::send`], which
+    /// knows the peer; here it is [`Error::WrongKind`].
     #[inline]
     pub fn send(&self, port: u32) -> Result<(), Error> {
+        match self.route(port)? {
+            Route::Raise(slot) => {
+                // SeqCst: read after the pending write and the mask read (see
+                // `Raise::set_pending`), so that a bind_vcpu's new vCPU is
+                // seen by a raise its re-raise could miss.
+                self.raise(port, || vcpu_of(slot.load(SeqCst)))?;
+                Ok(())
+            }
+            Route::Dropped => Ok(()),
+            Route::Remote(_) => Err(Error::WrongKind),
+        }
+    }
+
+    /// Where a send on `port` goes. A send on an unbound port is dropped,
+    /// as Xen drops it, but first marks the port [`DROPPED`], once, so
+    /// that the bind connecting it can replay it.
+    #[inline]
+    pub(crate) fn route(&self, port: u32) -> Result<Route<'_>, Error> {
         let slot = self.slot(port)?;
         // Acquire: pairs with bind's Release.
-        let w = slot.load(Acquire);
-        if w & STATE != BOUND {
-            return Err(Error::NotBound);
+        let mut w = slot.load(Acquire);
+        loop {
+            if w & STATE != BOUND {
+                return Err(Error::NotBound);
+            }
+            match kind_of(w) {
+                K_LOCAL | K_IPI => return Ok(Route::Raise(slot)),
+                K_INTERDOMAIN => return Ok(Route::Remote(slot)),
+                K_UNBOUND => {
+                    if w & DROPPED != 0 || self.weak.has(Weaken::UnboundSendNoMark) {
+                        return Ok(Route::Dropped);
+                    }
+                    // AcqRel: the bind that connects the port reads DROPPED
+                    // with its own read-modify-write (later in this word's
+                    // modification order) and then raises the peer: what
+                    // the sender wrote before this send happens before that
+                    // raise. On failure (Acquire) a bind has changed the
+                    // word: look again (it only ever changes under a bind
+                    // or close, so this retries once per change).
+                    match slot.compare_exchange(w, w | DROPPED, AcqRel, Acquire) {
+                        Ok(_) => return Ok(Route::Dropped),
+                        Err(now) => w = now,
+                    }
+                }
+                _ => return Err(Error::WrongKind),
+            }
         }
-        match kind_of(w) {
-            K_LOCAL | K_IPI => {}
-            // Xen drops a send on an unbound port silently.
-            K_UNBOUND => return Ok(()),
-            _ => return Err(Error::WrongKind),
-        }
-        // SeqCst: read after the pending write and the mask read (see
-        // `Raise::set_pending`), so that a bind_vcpu's new vCPU is seen by
-        // a raise its re-raise could miss.
-        self.raise(port, || vcpu_of(slot.load(SeqCst)))?;
-        Ok(())
     }
 
     /// Raises VIRQ `virq` of `vcpu` (Xen's `send_guest_vcpu_virq`; for a
@@ -434,10 +557,12 @@ impl<R: Raise, N: Notify> Host<R, N> {
         // Under the lock, as Xen's `virq_lock`: a close cannot free the
         // port between the look-up and the raise.
         let tables = self.lock.lock();
-        match tables.virq.get(&(vcpu, virq)) {
-            Some(&port) => self.raise_bound(port),
-            None => Ok(()),
+        let port = tables.virq.get(&(vcpu, virq)).copied();
+        if self.weak.has(Weaken::VirqRaiseUnlocked) {
+            drop(tables);
+            return port.map_or(Ok(()), |p| self.raise_bound(p));
         }
+        port.map_or(Ok(()), |p| self.raise_bound(p))
     }
 
     /// Raises the port bound to physical IRQ `pirq` (Xen's
@@ -509,8 +634,9 @@ impl<R: Raise, N: Notify> Host<R, N> {
     /// [`Error::VcpuOutOfRange`] (Xen's `ENOENT`), [`Error::WrongKind`] (an
     /// IPI or a per-vCPU VIRQ; `EINVAL`); each changes nothing.
     pub fn bind_vcpu(&self, port: u32, vcpu: u32) -> Result<(), Error> {
-        let slot = self.slot(port)?;
+        // Xen's order: the vCPU (ENOENT) before the port (EINVAL).
         self.check_vcpu(vcpu)?;
+        let slot = self.slot(port)?;
         let _guard = self.lock.lock();
         // Relaxed: the lock orders every state change.
         let w = slot.load(Relaxed);
@@ -552,8 +678,9 @@ impl<R: Raise, N: Notify> Host<R, N> {
     ///
     /// # Errors
     ///
-    /// [`Error::PortOutOfRange`], [`Error::NotBound`] (free already); each
-    /// changes nothing.
+    /// [`Error::PortOutOfRange`], [`Error::NotBound`] (free already);
+    /// [`Error::WrongKind`] for an interdomain port, whose peer
+    /// [`crate::Domains::close`] returns to unbound. Each changes nothing.
     pub fn close(&self, port: u32) -> Result<(), Error> {
         let slot = self.slot(port)?;
         let mut tables = self.lock.lock();
@@ -562,6 +689,21 @@ impl<R: Raise, N: Notify> Host<R, N> {
         if w & STATE != BOUND {
             return Err(Error::NotBound);
         }
+        if kind_of(w) == K_INTERDOMAIN {
+            return Err(Error::WrongKind);
+        }
+        self.free_locked(&mut tables, port, slot, w)
+    }
+
+    /// Frees bound `port` (its state word `w`, read under the lock, which
+    /// the caller holds as `tables`).
+    fn free_locked(
+        &self,
+        tables: &mut Tables,
+        port: u32,
+        slot: &AtomicU64,
+        w: u64,
+    ) -> Result<(), Error> {
         match kind_of(w) {
             K_VIRQ => {
                 let virq = detail_of(w);
@@ -578,6 +720,12 @@ impl<R: Raise, N: Notify> Host<R, N> {
             }
             _ => {}
         }
+        self.free_slot(port, slot)
+    }
+
+    /// Frees `port` (its slot `slot`), whose look-up tables are already
+    /// cleared. Call with the lock held.
+    fn free_slot(&self, port: u32, slot: &AtomicU64) -> Result<(), Error> {
         // Release: pairs with a sender's Acquire state check. A sender that
         // reads the free state stops; one that read BOUND before may still
         // raise after the clear below, and leaves a pending bit on a free
@@ -644,6 +792,10 @@ impl<R: Raise, N: Notify> Host<R, N> {
                 K_IPI => PortKind::Ipi,
                 K_VIRQ => PortKind::Virq(detail_of(w)),
                 K_PIRQ => PortKind::Pirq(detail_of(w)),
+                K_INTERDOMAIN => {
+                    let (remote, port) = peer_of(w);
+                    PortKind::Interdomain { remote, port }
+                }
                 _ => PortKind::Local,
             }
         };
@@ -651,10 +803,13 @@ impl<R: Raise, N: Notify> Host<R, N> {
             kind,
             bound,
             vcpu: vcpu_of(w),
-            // 4 bits: always fits.
-            priority: u8::try_from((w & PRIORITY) >> PRIORITY_SHIFT).unwrap_or(0),
+            priority: priority_of(w),
             pending: self.abi.is_pending(port).unwrap_or(false),
             masked: self.abi.is_masked(port).unwrap_or(false),
         })
     }
 }
+
+mod domains;
+pub use domains::{BindMode, Domain, Domains};
+mod dispatch;

@@ -1,0 +1,230 @@
+//! The hypercall surface: `HYPERVISOR_event_channel_op(cmd, arg)` as a
+//! hypervisor receives it from a guest, decoded from the argument's bytes
+//! and answered with Xen's return value.
+
+use core::mem::{offset_of, size_of};
+
+use super::{Domains, HostStatus, PortKind};
+use crate::abi::Raise;
+use crate::xen::evtchnop::{
+    cmd, errno, stat, AllocUnbound, BindInterdomain, BindIpi, BindPirq, BindVcpu, BindVirq, DomId,
+    PortArg, RemoteEnd, Reset, SetPriority, Status, DOMID_SELF,
+};
+use crate::{BindMode, Error, Notify};
+
+/// Ports a reset closes per chunk inside [`Domains::dispatch`].
+const RESET_CHUNK: u32 = 1024;
+
+fn get_u16(a: &[u8], off: usize) -> u16 {
+    a.get(off..)
+        .and_then(|s| s.get(..2))
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u16::from_ne_bytes)
+}
+
+fn get_u32(a: &[u8], off: usize) -> u32 {
+    a.get(off..)
+        .and_then(|s| s.get(..4))
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
+}
+
+fn put_u16(a: &mut [u8], off: usize, v: u16) {
+    if let Some(b) = a.get_mut(off..).and_then(|s| s.get_mut(..2)) {
+        b.copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+fn put_u32(a: &mut [u8], off: usize, v: u32) {
+    if let Some(b) = a.get_mut(off..).and_then(|s| s.get_mut(..4)) {
+        b.copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+fn err(e: Error) -> i32 {
+    e.xen_errno()
+}
+
+impl<R: Raise, N: Notify> Domains<R, N> {
+    /// `HYPERVISOR_event_channel_op(cmd, arg)` made by domain `caller`:
+    /// `arg` holds the argument structure's bytes as the guest laid them
+    /// out (`evtchn::xen::evtchnop`, native byte order), copied in by the
+    /// hypervisor. Returns what Xen returns: 0, or a negated `XEN_E*`
+    /// number. The `OUT` fields are written back into `arg` only on
+    /// success, as Xen copies them back; on an error `arg` is unchanged.
+    ///
+    /// * An unknown command, and `EVTCHNOP_init_control` and
+    ///   `EVTCHNOP_expand_array` (they map guest frames, which is the
+    ///   embedder's to do before calling here), return `-ENOSYS`; Linux
+    ///   then keeps the 2-level ABI.
+    /// * `arg` shorter than the command's structure is Xen's failed copy:
+    ///   `-EFAULT`.
+    /// * `bind_interdomain` is [`BindMode::Conservative`], as Xen.
+    /// * `alloc_unbound`, `status` and `reset` of a domain other than the
+    ///   caller need a [`crate::Domain::privileged`] caller (`-EPERM`);
+    ///   `bind_pirq` a PIRQ below the caller's
+    ///   [`crate::Domain::nr_pirqs`] (`-EINVAL`).
+    /// * Port 0 is reserved, as in Xen: `status` reports it closed,
+    ///   `unmask` and (FIFO) `set_priority` accept it and do nothing,
+    ///   everything else refuses it (`-EINVAL`).
+    /// * `reset` closes every port before returning (in chunks; a caller
+    ///   that must stay preemptible calls [`Domains::reset`] itself).
+    #[must_use = "the hypercall's return value goes back to the guest"]
+    pub fn dispatch(&self, caller: DomId, cmd: u32, arg: &mut [u8]) -> i32 {
+        match self.dispatch_inner(caller, cmd, arg) {
+            Ok(()) => 0,
+            Err(e) => e.wrapping_neg(),
+        }
+    }
+
+    fn dispatch_inner(&self, caller: DomId, cmd: u32, arg: &mut [u8]) -> Result<(), i32> {
+        let need = match cmd {
+            cmd::BIND_INTERDOMAIN => size_of::<BindInterdomain>(),
+            cmd::BIND_VIRQ => size_of::<BindVirq>(),
+            cmd::BIND_PIRQ => size_of::<BindPirq>(),
+            cmd::CLOSE | cmd::SEND | cmd::UNMASK => size_of::<PortArg>(),
+            cmd::STATUS => size_of::<Status>(),
+            cmd::ALLOC_UNBOUND => size_of::<AllocUnbound>(),
+            cmd::BIND_IPI => size_of::<BindIpi>(),
+            cmd::BIND_VCPU => size_of::<BindVcpu>(),
+            cmd::RESET => size_of::<Reset>(),
+            cmd::SET_PRIORITY => size_of::<SetPriority>(),
+            _ => return Err(errno::ENOSYS),
+        };
+        if arg.len() < need {
+            return Err(errno::EFAULT);
+        }
+        let me = self.domain(caller).map_err(err)?;
+        let host = me.host();
+        let self_or = |d: DomId| if d == DOMID_SELF { caller } else { d };
+        // Another domain: it must exist (ESRCH), then the caller must be
+        // privileged (EPERM), in Xen's order.
+        let other = |d: DomId| -> Result<DomId, i32> {
+            let d = self_or(d);
+            self.domain(d).map_err(err)?;
+            if d != caller && !me.is_privileged() {
+                return Err(errno::EPERM);
+            }
+            Ok(d)
+        };
+        let port_at = |a: &[u8]| get_u32(a, offset_of!(PortArg, port));
+        match cmd {
+            cmd::ALLOC_UNBOUND => {
+                let dom = other(get_u16(arg, offset_of!(AllocUnbound, dom)))?;
+                let remote = self_or(get_u16(arg, offset_of!(AllocUnbound, remote_dom)));
+                let port = self.alloc_unbound(dom, remote).map_err(err)?;
+                put_u32(arg, offset_of!(AllocUnbound, port), port);
+            }
+            cmd::BIND_INTERDOMAIN => {
+                let rd = self_or(get_u16(arg, offset_of!(BindInterdomain, remote_dom)));
+                let rp = get_u32(arg, offset_of!(BindInterdomain, remote_port));
+                let port = self
+                    .bind_interdomain(caller, rd, rp, BindMode::Conservative)
+                    .map_err(err)?;
+                put_u32(arg, offset_of!(BindInterdomain, local_port), port);
+            }
+            cmd::BIND_VIRQ => {
+                let virq = get_u32(arg, offset_of!(BindVirq, virq));
+                let vcpu = get_u32(arg, offset_of!(BindVirq, vcpu));
+                let port = host.bind_virq(virq, vcpu).map_err(err)?;
+                put_u32(arg, offset_of!(BindVirq, port), port);
+            }
+            cmd::BIND_PIRQ => {
+                let pirq = get_u32(arg, offset_of!(BindPirq, pirq));
+                if pirq >= me.pirqs() {
+                    return Err(errno::EINVAL);
+                }
+                let port = host.bind_pirq(pirq).map_err(err)?;
+                put_u32(arg, offset_of!(BindPirq, port), port);
+            }
+            cmd::BIND_IPI => {
+                let vcpu = get_u32(arg, offset_of!(BindIpi, vcpu));
+                let port = host.bind_ipi(vcpu).map_err(err)?;
+                put_u32(arg, offset_of!(BindIpi, port), port);
+            }
+            cmd::CLOSE => self.close(caller, port_at(arg)).map_err(err)?,
+            cmd::SEND => self.send(caller, port_at(arg)).map_err(err)?,
+            cmd::UNMASK => match port_at(arg) {
+                0 => {}
+                p => host.unmask(p).map_err(err)?,
+            },
+            cmd::STATUS => {
+                let dom = other(get_u16(arg, offset_of!(Status, dom)))?;
+                let port = get_u32(arg, offset_of!(Status, port));
+                let st = match port {
+                    0 => None,
+                    p => Some(self.status(dom, p).map_err(err)?),
+                };
+                put_status(arg, st);
+            }
+            cmd::BIND_VCPU => {
+                let port = get_u32(arg, offset_of!(BindVcpu, port));
+                let vcpu = get_u32(arg, offset_of!(BindVcpu, vcpu));
+                host.bind_vcpu(port, vcpu).map_err(err)?;
+            }
+            cmd::RESET => {
+                let dom = other(get_u16(arg, offset_of!(Reset, dom)))?;
+                let mut next = Some(1);
+                while let Some(from) = next {
+                    next = self.reset(dom, from, RESET_CHUNK).map_err(err)?;
+                }
+            }
+            cmd::SET_PRIORITY => {
+                let port = get_u32(arg, offset_of!(SetPriority, port));
+                let priority = get_u32(arg, offset_of!(SetPriority, priority));
+                if port >= host.nr_ports() {
+                    return Err(errno::EINVAL);
+                }
+                if !host.abi().has_priorities() {
+                    return Err(errno::ENOSYS);
+                }
+                let priority = u8::try_from(priority)
+                    .ok()
+                    .filter(|p| *p <= 15)
+                    .ok_or(errno::EINVAL)?;
+                match host.set_priority(port, priority) {
+                    // Xen keeps a free port's priority without looking at
+                    // its state; a bind here sets the default anyway.
+                    Ok(()) | Err(Error::NotBound | Error::PortOutOfRange) => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            _ => return Err(errno::ENOSYS),
+        }
+        Ok(())
+    }
+}
+
+/// Writes `evtchn_status`'s `OUT` fields; `None` is the reserved port 0.
+fn put_status(arg: &mut [u8], st: Option<HostStatus>) {
+    let u = offset_of!(Status, u);
+    let (status, vcpu) = match st {
+        None => (stat::CLOSED, 0),
+        Some(st) => {
+            let status = match st.kind {
+                PortKind::Free => stat::CLOSED,
+                PortKind::Unbound { remote } => {
+                    put_u16(arg, u.saturating_add(offset_of!(RemoteEnd, dom)), remote);
+                    stat::UNBOUND
+                }
+                PortKind::Interdomain { remote, port } => {
+                    put_u16(arg, u.saturating_add(offset_of!(RemoteEnd, dom)), remote);
+                    put_u32(arg, u.saturating_add(offset_of!(RemoteEnd, port)), port);
+                    stat::INTERDOMAIN
+                }
+                PortKind::Pirq(n) => {
+                    put_u32(arg, u, n);
+                    stat::PIRQ
+                }
+                PortKind::Virq(n) => {
+                    put_u32(arg, u, n);
+                    stat::VIRQ
+                }
+                PortKind::Ipi | PortKind::Local => stat::IPI,
+            };
+            (status, st.vcpu)
+        }
+    };
+    put_u32(arg, offset_of!(Status, status), status);
+    put_u32(arg, offset_of!(Status, vcpu), vcpu);
+}
