@@ -264,8 +264,8 @@ impl<R: Raise, N: Notify> Domains<R, N> {
 
         let lport = lh.find_free_port()?;
         let rslot = rh.slot(remote_port)?;
-        // Relaxed: the remote lock orders every change but a send's
-        // DROPPED mark, which the compare-exchange below reads.
+        // Relaxed: the remote lock orders every change of the word, a
+        // send's DROPPED mark included.
         let rw = rslot.load(Relaxed);
         if rw & STATE != BOUND
             || kind_of(rw) != K_UNBOUND
@@ -274,31 +274,22 @@ impl<R: Raise, N: Notify> Domains<R, N> {
             return Err(Error::WrongKind);
         }
         lh.install(lport, K_INTERDOMAIN, peer_detail(remote, remote_port), vcpu)?;
-        // Connect the remote end, keeping its notify vCPU and priority. A
-        // send on it may be marking it DROPPED at the same time: the
-        // compare-exchange either reads the mark, or makes that send fail
-        // its own and see an interdomain port (it then waits on the locks
-        // held here and raises the new port).
-        let mut old = rw;
-        loop {
-            let new = bound_word(
+        // Connect the remote end, keeping its notify vCPU and priority.
+        // Release: a lock-free sender on it that reads the connected word
+        // (Acquire) then takes this domain's lock, which orders the rest.
+        rslot.store(
+            bound_word(
                 K_INTERDOMAIN,
                 peer_detail(local, lport),
-                vcpu_of(old),
-                priority_of(old),
-            );
-            // AcqRel: Acquire reads a dropping send's Release (what it sent
-            // happens before the replay below); Release publishes the
-            // connected end to lock-free senders (their Acquire load).
-            match rslot.compare_exchange(old, new, AcqRel, Relaxed) {
-                Ok(_) => break,
-                Err(now) => old = now,
-            }
-        }
+                vcpu_of(rw),
+                priority_of(rw),
+            ),
+            Release,
+        );
         let replay = match mode {
             BindMode::Conservative => !lh.weak.has(Weaken::NoConservativeEvent),
             BindMode::Atomic { .. } => {
-                old & DROPPED != 0 && !lh.weak.has(Weaken::BindIgnoresDropped)
+                rw & DROPPED != 0 && !lh.weak.has(Weaken::BindIgnoresDropped)
             }
         };
         if replay {

@@ -48,8 +48,8 @@ const K_IPI: u64 = 5;
 /// The kind's number: the remote domain of an unbound port, the VIRQ, the
 /// PIRQ; an interdomain port's peer ([`peer_detail`]).
 const DETAIL_SHIFT: u32 = 32;
-/// An unbound port that a send found (and dropped), set once by the send's
-/// compare-exchange and read by the bind that connects the port
+/// An unbound port that a send found (and dropped), set once under the
+/// lock by the first such send and read by the bind that connects the port
 /// ([`BindMode::Atomic`] replays it instead of Xen's conservative event).
 const DROPPED: u64 = 1 << 4;
 /// An interdomain peer's port number in the detail half: 17 bits, FIFO's
@@ -501,8 +501,9 @@ impl<R: Raise, N: Notify> Host<R, N> {
     }
 
     /// Where a send on `port` goes. A send on an unbound port is dropped,
-    /// as Xen drops it, but first marks the port [`DROPPED`], once, so
-    /// that the bind connecting it can replay it.
+    /// as Xen drops it, but the first one marks the port [`DROPPED`] so
+    /// that the bind connecting it can replay it ([`Host::mark_dropped`]).
+    /// Every change of a port's word is made under the lock.
     #[inline]
     pub(crate) fn route(&self, port: u32) -> Result<Route<'_>, Error> {
         let slot = self.slot(port)?;
@@ -519,16 +520,9 @@ impl<R: Raise, N: Notify> Host<R, N> {
                     if w & DROPPED != 0 || self.weak.has(Weaken::UnboundSendNoMark) {
                         return Ok(Route::Dropped);
                     }
-                    // AcqRel: the bind that connects the port reads DROPPED
-                    // with its own read-modify-write (later in this word's
-                    // modification order) and then raises the peer: what
-                    // the sender wrote before this send happens before that
-                    // raise. On failure (Acquire) a bind has changed the
-                    // word: look again (it only ever changes under a bind
-                    // or close, so this retries once per change).
-                    match slot.compare_exchange(w, w | DROPPED, AcqRel, Acquire) {
-                        Ok(_) => return Ok(Route::Dropped),
-                        Err(now) => w = now,
+                    match self.mark_dropped(slot) {
+                        None => return Ok(Route::Dropped),
+                        Some(now) => w = now,
                     }
                 }
                 _ => return Err(Error::WrongKind),
@@ -599,6 +593,26 @@ impl<R: Raise, N: Notify> Host<R, N> {
             self.notify.kick(vcpu);
         }
         Ok(raised)
+    }
+
+    /// Marks unbound `port` ([`Host::route`]) [`DROPPED`], under the lock,
+    /// so that the bind connecting it (which holds the lock) reads the mark
+    /// or, if it came first, this send sees the connected port. Returns the
+    /// word to route again when the port is no longer unbound. Taken at
+    /// most once per unbound life: later sends see the mark and drop.
+    #[cold]
+    fn mark_dropped(&self, slot: &AtomicU64) -> Option<u64> {
+        let _tables = self.lock.lock();
+        // Relaxed: under the lock, which orders every change of the word.
+        let w = slot.load(Relaxed);
+        if w & STATE != BOUND || kind_of(w) != K_UNBOUND {
+            return Some(w);
+        }
+        // Relaxed: under the lock; the bind that connects the port takes
+        // the lock before it reads the mark, so what the sender wrote
+        // before this send happens before the bind's replay.
+        slot.store(w | DROPPED, Relaxed);
+        None
     }
 
     /// `EVTCHNOP_unmask`, the guest's request: clears the guest's mask of
