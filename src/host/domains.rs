@@ -15,7 +15,7 @@ use super::{
     bound_word, kind_of, peer_detail, peer_of, priority_of, vcpu_of, Host, HostStatus, Route,
     BOUND, DROPPED, K_INTERDOMAIN, K_UNBOUND, STATE,
 };
-use crate::abi::Raise;
+use crate::abi::{Raise, Raised};
 use crate::sync::Ordering::*;
 use crate::weaken::Weaken;
 use crate::xen::evtchnop::{DomId, DOMID_FIRST_RESERVED};
@@ -37,6 +37,16 @@ pub enum BindMode {
         /// The notify vCPU.
         vcpu: u32,
     },
+}
+
+/// The vCPU a raise of a peer asks to kick, with the peer's domain.
+type PeerKick<'a, R, N> = Option<(&'a Host<R, N>, u32)>;
+
+/// Kicks the vCPU a raise named, if any.
+fn kick_after<R: Raise, N: Notify>(kick: PeerKick<'_, R, N>) {
+    if let Some((host, vcpu)) = kick {
+        host.notify.kick(vcpu);
+    }
 }
 
 /// One domain: its [`Host`] and what the hypercall surface checks about it.
@@ -319,15 +329,22 @@ impl<R: Raise, N: Notify> Domains<R, N> {
                 Route::Dropped => return Ok(()),
                 Route::Remote(slot) => {
                     if host.weak.has(Weaken::InterdomainSendUnlocked) {
-                        return self.raise_peer(slot.load(Acquire));
+                        // Acquire: as the lock-free route's load.
+                        let kick = self.raise_peer(slot.load(Acquire))?;
+                        kick_after(kick);
+                        return Ok(());
                     }
-                    let _g = host.lock.lock();
+                    let g = host.lock.lock();
                     // Relaxed: under the lock, which orders every change of
                     // an interdomain end.
                     let w = slot.load(Relaxed);
                     if w & STATE == BOUND && kind_of(w) == K_INTERDOMAIN {
                         // The peer cannot be closed while this lock is held.
-                        return self.raise_peer(w);
+                        let kick = self.raise_peer(w)?;
+                        // The kick (an interrupt, a wake-up) outside the lock.
+                        drop(g);
+                        kick_after(kick);
+                        return Ok(());
                     }
                     // Closed (or returned to unbound) since: route again.
                 }
@@ -335,10 +352,18 @@ impl<R: Raise, N: Notify> Domains<R, N> {
         }
     }
 
-    /// Raises the peer that interdomain word `w` names.
-    fn raise_peer(&self, w: u64) -> Result<(), Error> {
+    /// Raises the peer that interdomain word `w` names; returns the vCPU
+    /// to kick, with its domain.
+    fn raise_peer(&self, w: u64) -> Result<PeerKick<'_, R, N>, Error> {
         let (rd, rp) = peer_of(w);
-        self.host(rd)?.raise_bound(rp)
+        let peer = self.host(rd)?;
+        let slot = peer.slot(rp)?;
+        // SeqCst: as in `Host::send`.
+        let raised = peer.abi.set_pending(rp, || vcpu_of(slot.load(SeqCst)))?;
+        Ok(match raised {
+            Raised::Notified { vcpu, kick: true } => Some((peer, vcpu)),
+            _ => None,
+        })
     }
 
     /// `EVTCHNOP_close` by domain `dom`: as [`Host::close`]; an interdomain
