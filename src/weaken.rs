@@ -110,6 +110,10 @@ pub enum Weaken {
     BindIgnoresDropped,
     /// A send on an unbound port drops the event without marking the port.
     UnboundSendNoMark,
+    /// A send on an unbound port that is marked already drops the event
+    /// without the lock: nothing orders it before the bind that connects
+    /// the port.
+    MarkedSendLockFree,
 }
 
 /// The weakness a core object was built with; zero-sized natively.

@@ -1,7 +1,8 @@
-//! Compiles the C guest (`c/guest.c`), the C raiser (`c/raiser.c`) and the
-//! layout table (`c/abi.c`) against Xen's public headers, each C file once
-//! as written and once per deliberately broken variant (the negative
-//! controls), every variant under its own symbol prefix.
+//! Compiles the C guest (`c/guest.c`), the C raiser (`c/raiser.c`), the
+//! hypercall script (`c/ops.c`) and the layout table (`c/abi.c`) against
+//! Xen's public headers, each C file once as written and once per
+//! deliberately broken variant (the negative controls), every variant under
+//! its own symbol prefix.
 
 use std::path::PathBuf;
 
@@ -33,13 +34,14 @@ const BUILDS: &[(&str, &str, &str, Option<&str>)] = &[
         "xr_unmasking_bind_vcpu_",
         Some("XR_BROKEN_BIND_VCPU"),
     ),
+    ("c/ops.c", "XO_PREFIX", "xo_", None),
     ("c/abi.c", "XC_UNUSED", "", None),
 ];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=c");
-    for f in ["c/xc.h", "c/guest.c", "c/raiser.c", "c/abi.c"] {
+    for f in ["c/xc.h", "c/guest.c", "c/raiser.c", "c/ops.c", "c/abi.c"] {
         println!("cargo:rerun-if-changed={f}");
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -68,7 +68,13 @@ impl<R: Raise, N: Notify> Domains<R, N> {
     ///   `unmask` and (FIFO) `set_priority` accept it and do nothing,
     ///   everything else refuses it (`-EINVAL`).
     /// * `reset` closes every port before returning (in chunks; a caller
-    ///   that must stay preemptible calls [`Domains::reset`] itself).
+    ///   that must stay preemptible calls [`Domains::reset`] itself), so
+    ///   `EVTCHNOP_reset_cont` (14) never finds one to continue: `-EBUSY`.
+    ///   Another domain is reset only while it is paused
+    ///   ([`Domains::set_paused`]; `-EINVAL` otherwise, as Xen). A FIFO
+    ///   domain's return to 2-level is its memory's: the embedder
+    ///   intercepts `EVTCHNOP_reset` of a FIFO domain, calls this and then
+    ///   switches its memory.
     #[must_use = "the hypercall's return value goes back to the guest"]
     pub fn dispatch(&self, caller: DomId, cmd: u32, arg: &mut [u8]) -> i32 {
         match self.dispatch_inner(caller, cmd, arg) {
@@ -87,7 +93,7 @@ impl<R: Raise, N: Notify> Domains<R, N> {
             cmd::ALLOC_UNBOUND => size_of::<AllocUnbound>(),
             cmd::BIND_IPI => size_of::<BindIpi>(),
             cmd::BIND_VCPU => size_of::<BindVcpu>(),
-            cmd::RESET => size_of::<Reset>(),
+            cmd::RESET | cmd::RESET_CONT => size_of::<Reset>(),
             cmd::SET_PRIORITY => size_of::<SetPriority>(),
             _ => return Err(errno::ENOSYS),
         };
@@ -97,21 +103,31 @@ impl<R: Raise, N: Notify> Domains<R, N> {
         let me = self.domain(caller).map_err(err)?;
         let host = me.host();
         let self_or = |d: DomId| if d == DOMID_SELF { caller } else { d };
-        // Another domain: it must exist (ESRCH), then the caller must be
-        // privileged (EPERM), in Xen's order.
-        let other = |d: DomId| -> Result<DomId, i32> {
+        // A domain the argument names: it must exist (ESRCH).
+        let named = |d: DomId| -> Result<DomId, i32> {
             let d = self_or(d);
             self.domain(d).map_err(err)?;
-            if d != caller && !me.is_privileged() {
-                return Err(errno::EPERM);
-            }
             Ok(d)
+        };
+        // Acting on another domain needs a privileged caller (Xen's XSM
+        // default; EPERM), checked where Xen checks it.
+        let permit = |d: DomId| -> Result<(), i32> {
+            if d != caller && !me.is_privileged() {
+                Err(errno::EPERM)
+            } else {
+                Ok(())
+            }
         };
         let port_at = |a: &[u8]| get_u32(a, offset_of!(PortArg, port));
         match cmd {
             cmd::ALLOC_UNBOUND => {
-                let dom = other(get_u16(arg, offset_of!(AllocUnbound, dom)))?;
+                let dom = named(get_u16(arg, offset_of!(AllocUnbound, dom)))?;
                 let remote = self_or(get_u16(arg, offset_of!(AllocUnbound, remote_dom)));
+                // Xen finds the free port (ENOSPC) before it asks XSM.
+                if permit(dom).is_err() {
+                    self.host(dom).map_err(err)?.free_port().map_err(err)?;
+                }
+                permit(dom)?;
                 let port = self.alloc_unbound(dom, remote).map_err(err)?;
                 put_u32(arg, offset_of!(AllocUnbound, port), port);
             }
@@ -149,8 +165,13 @@ impl<R: Raise, N: Notify> Domains<R, N> {
                 p => host.unmask(p).map_err(err)?,
             },
             cmd::STATUS => {
-                let dom = other(get_u16(arg, offset_of!(Status, dom)))?;
+                let dom = named(get_u16(arg, offset_of!(Status, dom)))?;
                 let port = get_u32(arg, offset_of!(Status, port));
+                // Xen checks the port (EINVAL) before XSM.
+                if port >= self.host(dom).map_err(err)?.nr_ports() {
+                    return Err(errno::EINVAL);
+                }
+                permit(dom)?;
                 let st = match port {
                     0 => None,
                     p => Some(self.status(dom, p).map_err(err)?),
@@ -162,8 +183,18 @@ impl<R: Raise, N: Notify> Domains<R, N> {
                 let vcpu = get_u32(arg, offset_of!(BindVcpu, vcpu));
                 host.bind_vcpu(port, vcpu).map_err(err)?;
             }
-            cmd::RESET => {
-                let dom = other(get_u16(arg, offset_of!(Reset, dom)))?;
+            cmd::RESET | cmd::RESET_CONT => {
+                let dom = named(get_u16(arg, offset_of!(Reset, dom)))?;
+                permit(dom)?;
+                // Another domain only while its controller has it paused.
+                if dom != caller && !self.domain(dom).map_err(err)?.is_paused() {
+                    return Err(errno::EINVAL);
+                }
+                // Every reset here runs to the end: none is ever left to
+                // continue.
+                if cmd == cmd::RESET_CONT {
+                    return Err(errno::EBUSY);
+                }
                 let mut next = Some(1);
                 while let Some(from) = next {
                     next = self.reset(dom, from, RESET_CHUNK).map_err(err)?;

@@ -16,7 +16,7 @@ use super::{
     BOUND, DROPPED, K_INTERDOMAIN, K_UNBOUND, STATE,
 };
 use crate::abi::{Raise, Raised};
-use crate::sync::Ordering::*;
+use crate::sync::{AtomicBool, Ordering::*};
 use crate::weaken::Weaken;
 use crate::xen::evtchnop::{DomId, DOMID_FIRST_RESERVED};
 use crate::{Error, Notify};
@@ -54,6 +54,8 @@ pub struct Domain<R: Raise, N: Notify = ()> {
     host: Host<R, N>,
     privileged: bool,
     nr_pirqs: u32,
+    /// Paused by its controller ([`Domains::set_paused`]).
+    paused: AtomicBool,
 }
 
 impl<R: Raise, N: Notify> core::fmt::Debug for Domain<R, N> {
@@ -62,6 +64,7 @@ impl<R: Raise, N: Notify> core::fmt::Debug for Domain<R, N> {
             .field("host", &self.host)
             .field("privileged", &self.privileged)
             .field("nr_pirqs", &self.nr_pirqs)
+            .field("paused", &self.is_paused())
             .finish()
     }
 }
@@ -74,6 +77,7 @@ impl<R: Raise, N: Notify> Domain<R, N> {
             host,
             privileged: false,
             nr_pirqs: 0,
+            paused: AtomicBool::new(false),
         }
     }
 
@@ -106,6 +110,12 @@ impl<R: Raise, N: Notify> Domain<R, N> {
 
     pub(super) fn pirqs(&self) -> u32 {
         self.nr_pirqs
+    }
+
+    pub(super) fn is_paused(&self) -> bool {
+        // Acquire: pairs with `set_paused`'s Release (the controller paused
+        // the domain, then asked for the reset).
+        self.paused.load(Acquire)
     }
 }
 
@@ -203,6 +213,20 @@ impl<R: Raise, N: Notify> Domains<R, N> {
             next = self.reset(id, from, u32::MAX)?;
         }
         Ok(self.doms.remove(at).1)
+    }
+
+    /// Records whether domain `id` is paused by its controller: another
+    /// domain's `EVTCHNOP_reset` ([`Domains::dispatch`]) is refused
+    /// (`EINVAL`) unless it is, as Xen refuses to reset a running domain.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchDomain`].
+    pub fn set_paused(&self, id: DomId, paused: bool) -> Result<(), Error> {
+        // Release: what the controller did before pausing is seen by the
+        // reset that reads the flag (Acquire).
+        self.domain(id)?.paused.store(paused, Release);
+        Ok(())
     }
 
     /// Domain `id`.

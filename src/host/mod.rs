@@ -48,8 +48,9 @@ const K_IPI: u64 = 5;
 /// The kind's number: the remote domain of an unbound port, the VIRQ, the
 /// PIRQ; an interdomain port's peer ([`peer_detail`]).
 const DETAIL_SHIFT: u32 = 32;
-/// An unbound port that a send found (and dropped), set once under the
-/// lock by the first such send and read by the bind that connects the port
+/// An unbound port that a send found (and dropped), set under the lock by
+/// the first such send (every such send takes the lock) and read by the
+/// bind that connects the port
 /// ([`BindMode::Atomic`] replays it instead of Xen's conservative event).
 const DROPPED: u64 = 1 << 4;
 /// An interdomain peer's port number in the detail half: 17 bits, FIFO's
@@ -431,6 +432,17 @@ impl<R: Raise, N: Notify> Host<R, N> {
         self.install(port, kind, detail, vcpu)
     }
 
+    /// The port a bind would take now (the lowest free one not above
+    /// [`Host::max_port`]); changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoFreePort`].
+    pub fn free_port(&self) -> Result<u32, Error> {
+        let _tables = self.lock.lock();
+        self.find_free_port()
+    }
+
     /// The lowest free port not above [`Host::max_port`]; changes nothing.
     /// Call with the lock held.
     pub(crate) fn find_free_port(&self) -> Result<u32, Error> {
@@ -501,8 +513,9 @@ impl<R: Raise, N: Notify> Host<R, N> {
     }
 
     /// Where a send on `port` goes. A send on an unbound port is dropped,
-    /// as Xen drops it, but the first one marks the port [`DROPPED`] so
-    /// that the bind connecting it can replay it ([`Host::mark_dropped`]).
+    /// as Xen drops it, under the lock, and the first one marks the port
+    /// [`DROPPED`] so that the bind connecting it can replay it
+    /// ([`Host::mark_dropped`]).
     /// Every change of a port's word is made under the lock.
     #[inline]
     pub(crate) fn route(&self, port: u32) -> Result<Route<'_>, Error> {
@@ -517,9 +530,14 @@ impl<R: Raise, N: Notify> Host<R, N> {
                 K_LOCAL | K_IPI => return Ok(Route::Raise(slot)),
                 K_INTERDOMAIN => return Ok(Route::Remote(slot)),
                 K_UNBOUND => {
-                    if w & DROPPED != 0 || self.weak.has(Weaken::UnboundSendNoMark) {
+                    if w & DROPPED != 0 && self.weak.has(Weaken::MarkedSendLockFree) {
                         return Ok(Route::Dropped);
                     }
+                    // Every send on an unbound port takes the lock, marked
+                    // or not (as Xen's per-channel lock): a later send must
+                    // happen before the bind that replays the mark, or the
+                    // replayed run may miss what it wrote (loom S26's two
+                    // sends).
                     match self.mark_dropped(slot) {
                         None => return Ok(Route::Dropped),
                         Some(now) => w = now,
@@ -597,9 +615,9 @@ impl<R: Raise, N: Notify> Host<R, N> {
 
     /// Marks unbound `port` ([`Host::route`]) [`DROPPED`], under the lock,
     /// so that the bind connecting it (which holds the lock) reads the mark
-    /// or, if it came first, this send sees the connected port. Returns the
-    /// word to route again when the port is no longer unbound. Taken at
-    /// most once per unbound life: later sends see the mark and drop.
+    /// and the send happens before it, or, if the bind came first, this
+    /// send sees the connected port. Returns the word to route again when
+    /// the port is no longer unbound.
     #[cold]
     fn mark_dropped(&self, slot: &AtomicU64) -> Option<u64> {
         let _tables = self.lock.lock();
@@ -607,6 +625,10 @@ impl<R: Raise, N: Notify> Host<R, N> {
         let w = slot.load(Relaxed);
         if w & STATE != BOUND || kind_of(w) != K_UNBOUND {
             return Some(w);
+        }
+        if w & DROPPED != 0 || self.weak.has(Weaken::UnboundSendNoMark) {
+            // Marked already; the lock still orders this send before the bind.
+            return None;
         }
         // Relaxed: under the lock; the bind that connects the port takes
         // the lock before it reads the mark, so what the sender wrote

@@ -37,6 +37,7 @@ mod lock;
 pub(crate) use imp::atomic::fence;
 pub(crate) use imp::atomic::AtomicPtr;
 pub(crate) use imp::atomic::Ordering;
+pub(crate) use imp::atomic::AtomicBool;
 pub use imp::atomic::{AtomicU32, AtomicU64, AtomicU8};
 #[allow(unused_imports)]
 pub(crate) use imp::spin_loop;

@@ -2,7 +2,7 @@
 
 pub(crate) mod atomic {
     #[allow(unused_imports)]
-    pub use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+    pub use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 }
 
 #[allow(dead_code)]

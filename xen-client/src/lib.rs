@@ -7,6 +7,10 @@
 //! * [`CRaiser`]: a Xen-style hypervisor raise side in C (`c/raiser.c`) over
 //!   the same memory, serving Xen's `EVTCHNOP_*` commands, for evtchn's
 //!   guest side to run against.
+//! * [`run_ops_script`]: a C script (`c/ops.c`) of `EVTCHNOP_*` calls, all
+//!   14 commands with the argument structures of Xen's header, made by two
+//!   domains through a raw hypercall gate into evtchn's
+//!   `Domains::dispatch`, each value checked against Xen's behaviour.
 //! * [`xen_abi`]: Xen's hypercall argument structs, checked against the C
 //!   compiler's view of Xen's headers ([`c_abi_layout`]).
 //! * [`harness`]: what the tests share: vCPU wake-ups, a small random number
@@ -16,12 +20,14 @@
 //! Memory is allocated by Rust (evtchn's layouts are Xen's, bit for bit) and
 //! lent to the C code for the lifetime `'a` of the wrapper.
 
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
+use evtchn::xen::evtchnop::{self as op, DomId};
 use evtchn::xen::fifo::{ControlBlock, EventWord};
 use evtchn::xen::{SharedInfo, VcpuInfo, LEGACY_MAX_VCPUS};
+use evtchn::{Domains, Notify, Raise};
 
 pub mod harness;
 pub mod xen_abi;
@@ -281,6 +287,16 @@ extern "C" {
     static xr_broken_unmask_ops: RaiserOps;
     static xr_unmasking_bind_vcpu_ops: RaiserOps;
     fn xc_abi_layout(out: *mut u32, n: u32) -> u32;
+    fn xo_run(
+        hc: HypercallFn,
+        front: *mut c_void,
+        back: *mut c_void,
+        cfg: *const XoConfig,
+        log: LogFn,
+        log_ctx: *mut c_void,
+        report: *mut XoReport,
+    ) -> c_int;
+    fn xo_errnos(out: *mut i32);
 }
 
 /// Which build of `c/guest.c`.
@@ -740,5 +756,251 @@ pub fn c_abi_layout() -> Vec<u32> {
     let mut v = vec![0u32; n as usize];
     // SAFETY: `v` holds `n` elements.
     unsafe { xc_abi_layout(v.as_mut_ptr(), n) };
+    v
+}
+
+// ---- the raw gate into `Domains::dispatch` and the script of `c/ops.c` ----
+
+/// How the raw gate under `c/ops.c` hands a call to `Domains::dispatch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GateVariant {
+    /// As Xen's `do_event_channel_op`: copy the command's structure in,
+    /// dispatch, copy it back only when the call returned 0.
+    Xen,
+    /// Negative control: every bind answers its port plus one.
+    BindPortPlusOne,
+    /// Negative control: nothing is ever copied back.
+    NoCopyOut,
+}
+
+/// The size of `cmd`'s argument structure (`evtchn::xen::evtchnop`'s copy
+/// of Xen's header); `None` for a command Xen does not know.
+fn arg_size(cmd: u32) -> Option<usize> {
+    use std::mem::size_of;
+    Some(match cmd {
+        op::cmd::BIND_INTERDOMAIN => size_of::<op::BindInterdomain>(),
+        op::cmd::BIND_VIRQ => size_of::<op::BindVirq>(),
+        op::cmd::BIND_PIRQ => size_of::<op::BindPirq>(),
+        op::cmd::CLOSE => size_of::<op::Close>(),
+        op::cmd::SEND => size_of::<op::Send>(),
+        op::cmd::STATUS => size_of::<op::Status>(),
+        op::cmd::ALLOC_UNBOUND => size_of::<op::AllocUnbound>(),
+        op::cmd::BIND_IPI => size_of::<op::BindIpi>(),
+        op::cmd::BIND_VCPU => size_of::<op::BindVcpu>(),
+        op::cmd::UNMASK => size_of::<op::Unmask>(),
+        op::cmd::RESET | op::cmd::RESET_CONT => size_of::<op::Reset>(),
+        op::cmd::INIT_CONTROL => size_of::<op::InitControl>(),
+        op::cmd::EXPAND_ARRAY => size_of::<op::ExpandArray>(),
+        op::cmd::SET_PRIORITY => size_of::<op::SetPriority>(),
+        _ => return None,
+    })
+}
+
+/// Where a bind command's `OUT` port lies in its structure.
+fn bind_port_offset(cmd: u32) -> Option<usize> {
+    use std::mem::offset_of;
+    Some(match cmd {
+        op::cmd::BIND_INTERDOMAIN => offset_of!(op::BindInterdomain, local_port),
+        op::cmd::BIND_VIRQ => offset_of!(op::BindVirq, port),
+        op::cmd::BIND_PIRQ => offset_of!(op::BindPirq, port),
+        op::cmd::ALLOC_UNBOUND => offset_of!(op::AllocUnbound, port),
+        op::cmd::BIND_IPI => offset_of!(op::BindIpi, port),
+        _ => return None,
+    })
+}
+
+/// One domain's hypercall gate: the `ctx` [`dispatch_gate`] receives.
+struct Gate<'a, R: Raise, N: Notify> {
+    doms: &'a Domains<R, N>,
+    caller: DomId,
+    variant: GateVariant,
+}
+
+/// `HYPERVISOR_event_channel_op(cmd, arg)` of the gate's domain, served by
+/// `Domains::dispatch`: the command's structure is copied in (nothing for
+/// an unknown command or a null `arg`, which dispatch answers with
+/// `-ENOSYS` and `-EFAULT`), dispatched, and copied back only on 0, as
+/// Xen's `copy_to_guest` of the `OUT` fields.
+///
+/// # Safety
+///
+/// `ctx` points to a live `Gate<R, N>`; `arg` is null or points to the
+/// structure Xen's header defines for `cmd`, valid for reads and writes of
+/// its size.
+unsafe extern "C" fn dispatch_gate<R: Raise, N: Notify>(
+    ctx: *mut c_void,
+    cmd: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    // SAFETY: run_ops_script lends a `&Gate<R, N>` as ctx for the whole run.
+    let gate = unsafe { &*ctx.cast::<Gate<'_, R, N>>() };
+    // Xen reads `int cmd`; a negative one is unknown, as u32::MAX is.
+    let cmd = u32::try_from(cmd).unwrap_or(u32::MAX);
+    let size = if arg.is_null() {
+        0
+    } else {
+        arg_size(cmd).unwrap_or(0)
+    };
+    let mut bytes = vec![0u8; size];
+    if size > 0 {
+        // SAFETY: arg is the structure of `cmd` (the caller's contract),
+        // `size` bytes readable; `bytes` is a distinct buffer of that size.
+        unsafe { std::ptr::copy_nonoverlapping(arg.cast::<u8>(), bytes.as_mut_ptr(), size) };
+    }
+    let rc = gate.doms.dispatch(gate.caller, cmd, &mut bytes);
+    if rc == 0 && size > 0 && gate.variant != GateVariant::NoCopyOut {
+        if gate.variant == GateVariant::BindPortPlusOne {
+            if let Some(b) = bind_port_offset(cmd).and_then(|o| bytes.get_mut(o..o + 4)) {
+                let port = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]).wrapping_add(1);
+                b.copy_from_slice(&port.to_ne_bytes());
+            }
+        }
+        // SAFETY: as above, `size` bytes of arg are writable.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), arg.cast::<u8>(), size) };
+    }
+    rc
+}
+
+type LogFn = unsafe extern "C" fn(*mut c_void, *const c_char);
+
+/// Appends a line of `c/ops.c` to the `Vec<String>` behind `ctx`.
+///
+/// # Safety
+///
+/// `ctx` points to a `Vec<String>` nothing else uses during the call;
+/// `line` is a NUL-terminated string.
+unsafe extern "C" fn log_line(ctx: *mut c_void, line: *const c_char) {
+    // SAFETY: run_ops_script lends its `&mut Vec<String>` as ctx, and the C
+    // script is single-threaded: no other reference is in use.
+    let lines = unsafe { &mut *ctx.cast::<Vec<String>>() };
+    // SAFETY: the C script passes a buffer it formatted with vsnprintf.
+    let line = unsafe { CStr::from_ptr(line) };
+    lines.push(line.to_string_lossy().into_owned());
+}
+
+/// `struct xo_config` of `c/ops.c`.
+#[repr(C)]
+struct XoConfig {
+    front: u16,
+    back: u16,
+    absent: u16,
+    pad: u16,
+    nr_ports: u32,
+    nr_vcpus: u32,
+    front_pirqs: u32,
+    fifo: u32,
+}
+
+/// `struct xo_report` of `c/ops.c`.
+#[repr(C)]
+#[derive(Default)]
+struct XoReport {
+    compared: u64,
+    failures: u64,
+    diverged: u64,
+    hypercalls: u64,
+}
+
+/// The domains and limits the script of `c/ops.c` runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpsConfig {
+    /// The frontend: the script's own domain, unprivileged.
+    pub front: DomId,
+    /// The backend: privileged.
+    pub back: DomId,
+    /// An id no domain has.
+    pub absent: DomId,
+    /// Ports per domain, port 0 included (16 ..= 1024).
+    pub nr_ports: u32,
+    /// vCPUs per domain (at least 2).
+    pub nr_vcpus: u32,
+    /// The frontend's PIRQs (at least 8).
+    pub front_pirqs: u32,
+    /// Both domains run the FIFO ABI (`EVTCHNOP_set_priority` works).
+    pub fifo: bool,
+}
+
+/// What the script of `c/ops.c` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpsOutcome {
+    /// Values compared (return values, `OUT` fields, status fields).
+    pub compared: u64,
+    /// Values that differed from Xen's.
+    pub failures: u64,
+    /// Values that differed from Xen's in a way the script knows (each
+    /// also a line, saying why).
+    pub diverged: u64,
+    /// Hypercalls made.
+    pub hypercalls: u64,
+    /// One line per failure and per known divergence, in order.
+    pub lines: Vec<String>,
+}
+
+/// Runs the script of `c/ops.c` against `doms`: its calls as
+/// `cfg.front` and `cfg.back` go through a raw `extern "C"` gate (as `variant`
+/// says) into `doms.dispatch`.
+///
+/// # Panics
+///
+/// If the script refuses `cfg` (outside the sizes it covers).
+pub fn run_ops_script<R: Raise, N: Notify>(
+    doms: &Domains<R, N>,
+    cfg: &OpsConfig,
+    variant: GateVariant,
+) -> OpsOutcome {
+    let front = Gate {
+        doms,
+        caller: cfg.front,
+        variant,
+    };
+    let back = Gate {
+        doms,
+        caller: cfg.back,
+        variant,
+    };
+    let c = XoConfig {
+        front: cfg.front,
+        back: cfg.back,
+        absent: cfg.absent,
+        pad: 0,
+        nr_ports: cfg.nr_ports,
+        nr_vcpus: cfg.nr_vcpus,
+        front_pirqs: cfg.front_pirqs,
+        fifo: u32::from(cfg.fifo),
+    };
+    let mut lines: Vec<String> = Vec::new();
+    let mut report = XoReport::default();
+    // SAFETY: the gates, the config, the line vector and the report live
+    // until the call returns, and the C script keeps none of them; the
+    // gates match `dispatch_gate::<R, N>`, the vector `log_line`.
+    let rc = unsafe {
+        xo_run(
+            dispatch_gate::<R, N>,
+            ctx(&front),
+            ctx(&back),
+            &c,
+            log_line,
+            std::ptr::from_mut(&mut lines).cast(),
+            &mut report,
+        )
+    };
+    assert_eq!(rc, 0, "c/ops.c refused the configuration {cfg:?}");
+    OpsOutcome {
+        compared: report.compared,
+        failures: report.failures,
+        diverged: report.diverged,
+        hypercalls: report.hypercalls,
+        lines,
+    }
+}
+
+/// The `<xen/errno.h>` numbers `c/ops.c` expects: `XEN_EPERM`, `XEN_ENOENT`,
+/// `XEN_ESRCH`, `XEN_EFAULT`, `XEN_EEXIST`, `XEN_EINVAL`, `XEN_ENOSPC`,
+/// `XEN_ENOSYS`.
+#[must_use]
+pub fn c_xen_errnos() -> [i32; 8] {
+    let mut v = [0i32; 8];
+    // SAFETY: `v` holds the 8 values the function writes.
+    unsafe { xo_errnos(v.as_mut_ptr()) };
     v
 }

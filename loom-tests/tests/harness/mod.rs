@@ -41,6 +41,7 @@ use std::sync::atomic::AtomicBool as GhostBool;
 // active thread, and dropping a loom Arc then would abort the process.
 use loom::thread::{self, JoinHandle, Thread};
 use std::sync::Arc;
+pub mod domains;
 
 /// The 2-level ABI of the models: one pending word (64 ports).
 pub type TwoL = TwoLevel<OwnedMemory>;
