@@ -35,9 +35,9 @@ mod lock;
 #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
 #[allow(unused_imports)]
 pub(crate) use imp::atomic::fence;
+pub(crate) use imp::atomic::AtomicBool;
 pub(crate) use imp::atomic::AtomicPtr;
 pub(crate) use imp::atomic::Ordering;
-pub(crate) use imp::atomic::AtomicBool;
 pub use imp::atomic::{AtomicU32, AtomicU64, AtomicU8};
 #[allow(unused_imports)]
 pub(crate) use imp::spin_loop;
