@@ -35,6 +35,7 @@ mod lock;
 #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
 #[allow(unused_imports)]
 pub(crate) use imp::atomic::fence;
+#[cfg(feature = "alloc")]
 pub(crate) use imp::atomic::AtomicBool;
 pub(crate) use imp::atomic::AtomicPtr;
 pub(crate) use imp::atomic::Ordering;
