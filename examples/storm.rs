@@ -51,6 +51,18 @@
 //! (handler runs that found no new send: the racing coalesced kind), lost
 //! wake-ups. It ends with the runs side by side and exits non-zero if any
 //! check failed.
+//!
+//! `--interdomain` runs the hypervisor side instead (`Domains`; see the
+//! `interdomain` module): backend domains send on their ports to a frontend
+//! domain that binds them (Xen's conservative bind and the atomic one in
+//! turn), moves them between its vCPUs and closes and binds them again
+//! while the sends fly, its vCPU threads running a Linux-like guest over
+//! the deliver half of its memory. It ends with a two-line summary and exits
+//! non-zero if a check failed.
+//!
+//! ```text
+//! cargo run --release --example storm -- --interdomain --abi fifo --secs 10
+//! ```
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -60,7 +72,8 @@ use std::time::{Duration, Instant};
 
 use clap::builder::RangedU64ValueParser;
 use clap::error::ErrorKind;
-use clap::{value_parser, CommandFactory, Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{value_parser, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use hdrhistogram::Histogram;
 
 use evtchn::{Bind, Channels, Fifo, OwnedFifo, OwnedMemory, Policy, Port, PortOps, TwoLevel};
@@ -79,6 +92,23 @@ enum Abi {
     #[value(name = "2l", alias = "2-level", alias = "twolevel")]
     TwoLevel,
     Fifo,
+}
+
+/// A fault the interdomain storm plants in its own guest or backends, to
+/// show that its checks report it (a negative control; the core's own
+/// weakenings exist only under loom and shuttle).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SelfCheck {
+    /// The frontend clears its new port's pending bit as it binds it (as a
+    /// guest wiping a reused number's stale state would), throwing away the
+    /// conservative event and the replay: `lost` must be reported.
+    ClearOnBind,
+    /// The backends send without the hypervisor's lock: each reads its
+    /// port's peer and raises the frontend's port by hand through the raise
+    /// half (what `Weaken::InterdomainSendUnlocked` does to the core), with
+    /// a yield in between standing for a preemption: a raise lands on a
+    /// port the frontend has closed, and `stale` must be reported.
+    UnlockedSend,
 }
 
 /// One run: a policy and its throttles.
@@ -139,7 +169,7 @@ struct Args {
     /// Storm ports, 1..=4000
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = whole_in(1, 4000))]
     ports: usize,
-    /// Sender threads, 1..=16
+    /// Sender threads (per backend with --interdomain), 1..=16
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = whole_in(1, 16))]
     senders: usize,
     /// Seconds per run, decimals allowed
@@ -148,7 +178,10 @@ struct Args {
     /// Offered load in multiples of one vCPU's capacity
     #[arg(long, value_name = "X", default_value_t = 1.5, value_parser = real_in(0.01, 100.0))]
     load: f64,
-    /// Handler work per event in microseconds
+    /// Handler work per event in microseconds (2 by default with
+    /// --interdomain, where a frontend vCPU with 10 µs runs saturates two
+    /// cores and slows its control plane down to a few hundred binds a
+    /// second)
     #[arg(
         long = "work",
         value_name = "US",
@@ -156,7 +189,8 @@ struct Args {
         value_parser = real_in(0.0, 10_000.0)
     )]
     work_us: f64,
-    /// Handler runs per upcall in +budget runs
+    /// Handler runs per upcall in +budget runs (and in every upcall of the
+    /// --interdomain frontend)
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = whole_in(1, 1 << 20))]
     budget: usize,
     /// Period of the rebalancer in +rebalance runs, in milliseconds
@@ -167,7 +201,54 @@ struct Args {
         value_parser = value_parser!(u64).range(1..=60_000)
     )]
     rebalance_ms: u64,
+    /// The interdomain storm instead: backend domains send to a frontend
+    /// domain that binds, moves, closes and binds their channels again
+    #[arg(long, conflicts_with_all = ["policy", "load", "rebalance_ms"])]
+    interdomain: bool,
+    /// Backend domains of --interdomain (dom0, dom2, dom3, ...), 1..=8
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 3,
+        value_parser = whole_in(1, 8),
+        requires = "interdomain"
+    )]
+    backends: usize,
+    /// Channels per backend of --interdomain, 1..=1000 (4000 in all at most)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 32,
+        value_parser = whole_in(1, 1000),
+        requires = "interdomain"
+    )]
+    channels: usize,
+    /// Sends per second of --interdomain, all backends together
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 200_000.0,
+        value_parser = real_in(1.0, 1e9),
+        requires = "interdomain"
+    )]
+    rate: f64,
+    /// Pause of the --interdomain frontend between two of its binds, moves
+    /// or closes, in microseconds
+    #[arg(
+        long,
+        value_name = "US",
+        default_value_t = 100,
+        value_parser = value_parser!(u64).range(0..=1_000_000),
+        requires = "interdomain"
+    )]
+    churn_us: u64,
+    /// A fault planted in the --interdomain storm, to see its checks fail
+    #[arg(long, value_name = "FAULT", value_enum, requires = "interdomain")]
+    self_check: Option<SelfCheck>,
 }
+
+/// The handler work of `--interdomain` unless `--work` says otherwise.
+const INTERDOMAIN_WORK_US: f64 = 2.0;
 
 /// A parser of a whole number in `lo..=hi`.
 fn whole_in(lo: u64, hi: u64) -> RangedU64ValueParser<usize> {
@@ -221,12 +302,24 @@ fn parse_runs(list: &str, budget: usize) -> Result<Vec<RunSpec>, String> {
 /// Parses the command line; on an error or `--help`, clap prints and exits
 /// (with status 2 on an error).
 fn parse_args() -> Args {
-    let mut args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if args.interdomain && matches.value_source("work_us") == Some(ValueSource::DefaultValue) {
+        args.work_us = INTERDOMAIN_WORK_US;
+    }
     match parse_runs(&args.policy, args.budget) {
         Ok(runs) => args.runs = runs,
         Err(msg) => Args::command()
             .error(ErrorKind::ValueValidation, format!("--policy: {msg}"))
             .exit(),
+    }
+    if args.interdomain && args.backends * args.channels > 4000 {
+        Args::command()
+            .error(
+                ErrorKind::ValueValidation,
+                "--backends times --channels: at most 4000 channels",
+            )
+            .exit()
     }
     args
 }
@@ -1002,6 +1095,9 @@ fn print_summary(results: &[RunResult]) {
 
 fn main() -> ExitCode {
     let args = parse_args();
+    if args.interdomain {
+        return interdomain::main(&args);
+    }
     // Enough port numbers for the storm (port 0 is never bound).
     let nr_ports = args.ports + 1;
     let words = nr_ports.div_ceil(64);
@@ -1065,5 +1161,964 @@ fn main() -> ExitCode {
     } else {
         eprintln!("storm: contract violated");
         ExitCode::FAILURE
+    }
+}
+
+/// The interdomain storm (`--interdomain`): the hypervisor side
+/// ([`Domains`]) under the set-up race, `bind_vcpu` and close/re-bind, with
+/// a Linux-like frontend guest written here over the deliver half of its
+/// memory.
+///
+/// Domains: the frontend, dom1, with `--vcpus` vCPU threads; `--backends`
+/// backends (dom0, dom2, dom3, ...), each offering `--channels` ports to
+/// the frontend (`alloc_unbound`) and sending on them from `--senders`
+/// threads at `--rate` sends per second in all, from the start: before the
+/// frontend has bound anything, while it binds, and on. A channel is one
+/// backend port; the frontend connects it to one of its own ports and may
+/// close that end and connect the channel again later, each connection a
+/// *life* with a generation of its own.
+///
+/// The frontend's guest, as Linux's: every port of its memory masked at
+/// boot (the FIFO event array's pages mapped and masked first); a table
+/// from its port numbers to (channel, generation), and the vCPU it binds
+/// each port to (Linux's `cpu_evtchn_mask`). Its vCPU threads run upcalls
+/// (`Deliver::scan_bounded`, `--budget` handler runs each) and halt until
+/// kicked; on 2-level an upcall leaves a port bound to another vCPU alone
+/// (Linux's scan sees only its own), on FIFO it runs every event it takes
+/// off its queues where it found it (Linux's `consume_one`). A control
+/// thread (the frontend's control plane) picks a channel at random every
+/// `--churn-us`: an unbound one is bound (`bind_interdomain`, Xen's
+/// `BindMode::Conservative` and `BindMode::Atomic` on a random vCPU in
+/// turn), then entered in the table and unmasked (its own conditional
+/// unmask, `EVTCHNOP_unmask` when pending); a connected one is closed (one
+/// time in three: masked, `Domains::close`, removed from the table, then a
+/// grace period that waits for every upcall that may still hold the old
+/// entry, as Linux's event-channel lock does) or moved (masked,
+/// `Host::bind_vcpu`, table, unmasked). About a quarter of the channels
+/// are unbound at any time, and the backends send into them.
+///
+/// Accounting: each sender counts a send on its channel (`sent`) before
+/// `Domains::send`, and `done` after it; a handler run reads `sent` and
+/// records the highest value it saw in the life's record (its generation
+/// and that count, one word). When the frontend closes a life it reads
+/// `sent` (the life's `floor`): a send counted beyond it cannot have
+/// raised the closed end (it would have held the backend's lock before the
+/// close took it, and the close's return would show its count), so it is
+/// dropped while unbound or raises the next life. The checks:
+///
+/// * `lost` (C1): at the end (senders stopped, every upcall drained) every
+///   connected life whose channel was sent on past its floor has seen the
+///   last send (counted: the sends between the floor, or the last one
+///   seen, and the last). This is checked twice: on the lives the storm
+///   left, and after a final set-up round in which the frontend closes
+///   every channel, each backend sends once more (dropped: nobody is
+///   connected) and the frontend binds every channel again, so each last
+///   send exists only as the conservative event or the atomic bind's
+///   replay.
+/// * `replay_missing`: an atomic bind after which the port is not pending
+///   (still masked, nobody can have taken it), although a send past the
+///   floor had returned (`done`) before the bind began: that send was
+///   dropped, so the port is marked, and the bind must replay it.
+/// * `no_conservative`: a conservative bind that left the new port not
+///   pending.
+/// * `stale`: a frontend port found pending while free (after its close,
+///   before its next bind, and every free port at the end): a raise of a
+///   closed channel, which would land on the next life of the number.
+/// * `crossed`: a handler run for a life that has ended (its generation is
+///   not the channel's current one).
+/// * `wrong_status`: after a bind or a move, `status` of either end not
+///   what was asked (kind, peer, notify vCPU).
+/// * `still_pending` (a connected port pending once every upcall is
+///   drained), lost wake-ups, errors.
+mod interdomain {
+    use std::sync::atomic::AtomicU32;
+
+    use evtchn::xen::evtchnop::DomId;
+    use evtchn::{BindMode, Deliver, Delivery, Domain, Domains, GuestUnmask, Host, PortKind};
+
+    use super::*;
+
+    /// The frontend's domain id.
+    const FRONT: DomId = 1;
+    /// Low bits of a life word: the highest send count its runs saw.
+    const SEEN_BITS: u32 = 40;
+    const SEEN: u64 = (1 << SEEN_BITS) - 1;
+    /// Generations wrap at 2^24 (a life word's high bits).
+    const GEN_MASK: u64 = (1 << (64 - SEEN_BITS)) - 1;
+
+    /// Backend `i`'s domain id: 0, 2, 3, ... (the frontend is 1).
+    fn backend_id(i: usize) -> DomId {
+        let i = DomId::try_from(i).unwrap_or(DomId::MAX);
+        if i == 0 {
+            0
+        } else {
+            i.saturating_add(1)
+        }
+    }
+
+    /// One channel: a backend's port, and its accounting.
+    #[repr(align(128))]
+    struct Chan {
+        dom: DomId,
+        port: u32,
+        /// Sends counted so far (before each send).
+        sent: AtomicU64,
+        /// Sends returned so far.
+        done: AtomicU64,
+        /// The current life: its generation above [`SEEN_BITS`], the
+        /// highest `sent` a run of it observed below.
+        life: AtomicU64,
+    }
+
+    /// A vCPU's read-side section: odd while an upcall runs.
+    #[repr(align(128))]
+    #[derive(Default)]
+    struct Section(AtomicU64);
+
+    /// What the threads share.
+    struct World<'k, A: PortOps> {
+        doms: Domains<A, &'k Kicker>,
+        kicker: &'k Kicker,
+        chans: Vec<Chan>,
+        /// The frontend guest's table, by port number: 0 when free, else
+        /// the generation above bit 32 and the channel index plus one.
+        entry: Vec<AtomicU64>,
+        /// The vCPU the guest binds each port to.
+        binding: Vec<AtomicU32>,
+        sections: Vec<Section>,
+        /// FIFO (Linux's `consume_one`): an event found on this vCPU for a
+        /// port bound elsewhere runs here; 2-level: it is left alone.
+        run_foreign_here: bool,
+        budget: usize,
+        work_iters: u64,
+        self_check: Option<SelfCheck>,
+        stop_senders: AtomicBool,
+        stop_control: AtomicBool,
+        exit_vcpus: AtomicBool,
+        errors: AtomicU64,
+    }
+
+    impl<'k, A: PortOps> World<'k, A> {
+        fn front(&self) -> &Host<A, &'k Kicker> {
+            self.doms
+                .host(FRONT)
+                .expect("the frontend domain was added")
+        }
+
+        fn error(&self, what: std::fmt::Arguments<'_>) {
+            eprintln!("interdomain: {what}");
+            // Relaxed: a count, read after the threads are joined.
+            self.errors.fetch_add(1, Relaxed);
+        }
+
+        /// One send by channel `c`'s backend; the calling thread is the
+        /// channel's only sender.
+        fn send(&self, c: usize) {
+            let ch = &self.chans[c];
+            // Relaxed: this thread is the only writer.
+            let k = ch.sent.load(Relaxed) + 1;
+            // Relaxed: the send below publishes it: to the handler by its
+            // raise (a Release read-modify-write), to a bind or close by
+            // the release of the backend's lock, which the send takes both
+            // to raise the peer and to drop on an unbound port.
+            ch.sent.store(k, Relaxed);
+            let r = if self.self_check == Some(SelfCheck::UnlockedSend) {
+                self.send_unlocked(ch)
+            } else {
+                self.doms.send(ch.dom, ch.port)
+            };
+            if let Err(e) = r {
+                self.error(format_args!("send dom{}:{}: {e}", ch.dom, ch.port));
+            }
+            // Release: a control thread that reads `k` (Acquire) before a
+            // bind knows this send's route came before that bind.
+            ch.done.store(k, Release);
+        }
+
+        /// `--self-check unlocked-send`: the send of a hypervisor that reads
+        /// the peer without holding the sender's lock, preempted before it
+        /// raises the port it read.
+        fn send_unlocked(&self, ch: &Chan) -> Result<(), evtchn::Error> {
+            let st = self.doms.status(ch.dom, ch.port)?;
+            let PortKind::Interdomain { remote, port } = st.kind else {
+                return self.doms.send(ch.dom, ch.port);
+            };
+            thread::yield_now();
+            let fe = self.doms.host(remote)?;
+            let vcpu = fe.status(port).map_or(0, |s| s.vcpu);
+            if let Some(k) = fe.abi().set_pending(port, || vcpu)?.kick() {
+                self.kicker.kick(k);
+            }
+            Ok(())
+        }
+
+        /// Waits until no upcall that began before this call still runs:
+        /// after it, no vCPU holds a table entry read before it.
+        fn grace(&self) {
+            for s in &self.sections {
+                // SeqCst: with the vCPU's SeqCst increments and table loads,
+                // and the caller's SeqCst table store before this load: an
+                // upcall whose start this load does not see reads the new
+                // table entry.
+                let s0 = s.0.load(SeqCst);
+                if s0 % 2 == 1 {
+                    // SeqCst: as above.
+                    while s.0.load(SeqCst) == s0 {
+                        thread::yield_now();
+                    }
+                }
+            }
+        }
+
+        /// Whether every vCPU is idle for good, once the senders and the
+        /// control plane have stopped: no upcall ran between the two reads
+        /// of the sections (only an upcall raises then: a FIFO relink, a
+        /// budget's hand-back) and every upcall flag read clear meanwhile.
+        fn quiescent(&self) -> bool {
+            // SeqCst (both reads): one total order with the vCPUs'
+            // increments and their flag clears.
+            let before: Vec<u64> = self.sections.iter().map(|s| s.0.load(SeqCst)).collect();
+            if before.iter().any(|s| s % 2 == 1) {
+                return false;
+            }
+            let fe = self.front();
+            let idle = (0..self.sections.len() as u32)
+                .all(|v| !fe.abi().upcall_pending(v).unwrap_or(true));
+            idle && self
+                .sections
+                .iter()
+                .zip(&before)
+                .all(|(s, b)| s.0.load(SeqCst) == *b)
+        }
+
+        /// Waits (10 s at most) until [`World::quiescent`].
+        fn drain(&self) -> bool {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                if self.quiescent() {
+                    return true;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            false
+        }
+    }
+
+    /// What one vCPU counted.
+    #[derive(Default)]
+    struct VcpuTally {
+        upcalls: u64,
+        runs: u64,
+        /// Runs that saw a send no earlier run of the life had seen.
+        fresh: u64,
+        crossed: u64,
+        /// Ports offered while free (not pending: a close cleared them).
+        free_offers: u64,
+        /// 2-level: ports offered here while bound elsewhere, left alone.
+        foreign: u64,
+        lost_wakeups: u64,
+    }
+
+    /// The guest's decision on port `p`, which vCPU `v`'s scan offers.
+    fn deliver<A: PortOps>(w: &World<'_, A>, v: u32, p: u32, t: &mut VcpuTally) -> Delivery {
+        // SeqCst: the table read of the grace period (see `World::grace`).
+        let e = w.entry.get(p as usize).map_or(0, |e| e.load(SeqCst));
+        if e == 0 {
+            t.free_offers += 1;
+            return Delivery::Skipped;
+        }
+        // Acquire: the control thread stores the binding before its unmask,
+        // whose raise (or the raise of a send that read the cleared mask)
+        // offered the port here.
+        if !w.run_foreign_here && w.binding[p as usize].load(Acquire) != v {
+            t.foreign += 1;
+            return Delivery::Skipped;
+        }
+        match w.front().abi().test_and_clear_pending(p) {
+            Ok(true) => {}
+            Ok(false) => return Delivery::Skipped,
+            Err(e) => {
+                w.error(format_args!("vcpu{v}: test_and_clear_pending({p}): {e}"));
+                return Delivery::Skipped;
+            }
+        }
+        handle(w, t, e);
+        Delivery::Handled
+    }
+
+    /// The handler of the life that table entry `e` names: records the
+    /// highest send count it observes.
+    fn handle<A: PortOps>(w: &World<'_, A>, t: &mut VcpuTally, e: u64) {
+        t.runs += 1;
+        let gen = e >> 32;
+        let Some(ch) = usize::try_from(e & 0xffff_ffff)
+            .ok()
+            .and_then(|c| c.checked_sub(1))
+            .and_then(|c| w.chans.get(c))
+        else {
+            return;
+        };
+        // Acquire: the pending clear (Acquire) synchronised with the raise,
+        // which follows the count of the send that made it.
+        let seen = ch.sent.load(Acquire);
+        // Relaxed: a read-modify-write reads the latest life word (the
+        // control thread stored the generation before the table entry this
+        // run read); the final check reads it after the drain's SeqCst.
+        let r = ch.life.fetch_update(Relaxed, Relaxed, |l| {
+            (l >> SEEN_BITS == gen && seen > l & SEEN).then_some((gen << SEEN_BITS) | seen)
+        });
+        match r {
+            Ok(_) => t.fresh += 1,
+            Err(l) if l >> SEEN_BITS != gen => {
+                t.crossed += 1;
+                eprintln!(
+                    "interdomain: a run for dom{}:{} generation {gen} after generation {} began",
+                    ch.dom,
+                    ch.port,
+                    l >> SEEN_BITS
+                );
+            }
+            Err(_) => {}
+        }
+        work(w.work_iters);
+    }
+
+    /// One vCPU of the frontend: budgeted upcalls, halting when idle.
+    fn run_vcpu<A: PortOps>(w: &World<'_, A>, v: u32) -> VcpuTally {
+        w.kicker.register(v);
+        let fe = w.front();
+        let section = &w.sections[v as usize].0;
+        let mut cursor = <A as Deliver>::Cursor::default();
+        let mut t = VcpuTally::default();
+        loop {
+            // SeqCst: opens the read-side section (see `World::grace`).
+            section.fetch_add(1, SeqCst);
+            // The budget counts handler runs: the ports a 2-level scan
+            // offers here while they are bound elsewhere (pending for their
+            // own vCPU) are skipped at no cost, as Linux's scan never sees
+            // them (its per-CPU mask filters them out first).
+            let handled = std::cell::Cell::new(0usize);
+            let r = fe.abi().scan_bounded(
+                v,
+                &mut cursor,
+                || handled.get() < w.budget,
+                |p| {
+                    let d = deliver(w, v, p, &mut t);
+                    if d == Delivery::Handled {
+                        handled.set(handled.get() + 1);
+                    }
+                    d
+                },
+                |k| w.kicker.kick(k),
+            );
+            // SeqCst: closes it.
+            section.fetch_add(1, SeqCst);
+            t.upcalls += 1;
+            if let Err(e) = r {
+                w.error(format_args!("vcpu{v}: upcall: {e}"));
+            }
+            // Acquire: pairs with the run's Release store.
+            if w.exit_vcpus.load(Acquire) {
+                return t;
+            }
+            let pending = || fe.abi().upcall_pending(v).unwrap_or(true);
+            if w.kicker.halt(v, pending, PARK_TIMEOUT, KICK_GRACE) == Halt::LostWakeup {
+                t.lost_wakeups += 1;
+                eprintln!("interdomain: vcpu{v}: lost wake-up");
+            }
+        }
+    }
+
+    /// One backend sender: sends on its channels `mine`, at random, at
+    /// `rate` per second. Returns its sends.
+    fn run_sender<A: PortOps>(w: &World<'_, A>, mine: &[usize], rate: f64, seed: u64) -> u64 {
+        let mut rng = Rng::new(seed);
+        let start = Instant::now();
+        let mut sent = 0u64;
+        // Relaxed: a flag; the join orders what follows.
+        while !w.stop_senders.load(Relaxed) {
+            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+            if sent >= due {
+                thread::sleep(Duration::from_micros(50));
+                continue;
+            }
+            for _ in 0..(due - sent).min(256) {
+                w.send(mine[rng.below(mine.len() as u64) as usize]);
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// A channel as the frontend's control plane sees it.
+    #[derive(Clone, Copy)]
+    enum Life {
+        /// Not connected; `floor`: the send count read after its last
+        /// close (0 at first).
+        Unbound { floor: u64 },
+        Connected {
+            fp: u32,
+            gen: u64,
+            floor: u64,
+            conservative: bool,
+        },
+    }
+
+    /// The frontend's control plane and what it counted.
+    struct Frontend {
+        lives: Vec<Life>,
+        /// Ports closed since the last bind: free, each must stay not
+        /// pending.
+        quarantine: Vec<u32>,
+        next_gen: u64,
+        next_atomic: bool,
+        rng: Rng,
+        conservative_binds: u64,
+        atomic_binds: u64,
+        /// Atomic binds with a dropped send to replay (`done` past the
+        /// floor before the bind).
+        replays_due: u64,
+        closes: u64,
+        moves: u64,
+        stale: u64,
+        no_conservative: u64,
+        replay_missing: u64,
+        wrong_status: u64,
+    }
+
+    impl Frontend {
+        fn new(channels: usize) -> Self {
+            Frontend {
+                lives: vec![Life::Unbound { floor: 0 }; channels],
+                quarantine: Vec::new(),
+                next_gen: 1,
+                next_atomic: false,
+                rng: Rng::new(0x1d0f),
+                conservative_binds: 0,
+                atomic_binds: 0,
+                replays_due: 0,
+                closes: 0,
+                moves: 0,
+                stale: 0,
+                no_conservative: 0,
+                replay_missing: 0,
+                wrong_status: 0,
+            }
+        }
+
+        /// The guest's unmask: its own conditional one, the hypercall when
+        /// the port is pending.
+        fn unmask<A: PortOps>(w: &World<'_, A>, fp: u32) {
+            let fe = w.front();
+            match fe.abi().try_unmask(fp) {
+                Ok(GuestUnmask::Done) => {}
+                Ok(GuestUnmask::Hypercall) => {
+                    if let Err(e) = fe.unmask(fp) {
+                        w.error(format_args!("EVTCHNOP_unmask {fp}: {e}"));
+                    }
+                }
+                Err(e) => w.error(format_args!("try_unmask {fp}: {e}")),
+            }
+        }
+
+        fn mask<A: PortOps>(w: &World<'_, A>, fp: u32) {
+            if let Err(e) = w.front().abi().mask(fp) {
+                w.error(format_args!("mask {fp}: {e}"));
+            }
+        }
+
+        /// A free port found pending: a raise of a closed channel.
+        fn check_free<A: PortOps>(&mut self, w: &World<'_, A>, fp: u32, when: &str) {
+            if w.front().abi().is_pending(fp).unwrap_or(false) {
+                self.stale += 1;
+                eprintln!("interdomain: dom1 port {fp} pending while free ({when})");
+            }
+        }
+
+        /// Checks that both ends of channel `c` are connected to each
+        /// other and the frontend's notifies `vcpu`.
+        fn check_status<A: PortOps>(&mut self, w: &World<'_, A>, c: usize, fp: u32, vcpu: u32) {
+            let ch = &w.chans[c];
+            let front = w.doms.status(FRONT, fp);
+            let back = w.doms.status(ch.dom, ch.port);
+            let ok = matches!(&front, Ok(s) if s.vcpu == vcpu
+                && s.kind == PortKind::Interdomain { remote: ch.dom, port: ch.port })
+                && matches!(&back, Ok(s)
+                    if s.kind == PortKind::Interdomain { remote: FRONT, port: fp });
+            if !ok {
+                self.wrong_status += 1;
+                eprintln!(
+                    "interdomain: dom1:{fp} (vCPU {vcpu} asked) / dom{}:{}: {front:?} / {back:?}",
+                    ch.dom, ch.port
+                );
+            }
+        }
+
+        /// Connects channel `c` (unbound): the next mode in turn.
+        fn bind<A: PortOps>(&mut self, w: &World<'_, A>, c: usize) {
+            let Life::Unbound { floor } = self.lives[c] else {
+                return;
+            };
+            for fp in std::mem::take(&mut self.quarantine) {
+                self.check_free(w, fp, "before a bind");
+            }
+            let ch = &w.chans[c];
+            let nr_vcpus = w.sections.len() as u64;
+            let (mode, vcpu) = if self.next_atomic {
+                let v = self.rng.below(nr_vcpus) as u32;
+                (BindMode::Atomic { vcpu: v }, v)
+            } else {
+                (BindMode::Conservative, 0)
+            };
+            self.next_atomic = !self.next_atomic;
+            // Acquire: pairs with the sender's Release: the send counted
+            // `done` routed before this bind.
+            let done = ch.done.load(Acquire);
+            let fp = match w.doms.bind_interdomain(FRONT, ch.dom, ch.port, mode) {
+                Ok(fp) => fp,
+                Err(e) => {
+                    w.error(format_args!(
+                        "bind_interdomain dom{}:{}: {e}",
+                        ch.dom, ch.port
+                    ));
+                    return;
+                }
+            };
+            self.check_status(w, c, fp, vcpu);
+            // The port is masked (every free port is): nobody has taken
+            // its event.
+            let pending = w.front().abi().is_pending(fp).unwrap_or(false);
+            let conservative = mode == BindMode::Conservative;
+            if conservative {
+                self.conservative_binds += 1;
+                if !pending {
+                    self.no_conservative += 1;
+                    eprintln!("interdomain: conservative bind of dom1:{fp}: not pending");
+                }
+            } else {
+                self.atomic_binds += 1;
+                if done > floor {
+                    // Send `done` came after the close (it is past the
+                    // floor) and returned before the bind: it was dropped
+                    // and the port marked.
+                    self.replays_due += 1;
+                    if !pending {
+                        self.replay_missing += 1;
+                        eprintln!(
+                            "interdomain: atomic bind of dom{}:{} as dom1:{fp}: send {done} \
+                             dropped before it, not replayed",
+                            ch.dom, ch.port
+                        );
+                    }
+                }
+            }
+            let gen = self.next_gen & GEN_MASK;
+            self.next_gen += 1;
+            // Release: before the table entry; see `handle`.
+            ch.life.store(gen << SEEN_BITS, Release);
+            // Release: pairs with `deliver`'s Acquire.
+            w.binding[fp as usize].store(vcpu, Release);
+            if w.self_check == Some(SelfCheck::ClearOnBind) {
+                if let Err(e) = w.front().abi().clear_pending(fp) {
+                    w.error(format_args!("clear_pending {fp}: {e}"));
+                }
+            }
+            // SeqCst: the table store of the grace period.
+            w.entry[fp as usize].store((gen << 32) | (c as u64 + 1), SeqCst);
+            Self::unmask(w, fp);
+            self.lives[c] = Life::Connected {
+                fp,
+                gen,
+                floor,
+                conservative,
+            };
+        }
+
+        /// Closes the frontend's end of channel `c` (connected).
+        fn close<A: PortOps>(&mut self, w: &World<'_, A>, c: usize) {
+            let Life::Connected { fp, .. } = self.lives[c] else {
+                return;
+            };
+            Self::mask(w, fp);
+            if let Err(e) = w.doms.close(FRONT, fp) {
+                w.error(format_args!("close dom1:{fp}: {e}"));
+                return;
+            }
+            // SeqCst: the table store of the grace period.
+            w.entry[fp as usize].store(0, SeqCst);
+            w.grace();
+            self.check_free(w, fp, "after its close");
+            // Acquire: a send that raised the closed end held the
+            // backend's lock before the close took it, so its count is
+            // seen here.
+            let floor = w.chans[c].sent.load(Acquire);
+            self.lives[c] = Life::Unbound { floor };
+            self.quarantine.push(fp);
+            self.closes += 1;
+        }
+
+        /// Moves the frontend's end of channel `c` (connected) to `vcpu`,
+        /// masked, as Linux does.
+        fn move_to<A: PortOps>(&mut self, w: &World<'_, A>, c: usize, vcpu: u32) {
+            let Life::Connected { fp, .. } = self.lives[c] else {
+                return;
+            };
+            Self::mask(w, fp);
+            if let Err(e) = w.front().bind_vcpu(fp, vcpu) {
+                w.error(format_args!("bind_vcpu dom1:{fp} to {vcpu}: {e}"));
+            }
+            self.check_status(w, c, fp, vcpu);
+            // Release: pairs with `deliver`'s Acquire.
+            w.binding[fp as usize].store(vcpu, Release);
+            Self::unmask(w, fp);
+            self.moves += 1;
+        }
+
+        /// One operation on a channel picked at random.
+        fn churn<A: PortOps>(&mut self, w: &World<'_, A>) {
+            let c = self.rng.below(self.lives.len() as u64) as usize;
+            match self.lives[c] {
+                Life::Unbound { .. } => self.bind(w, c),
+                Life::Connected { .. } if self.rng.chance(1, 3) => self.close(w, c),
+                Life::Connected { .. } => {
+                    let v = self.rng.below(w.sections.len() as u64) as u32;
+                    self.move_to(w, c, v);
+                }
+            }
+        }
+
+        /// C1 on every connected life, the free ports, and connected ports
+        /// left pending; after a drain. Returns the lives checked, sends
+        /// lost and ports left pending.
+        fn check<A: PortOps>(&mut self, w: &World<'_, A>) -> (u64, u64, u64) {
+            let (mut lives, mut lost, mut left) = (0, 0, 0);
+            let fe = w.front();
+            for (c, life) in self.lives.iter().enumerate() {
+                let Life::Connected {
+                    fp,
+                    gen,
+                    floor,
+                    conservative,
+                } = *life
+                else {
+                    continue;
+                };
+                lives += 1;
+                let ch = &w.chans[c];
+                // Acquire (both): after the senders were joined and the
+                // drain; the drain's SeqCst reads ordered the runs before.
+                let sent = ch.sent.load(Acquire);
+                let l = ch.life.load(Acquire);
+                let seen = if l >> SEEN_BITS == gen { l & SEEN } else { 0 };
+                if sent > floor && seen < sent {
+                    lost += sent - seen.max(floor);
+                    eprintln!(
+                        "interdomain: dom{}:{} -> dom1:{fp} ({}): send {sent} never observed \
+                         (last seen {seen}, floor {floor})",
+                        ch.dom,
+                        ch.port,
+                        if conservative {
+                            "conservative"
+                        } else {
+                            "atomic"
+                        }
+                    );
+                }
+                if fe.abi().is_pending(fp).unwrap_or(true) {
+                    left += 1;
+                    eprintln!("interdomain: dom1:{fp} still pending after the drain");
+                }
+            }
+            for fp in 1..fe.nr_ports() {
+                // Relaxed: only this thread writes the table now.
+                if w.entry[fp as usize].load(Relaxed) == 0 {
+                    self.check_free(w, fp, "at the end");
+                }
+            }
+            self.quarantine.clear();
+            (lives, lost, left)
+        }
+    }
+
+    /// The frontend's control thread: binds every channel, then churns
+    /// until stopped.
+    fn run_control<A: PortOps>(w: &World<'_, A>, mut f: Frontend, pause: Duration) -> Frontend {
+        for c in 0..f.lives.len() {
+            f.bind(w, c);
+        }
+        // Relaxed: a flag; the join orders what follows.
+        while !w.stop_control.load(Relaxed) {
+            if !pause.is_zero() {
+                thread::sleep(pause);
+            }
+            f.churn(w);
+        }
+        f
+    }
+
+    /// What a run found.
+    struct Outcome {
+        sends: u64,
+        vcpus: Vec<VcpuTally>,
+        f: Frontend,
+        /// Lives checked at the end of the storm and after the final round.
+        lives: (u64, u64),
+        lost: u64,
+        left: u64,
+        drained: bool,
+        errors: u64,
+        bad_kicks: u64,
+    }
+
+    fn run<A: PortOps>(
+        args: &Args,
+        work_iters: u64,
+        run_foreign_here: bool,
+        make: impl Fn(u32, usize) -> A,
+    ) -> Outcome {
+        let nr_chans = args.backends * args.channels;
+        let kicker = Kicker::new(args.vcpus);
+        // Nothing raises a backend's ports (the frontend never sends).
+        let quiet = Kicker::new(1);
+        let mut doms = Domains::new();
+        let front = Host::new(make(nr_chans as u32 + 1, args.vcpus), &kicker);
+        doms.add(FRONT, Domain::new(front))
+            .expect("distinct domain ids below DOMID_FIRST_RESERVED");
+        for b in 0..args.backends {
+            let host = Host::new(make(args.channels as u32 + 1, 1), &quiet);
+            doms.add(backend_id(b), Domain::new(host))
+                .expect("distinct domain ids below DOMID_FIRST_RESERVED");
+        }
+        let mut chans = Vec::with_capacity(nr_chans);
+        for b in 0..args.backends {
+            for _ in 0..args.channels {
+                let dom = backend_id(b);
+                let port = doms
+                    .alloc_unbound(dom, FRONT)
+                    .expect("a backend has a port per channel");
+                chans.push(Chan {
+                    dom,
+                    port,
+                    sent: AtomicU64::new(0),
+                    done: AtomicU64::new(0),
+                    life: AtomicU64::new(0),
+                });
+            }
+        }
+        let nr_front = doms.host(FRONT).map_or(0, |h| h.nr_ports());
+        let w = World {
+            doms,
+            kicker: &kicker,
+            chans,
+            entry: (0..nr_front).map(|_| AtomicU64::new(0)).collect(),
+            binding: (0..nr_front).map(|_| AtomicU32::new(0)).collect(),
+            sections: (0..args.vcpus).map(|_| Section::default()).collect(),
+            run_foreign_here,
+            budget: args.budget,
+            work_iters,
+            self_check: args.self_check,
+            stop_senders: AtomicBool::new(false),
+            stop_control: AtomicBool::new(false),
+            exit_vcpus: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+        };
+        let w = &w;
+        // The guest's boot: the FIFO event array mapped in full (its
+        // EVTCHNOP_expand_array), every port masked (Linux's
+        // `init_array_page`, `xen_evtchn_mask_all`).
+        let fe = w.front();
+        for p in 1..nr_front {
+            if let Err(e) = fe.abi().prepare(p).and_then(|()| fe.abi().mask(p)) {
+                w.error(format_args!("boot: port {p}: {e}"));
+            }
+        }
+        let pause = Duration::from_micros(args.churn_us);
+        let period = Duration::from_secs_f64(args.secs);
+        let n_senders = args.backends * args.senders;
+        let rate = args.rate / n_senders as f64;
+
+        let (sends, vcpus, f, lives, lost, left, drained) = thread::scope(|s| {
+            let vcpus: Vec<_> = (0..args.vcpus as u32)
+                .map(|v| {
+                    thread::Builder::new()
+                        .name(format!("dom1-vcpu{v}"))
+                        .spawn_scoped(s, move || run_vcpu(w, v))
+                        .expect("spawn a vCPU thread")
+                })
+                .collect();
+            let senders: Vec<_> = (0..n_senders)
+                .map(|i| {
+                    let (b, k) = (i / args.senders, i % args.senders);
+                    let mine: Vec<usize> = (b * args.channels..(b + 1) * args.channels)
+                        .filter(|c| c % args.senders == k)
+                        .collect();
+                    thread::Builder::new()
+                        .name(format!("dom{}-sender{k}", backend_id(b)))
+                        .spawn_scoped(s, move || {
+                            if mine.is_empty() {
+                                0
+                            } else {
+                                run_sender(w, &mine, rate, 0x5e2d + i as u64)
+                            }
+                        })
+                        .expect("spawn a sender thread")
+                })
+                .collect();
+            let control = thread::Builder::new()
+                .name("dom1-control".into())
+                .spawn_scoped(s, move || run_control(w, Frontend::new(nr_chans), pause))
+                .expect("spawn the control thread");
+            thread::sleep(period);
+
+            // Quiesce: the control plane stops, then the senders; the
+            // upcalls drain.
+            w.stop_control.store(true, Relaxed);
+            let mut f = control.join().expect("the control thread");
+            w.stop_senders.store(true, Relaxed);
+            let sends: u64 = senders.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+            let mut drained = w.drain();
+            let (lives_storm, mut lost, mut left) = f.check(w);
+
+            // The final set-up round: every channel closed, one more send
+            // on each (dropped), every channel bound again.
+            for c in 0..nr_chans {
+                f.close(w, c);
+            }
+            for c in 0..nr_chans {
+                w.send(c);
+            }
+            for c in 0..nr_chans {
+                f.bind(w, c);
+            }
+            drained &= w.drain();
+            let (lives_final, lost2, left2) = f.check(w);
+            lost += lost2;
+            left += left2;
+
+            // Release: pairs with the vCPUs' Acquire load.
+            w.exit_vcpus.store(true, Release);
+            kicker.stop();
+            let vcpus: Vec<VcpuTally> = vcpus.into_iter().filter_map(|t| t.join().ok()).collect();
+            (
+                sends + nr_chans as u64,
+                vcpus,
+                f,
+                (lives_storm, lives_final),
+                lost,
+                left,
+                drained,
+            )
+        });
+        if vcpus.len() != args.vcpus {
+            w.error(format_args!("a vCPU thread panicked"));
+        }
+        Outcome {
+            sends,
+            vcpus,
+            f,
+            lives,
+            lost,
+            left,
+            drained,
+            // Relaxed: after the joins.
+            errors: w.errors.load(Relaxed),
+            bad_kicks: kicker.bad_kicks() + quiet.total_kicks(),
+        }
+    }
+
+    pub(super) fn main(args: &Args) -> ExitCode {
+        let per_us = calibrate_work();
+        let work_iters = (args.work_us * per_us).round() as u64;
+        let cores = thread::available_parallelism().map_or(0, |n| n.get());
+        let abi = match args.abi {
+            Abi::TwoLevel => "2-level",
+            Abi::Fifo => "FIFO",
+        };
+        let backs: Vec<String> = (0..args.backends)
+            .map(|b| format!("dom{}", backend_id(b)))
+            .collect();
+        println!(
+            "storm --interdomain: {abi} ABI; frontend dom1 with {} vCPUs; backends {} with {} \
+             channels and {} senders each; {:.0} sends/s; handler work {} µs; {} s; {cores} cores here",
+            args.vcpus,
+            backs.join(", "),
+            args.channels,
+            args.senders,
+            args.rate,
+            args.work_us,
+            args.secs
+        );
+        let o = match args.abi {
+            Abi::TwoLevel => run(args, work_iters, false, |ports, vcpus| {
+                TwoLevel::new(OwnedMemory::new((ports as usize).div_ceil(64), vcpus))
+            }),
+            Abi::Fifo => run(args, work_iters, true, |ports, vcpus| {
+                Fifo::new(OwnedFifo::new(ports, vcpus))
+            }),
+        };
+        let sum = |f: fn(&VcpuTally) -> u64| o.vcpus.iter().map(f).sum::<u64>();
+        let (runs, fresh, crossed) = (sum(|t| t.runs), sum(|t| t.fresh), sum(|t| t.crossed));
+        let lost_wakeups = sum(|t| t.lost_wakeups);
+        let f = &o.f;
+        let violations = o.lost
+            + f.stale
+            + crossed
+            + f.no_conservative
+            + f.replay_missing
+            + f.wrong_status
+            + o.left
+            + lost_wakeups
+            + o.errors
+            + o.bad_kicks
+            + u64::from(!o.drained);
+        println!(
+            "interdomain ({abi}): {} sends, {runs} handler runs ({fresh} saw a new send, {:.1} \
+             sends each), {} upcalls ({} offers of a port bound elsewhere and {} of a free port \
+             left alone); binds {} conservative + {} atomic ({} with a dropped send to \
+             replay), {} closes, {} bind_vcpu moves; lives checked {} + {}",
+            o.sends,
+            o.sends as f64 / fresh.max(1) as f64,
+            sum(|t| t.upcalls),
+            sum(|t| t.foreign),
+            sum(|t| t.free_offers),
+            f.conservative_binds,
+            f.atomic_binds,
+            f.replays_due,
+            f.closes,
+            f.moves,
+            o.lives.0,
+            o.lives.1,
+        );
+        println!(
+            "  lost={} stale={} crossed={crossed} no_conservative={} replay_missing={} \
+             wrong_status={} still_pending={} lost_wakeups={lost_wakeups} errors={}{} violations={violations}",
+            o.lost,
+            f.stale,
+            f.no_conservative,
+            f.replay_missing,
+            f.wrong_status,
+            o.left,
+            o.errors + o.bad_kicks,
+            if o.drained { "" } else { " (no drain)" },
+        );
+        if let Some(fault) = args.self_check {
+            println!(
+                "  self-check {}: {}",
+                fault
+                    .to_possible_value()
+                    .map_or("?".into(), |v| v.get_name().to_string()),
+                if violations > 0 {
+                    "the checks reported the planted fault"
+                } else {
+                    "NOT reported"
+                }
+            );
+        }
+        if violations == 0 {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("storm: contract violated");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -300,6 +300,7 @@ fn evtchnop_values() -> Vec<(String, usize)> {
         e("XEN_ESRCH", errno::ESRCH),
         e("XEN_EAGAIN", errno::EAGAIN),
         e("XEN_ENOMEM", errno::ENOMEM),
+        e("XEN_EACCES", errno::EACCES),
         e("XEN_EFAULT", errno::EFAULT),
         e("XEN_EBUSY", errno::EBUSY),
         e("XEN_EEXIST", errno::EEXIST),

@@ -65,8 +65,11 @@ impl<R: Raise, N: Notify> Domains<R, N> {
     ///   `bind_pirq` a PIRQ below the caller's
     ///   [`crate::Domain::nr_pirqs`] (`-EINVAL`).
     /// * Port 0 is reserved, as in Xen: `status` reports it closed,
-    ///   `unmask` and (FIFO) `set_priority` accept it and do nothing,
-    ///   everything else refuses it (`-EINVAL`).
+    ///   `unmask` accepts it and does nothing, (FIFO) `set_priority` is
+    ///   `-EACCES` as for a free port, everything else refuses it
+    ///   (`-EINVAL`). `unmask` of a free port, or of a FIFO port whose
+    ///   event-array page the guest has not given, does nothing and
+    ///   returns 0.
     /// * `reset` closes every port before returning (in chunks; a caller
     ///   that must stay preemptible calls [`Domains::reset`] itself), so
     ///   `EVTCHNOP_reset_cont` (14) never finds one to continue: `-EBUSY`.
@@ -160,10 +163,19 @@ impl<R: Raise, N: Notify> Domains<R, N> {
             }
             cmd::CLOSE => self.close(caller, port_at(arg)).map_err(err)?,
             cmd::SEND => self.send(caller, port_at(arg)).map_err(err)?,
-            cmd::UNMASK => match port_at(arg) {
-                0 => {}
-                p => host.unmask(p).map_err(err)?,
-            },
+            cmd::UNMASK => {
+                let port = port_at(arg);
+                if port >= host.nr_ports() {
+                    return Err(errno::EINVAL);
+                }
+                match host.unmask(port) {
+                    // Port 0 (reserved), and a FIFO port whose event-array
+                    // page the guest has not given yet: Xen finds no
+                    // usable channel, or no event word, and does nothing.
+                    Ok(()) | Err(Error::PortOutOfRange) => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
             cmd::STATUS => {
                 let dom = named(get_u16(arg, offset_of!(Status, dom)))?;
                 let port = get_u32(arg, offset_of!(Status, port));
@@ -209,16 +221,16 @@ impl<R: Raise, N: Notify> Domains<R, N> {
                 if !host.abi().has_priorities() {
                     return Err(errno::ENOSYS);
                 }
+                // A free port, and the reserved port 0, are not usable:
+                // EACCES, before the priority is looked at (as Xen).
+                if port == 0 || !self.status(caller, port).map_err(err)?.bound {
+                    return Err(errno::EACCES);
+                }
                 let priority = u8::try_from(priority)
                     .ok()
                     .filter(|p| *p <= 15)
                     .ok_or(errno::EINVAL)?;
-                match host.set_priority(port, priority) {
-                    // Xen keeps a free port's priority without looking at
-                    // its state; a bind here sets the default anyway.
-                    Ok(()) | Err(Error::NotBound | Error::PortOutOfRange) => {}
-                    Err(e) => return Err(err(e)),
-                }
+                host.set_priority(port, priority).map_err(err)?;
             }
             _ => return Err(errno::ENOSYS),
         }

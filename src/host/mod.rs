@@ -640,8 +640,9 @@ impl<R: Raise, N: Notify> Host<R, N> {
     /// `EVTCHNOP_unmask`, the guest's request: clears the guest's mask of
     /// `port` and, if the port is pending, raises it on its notify vCPU
     /// ([`Raise::unmask`]: 2-level when this call cleared the mask, FIFO
-    /// whenever it is pending and not linked). As Xen, any port in range
-    /// may be unmasked, bound or not.
+    /// whenever it is pending and not linked). A free port is left alone
+    /// (its mask too) and `Ok` returned, as Xen does since it asks whether
+    /// the channel is usable (`evtchn_usable`).
     ///
     /// # Errors
     ///
@@ -649,6 +650,11 @@ impl<R: Raise, N: Notify> Host<R, N> {
     /// [`Host::nr_ports`] (or the ABI does not hold it); nothing changes.
     pub fn unmask(&self, port: u32) -> Result<(), Error> {
         let slot = self.slot(port)?;
+        // Acquire: a port found bound was prepared by its bind (Release)
+        // before the ABI is touched below.
+        if slot.load(Acquire) & STATE != BOUND {
+            return Ok(());
+        }
         // SeqCst: read after the mask is cleared; a bind_vcpu before this
         // unmask (Linux's mask, bind_vcpu, unmask) is seen.
         let k = self.abi.unmask(port, || vcpu_of(slot.load(SeqCst)))?;

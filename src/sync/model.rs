@@ -3,7 +3,9 @@
 
 pub(crate) mod atomic {
     #[allow(unused_imports)]
-    pub use loom::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+    pub use loom::sync::atomic::{
+        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
+    };
 }
 
 #[allow(dead_code)]

@@ -118,6 +118,8 @@ pub mod errno {
     pub const EAGAIN: i32 = 11;
     /// `ENOMEM`: out of memory.
     pub const ENOMEM: i32 = 12;
+    /// `EACCES`: permission denied (`set_priority` of a free port).
+    pub const EACCES: i32 = 13;
     /// `EFAULT`: bad guest address.
     pub const EFAULT: i32 = 14;
     /// `EBUSY`: resource busy.
@@ -244,13 +246,10 @@ impl Default for StatusDetail {
 
 impl core::fmt::Debug for StatusDetail {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        // SAFETY: both members are plain integers (no invalid bit pattern)
-        // and `remote` covers the whole union, so reading it is defined
-        // whichever member was written.
-        let remote = unsafe { self.remote };
-        f.debug_struct("StatusDetail")
-            .field("remote", &remote)
-            .finish()
+        // No member can be read here whatever was written: `irq` leaves
+        // bytes 4..8 uninitialised, `remote` bytes 2..4 (padding). Which
+        // one is meant is `Status::status`'s to say.
+        f.debug_struct("StatusDetail").finish_non_exhaustive()
     }
 }
 

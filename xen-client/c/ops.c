@@ -432,15 +432,15 @@ static void surface(struct xo *s)
     init_control(s, FE, 0, -XEN_ENOSYS);
     expand_array(s, FE, -XEN_ENOSYS);
 
-    /* Port 0: reported closed, accepted by unmask (and FIFO set_priority),
-     * refused by everything else. */
+    /* Port 0: reported closed, accepted by unmask (which does nothing),
+     * FIFO set_priority -EACCES, refused by everything else. */
     status(s, FE, DOMID_SELF, 0, ST_CLOSED);
     status(s, BE, DOMID_SELF, 0, ST_CLOSED);
     close_port(s, FE, 0, -XEN_EINVAL);
     send_port(s, FE, 0, -XEN_EINVAL);
     unmask(s, FE, 0, 0);
     bind_vcpu(s, FE, 0, 0, -XEN_EINVAL);
-    set_priority(s, FE, 0, 7, s->cfg->fifo ? 0 : -XEN_ENOSYS);
+    set_priority(s, FE, 0, 7, s->cfg->fifo ? -XEN_EACCES : -XEN_ENOSYS);
 
     /* A port beyond the ABI: -EINVAL; bind_vcpu looks at the vCPU first. */
     status(s, FE, DOMID_SELF, BAD_PORT, ST_ERR(-XEN_EINVAL));
@@ -515,14 +515,15 @@ static uint32_t local_kinds(struct xo *s)
     status(s, FE, DOMID_SELF, pq, ST_PIRQ(1, 3));
 
     /* Close and bind again: the number comes back, on the vCPU bound, and a
-     * free port refuses everything but unmask (and FIFO set_priority). */
+     * free port refuses everything but unmask, which leaves it alone (FIFO
+     * set_priority: -EACCES, Xen's answer for a channel not usable). */
     close_port(s, FE, ipi1, 0);
     status(s, FE, DOMID_SELF, ipi1, ST_CLOSED);
     close_port(s, FE, ipi1, -XEN_EINVAL);
     send_port(s, FE, ipi1, -XEN_EINVAL);
     bind_vcpu(s, FE, ipi1, 0, -XEN_EINVAL);
     unmask(s, FE, ipi1, 0);
-    set_priority(s, FE, ipi1, 5, s->cfg->fifo ? 0 : -XEN_ENOSYS);
+    set_priority(s, FE, ipi1, 5, s->cfg->fifo ? -XEN_EACCES : -XEN_ENOSYS);
     ipi1 = bind_ipi(s, FE, 0, 0); /* 2 again */
     status(s, FE, DOMID_SELF, ipi1, ST_IPI(0));
 
@@ -646,7 +647,7 @@ static void priorities(struct xo *s, uint32_t port)
         set_priority(s, FE, port, 0xffffffffu, -XEN_EINVAL);
         set_priority(s, FE, port, 15, 0);
         set_priority(s, FE, port, 0, 0);
-        set_priority(s, FE, lowest_free(s, FE), 9, 0); /* a free port */
+        set_priority(s, FE, lowest_free(s, FE), 9, -XEN_EACCES); /* a free port */
     } else {
         set_priority(s, FE, port, 3, -XEN_ENOSYS);
         set_priority(s, FE, port, 16, -XEN_ENOSYS);
