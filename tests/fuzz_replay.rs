@@ -9,13 +9,14 @@
 //!
 //! To replay one input: `EVTCHN_FUZZ_INPUT=path cargo test --test
 //! fuzz_replay one_input -- --ignored --nocapture` (the target is the
-//! input's parent directory name, `ops`, `guest_memory` or `fifo_memory`).
+//! input's parent directory name, `ops`, `guest_memory`, `fifo_memory` or
+//! `domains`).
 // Native tests; under RUSTFLAGS="--cfg loom" only the models run.
 #![cfg(not(loom))]
 
 use std::path::{Path, PathBuf};
 
-use evtchn_test_support::fuzz::{fifo_memory, guest_memory, ops, seeded_input};
+use evtchn_test_support::fuzz::{domains, fifo_memory, guest_memory, ops, seeded_input};
 
 /// Seeded inputs per target. Miri runs about a thousand times slower: there
 /// only the corpus's crash inputs run (see `corpus`), and every input is cut
@@ -117,6 +118,16 @@ fn guest_memory_seeded_inputs() {
 }
 
 #[test]
+fn domains_regression_corpus() {
+    replay_corpus("domains", domains::run);
+}
+
+#[test]
+fn domains_seeded_inputs() {
+    replay_seeded("domains", domains::run);
+}
+
+#[test]
 fn fifo_memory_regression_corpus() {
     replay_corpus("fifo_memory", fifo_memory::run);
 }
@@ -148,6 +159,7 @@ fn one_input() {
     match target.to_str() {
         Some("guest_memory") => guest_memory::run(&data),
         Some("fifo_memory") => fifo_memory::run(&data),
+        Some("domains") => domains::run(&data),
         _ => ops::run(&data),
     }
 }
@@ -253,4 +265,31 @@ fn fifo_memory_catches_a_write_to_the_other_domain() {
 #[should_panic(expected = "fifo_memory:")]
 fn fifo_memory_catches_a_stray_ready_bit() {
     fifo_memory_sabotaged(fifo_memory::Sabotage::StrayReadyBit);
+}
+
+fn domains_sabotaged(s: domains::Sabotage) {
+    let body = |d: &[u8]| domains::run_with(d, Some(s));
+    replay_corpus("domains", body);
+    replay_seeded("domains", body);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "needs many inputs; the same code runs natively")]
+#[should_panic(expected = "domains:")]
+fn domains_catches_a_model_without_the_conservative_event() {
+    domains_sabotaged(domains::Sabotage::ConservativeBindRaisesNothing);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "needs many inputs; the same code runs natively")]
+#[should_panic(expected = "domains:")]
+fn domains_catches_a_model_whose_atomic_bind_forgets_the_dropped_send() {
+    domains_sabotaged(domains::Sabotage::AtomicBindIgnoresDropped);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "needs many inputs; the same code runs natively")]
+#[should_panic(expected = "domains:")]
+fn domains_catches_a_model_that_moves_a_closed_peer() {
+    domains_sabotaged(domains::Sabotage::ClosedPeerMovesToVcpu0);
 }

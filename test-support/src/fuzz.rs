@@ -31,6 +31,7 @@ use evtchn::{Bind, Channels, Error, Notify, Port, PortOps, State, Status};
 use crate::Kicks;
 use crate::Rng;
 
+pub mod domains;
 pub mod fifo_memory;
 pub mod guest_memory;
 pub mod ops;
