@@ -31,7 +31,7 @@ use evtchn::{
     BindMode, Delivery, Domain, Domains, Error, Fifo, FifoMemory, Host, HostStatus, Memory2l,
     OwnedFifo, OwnedMemory, PortKind, PortOps, TwoLevel,
 };
-use evtchn_test_support::Rng;
+use evtchn_test_support::{Kicks, Rng};
 
 use errno::{EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOSPC, ENOSYS, EPERM, ESRCH};
 
@@ -2416,3 +2416,68 @@ fn hostile_arguments<R: PortOps>(mk: Mk<R>) {
 }
 
 both!(hostile_arguments);
+
+/// Every raise of a peer that sets its vCPU's upcall flag kicks that vCPU
+/// of the peer's domain, and only then: a send on an interdomain end, the
+/// atomic bind's replay, the conservative event.
+#[test]
+fn interdomain_raises_kick_the_peers_vcpu() {
+    type D = Domains<TwoLevel<OwnedMemory>, Kicks>;
+    let new = || -> D {
+        let mut d = Domains::new();
+        for id in 0..2 {
+            let host = Host::new(TwoLevel::new(OwnedMemory::new(1, 2)), Kicks::default());
+            d.add(id, Domain::new(host)).unwrap();
+        }
+        d
+    };
+    let kicks = |d: &D, id: DomId| d.host(id).unwrap().notifier().take();
+
+    // Connected first: the send kicks vCPU 1 of domain 1, once.
+    let d = new();
+    let back = d.alloc_unbound(0, 1).unwrap();
+    let front = d
+        .bind_interdomain(1, 0, back, BindMode::Atomic { vcpu: 1 })
+        .unwrap();
+    assert_eq!(
+        kicks(&d, 1),
+        Vec::<u32>::new(),
+        "a bind with nothing dropped kicks nobody"
+    );
+    d.send(0, back).unwrap();
+    assert_eq!(kicks(&d, 1), [1], "the send kicks the peer's notify vCPU");
+    assert_eq!(
+        kicks(&d, 0),
+        Vec::<u32>::new(),
+        "the sender's domain is not kicked"
+    );
+    d.send(0, back).unwrap();
+    assert_eq!(
+        kicks(&d, 1),
+        Vec::<u32>::new(),
+        "a coalesced send kicks nobody"
+    );
+    // The other way round: domain 1 sends, domain 0's vCPU 0 is kicked.
+    d.send(1, front).unwrap();
+    assert_eq!(kicks(&d, 0), [0]);
+
+    // A send dropped before the atomic bind: the replay kicks vCPU 1.
+    let d = new();
+    let back = d.alloc_unbound(0, 1).unwrap();
+    d.send(0, back).unwrap();
+    assert_eq!(
+        kicks(&d, 1),
+        Vec::<u32>::new(),
+        "a dropped send kicks nobody"
+    );
+    d.bind_interdomain(1, 0, back, BindMode::Atomic { vcpu: 1 })
+        .unwrap();
+    assert_eq!(kicks(&d, 1), [1], "the replay kicks the bound vCPU");
+
+    // Xen's bind: the conservative event kicks vCPU 0.
+    let d = new();
+    let back = d.alloc_unbound(0, 1).unwrap();
+    d.bind_interdomain(1, 0, back, BindMode::Conservative)
+        .unwrap();
+    assert_eq!(kicks(&d, 1), [0], "the conservative event kicks vCPU 0");
+}
