@@ -2481,3 +2481,89 @@ fn interdomain_raises_kick_the_peers_vcpu() {
         .unwrap();
     assert_eq!(kicks(&d, 1), [0], "the conservative event kicks vCPU 0");
 }
+
+/// `Debug` names each domain with what the dispatch checks of it.
+#[test]
+fn debug_shows_the_domains() {
+    let mut d: Domains<TwoLevel<OwnedMemory>> = Domains::new();
+    d.add(3, Domain::new(two_level(2)).privileged(true).nr_pirqs(4))
+        .unwrap();
+    d.set_paused(3, true).unwrap();
+    let s = format!("{d:?}");
+    for want in [
+        "3: Domain",
+        "Host",
+        "privileged: true",
+        "nr_pirqs: 4",
+        "paused: true",
+    ] {
+        assert!(s.contains(want), "{want:?} not in {s}");
+    }
+}
+
+/// The binds and the closes of interdomain ends take the two domains'
+/// locks in one order (the lower domain id first), whichever end acts:
+/// a bind by domain 1 and a close by domain 0 of the same pair, on two
+/// threads, never wait for each other forever.
+#[test]
+fn binds_and_closes_of_one_pair_take_the_locks_in_one_order() {
+    use std::sync::atomic::{AtomicBool, AtomicU32};
+    use std::sync::Arc;
+    use std::time::Duration;
+    const BINDS: u32 = 20_000;
+    let mut d: Domains<TwoLevel<OwnedMemory>> = Domains::new();
+    d.add(0, Domain::new(two_level(2))).unwrap();
+    d.add(1, Domain::new(two_level(2))).unwrap();
+    let d = Arc::new(d);
+    let (binds, closes) = evtchn_test_support::within(Duration::from_secs(120), move || {
+        let done = Arc::new(AtomicBool::new(false));
+        let binder = {
+            let (d, done) = (d.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut binds = 0;
+                while binds < BINDS {
+                    // Domain 1 binds: its lock and domain 0's.
+                    let Ok(p) = d.alloc_unbound(0, 1) else {
+                        std::thread::yield_now();
+                        continue;
+                    };
+                    match d.bind_interdomain(1, 0, p, BindMode::Conservative) {
+                        Ok(_) => binds += 1,
+                        Err(_) => {
+                            d.close(0, p).unwrap();
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+                done.store(true, SeqCst);
+                binds
+            })
+        };
+        // Domain 0 closes its connected ends (both locks, from the other
+        // side); domain 1 then frees the ends that went back to unbound.
+        let closes = AtomicU32::new(0);
+        while !done.load(SeqCst) {
+            for p in 1..64 {
+                if let Ok(HostStatus {
+                    kind: PortKind::Interdomain { .. },
+                    ..
+                }) = d.status(0, p)
+                {
+                    if d.close(0, p).is_ok() {
+                        closes.fetch_add(1, SeqCst);
+                    }
+                }
+                if let Ok(HostStatus {
+                    kind: PortKind::Unbound { .. },
+                    ..
+                }) = d.status(1, p)
+                {
+                    let _ = d.close(1, p);
+                }
+            }
+        }
+        (binder.join().unwrap(), closes.load(SeqCst))
+    });
+    assert_eq!(binds, BINDS);
+    assert!(closes > BINDS / 2, "only {closes} closes raced the binds");
+}
