@@ -173,6 +173,17 @@ pub struct Probe {
 // not so ordered), and read only after every model thread was joined.
 unsafe impl Sync for Probe {}
 
+impl Probe {
+    /// A probe that saw no run.
+    fn new() -> Self {
+        Probe {
+            life_runs: core::array::from_fn(|_| AtomicUsize::new(0)),
+            inside: GhostBool::new(false),
+            data: UnsafeCell::new(Runs::default()),
+        }
+    }
+}
+
 /// What the handler runs of one port recorded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Runs {
@@ -275,13 +286,7 @@ impl<A: Abi> World<A> {
         let ports = ch.nr_ports() as usize;
         Arc::new(World {
             ch,
-            probes: (0..ports)
-                .map(|_| Probe {
-                    life_runs: core::array::from_fn(|_| AtomicUsize::new(0)),
-                    inside: GhostBool::new(false),
-                    data: UnsafeCell::new(Runs::default()),
-                })
-                .collect(),
+            probes: (0..ports).map(|_| Probe::new()).collect(),
             flags: cfg.sends.iter().map(|_| AtomicBool::new(false)).collect(),
             observed: cfg.sends.iter().map(|_| GhostBool::new(false)).collect(),
             gates: (0..cfg.gates).map(|_| AtomicBool::new(false)).collect(),
@@ -654,70 +659,56 @@ impl Default for HostConfig {
     }
 }
 
-/// A world for the hypervisor side alone: a [`Host`] over the guest's
-/// memory, driven directly (`host.send`, `host.bind_vcpu`, `host.unmask`),
-/// and a Linux-like guest written in the model instead of the crate's
-/// `Guest`: a binding per port (Linux's `cpu_evtchn_mask`), its own mask
-/// bits, and vCPU loops that run the ABI's scan (the deliver half) with
-/// [`HostWorld::deliver`]. Nothing of the crate's guest side runs.
-pub struct HostWorld<A: Abi = TwoL> {
-    /// The hypervisor side under test.
-    pub host: Host<A, Kicker>,
+/// The Linux-like guest written in the model instead of the crate's
+/// `Guest`, for one domain's [`Host`]: a binding per port (Linux's
+/// `cpu_evtchn_mask`), optionally its own mask bits, a probe per port, the
+/// sender flags it waits for, and vCPU loops that run the ABI's scan (the
+/// deliver half) with [`ModelGuest::deliver`]. Nothing of the crate's guest
+/// side runs. Every method takes the `Host` the guest runs over.
+pub struct ModelGuest {
     /// The model guest's vCPU of each port.
     binding: Vec<AtomicU32>,
     /// The ports the model guest has masked itself (its own record; the
-    /// mask bit in its memory is the ABI's).
+    /// mask bit in its memory is the ABI's). Empty for a guest that keeps
+    /// no record (see [`ModelGuest::new`]).
     masked: Vec<AtomicBool>,
+    /// Whether every handler run counts itself in its probe's run counter
+    /// (see [`ModelGuest::new`]).
+    counted: bool,
     on_foreign: OnForeign,
     probes: Vec<Probe>,
+    /// Sender flags: a sender sets its flag, then sends; a handler run of
+    /// port `expect[k]` records flag `k` if it sees it.
     flags: Vec<AtomicBool>,
     expect: Vec<u32>,
+    /// Flag `k` was observed by its port's handler.
     observed: Vec<GhostBool>,
     done: GhostBool,
 }
 
-impl<A: Abi> HostWorld<A> {
-    /// A world over ABI `A` with `cfg`. Nothing is written to the guest's
-    /// memory: every port starts unmasked, not pending.
-    pub fn build(cfg: HostConfig) -> Arc<HostWorld<A>> {
-        let abi = A::build(&Config {
-            weaken: cfg.weaken,
-            ..Config::default()
-        });
-        let host = match cfg.weaken {
-            Some(w) => Host::weakened(abi, Kicker::default(), w),
-            None => Host::new(abi, Kicker::default()),
-        };
-        let ports = host.nr_ports() as usize;
-        Arc::new(HostWorld {
-            host,
+impl ModelGuest {
+    /// A guest of `ports` ports, every port bound to vCPU 0, waiting for
+    /// `sends` (as [`Config::sends`], port numbers of the guest's domain).
+    /// With `record`, it keeps its own mask record, checked on every
+    /// delivery, and counts handler runs for [`ModelGuest::run_count`];
+    /// both are loom atomics that add states to explore, so a model that
+    /// needs neither goes without them.
+    pub fn new(ports: usize, sends: Vec<u32>, on_foreign: OnForeign, record: bool) -> Self {
+        ModelGuest {
             binding: (0..ports).map(|_| AtomicU32::new(0)).collect(),
-            masked: (0..ports).map(|_| AtomicBool::new(false)).collect(),
-            on_foreign: cfg.on_foreign,
-            probes: (0..ports)
-                .map(|_| Probe {
-                    life_runs: core::array::from_fn(|_| AtomicUsize::new(0)),
-                    inside: GhostBool::new(false),
-                    data: UnsafeCell::new(Runs::default()),
-                })
-                .collect(),
-            flags: cfg.sends.iter().map(|_| AtomicBool::new(false)).collect(),
-            observed: cfg.sends.iter().map(|_| GhostBool::new(false)).collect(),
-            expect: cfg.sends,
+            masked: if record {
+                (0..ports).map(|_| AtomicBool::new(false)).collect()
+            } else {
+                Vec::new()
+            },
+            counted: record,
+            on_foreign,
+            probes: (0..ports).map(|_| Probe::new()).collect(),
+            flags: sends.iter().map(|_| AtomicBool::new(false)).collect(),
+            observed: sends.iter().map(|_| GhostBool::new(false)).collect(),
+            expect: sends,
             done: GhostBool::new(false),
-        })
-    }
-
-    /// The guest's memory (both halves of the ABI).
-    pub fn abi(&self) -> &A {
-        self.host.abi()
-    }
-
-    /// The host binds a port to `vcpu`; the model guest binds it there too.
-    pub fn bind(&self, vcpu: u32) -> u32 {
-        let p = self.host.bind(vcpu).expect("bind");
-        self.set_binding(p, vcpu);
-        p
+        }
     }
 
     /// The model guest's vCPU of `port` (its `cpu_evtchn_mask`).
@@ -734,44 +725,48 @@ impl<A: Abi> HostWorld<A> {
     }
 
     /// The model guest masks `port` in its own memory (its record first).
-    pub fn guest_mask(&self, port: u32) {
+    pub fn mask<A: Abi>(&self, host: &Host<A, Kicker>, port: u32) {
         // SeqCst: a plain flag of the model guest.
         self.masked[port as usize].store(true, SeqCst);
-        let _ = self.abi().mask(port).expect("mask");
+        let _ = host.abi().mask(port).expect("mask");
     }
 
-    /// Whether the model guest has masked `port` (its own record).
-    pub fn guest_masked(&self, port: u32) -> bool {
-        // SeqCst: a plain flag of the model guest.
-        self.masked[port as usize].load(SeqCst)
+    /// Whether the model guest has masked `port` (its own record; never,
+    /// for a guest that keeps none).
+    pub fn masked(&self, port: u32) -> bool {
+        self.masked
+            .get(port as usize)
+            // SeqCst: a plain flag of the model guest.
+            .is_some_and(|m| m.load(SeqCst))
     }
 
     /// The model guest unmasks `port` as Linux does (its record first):
     /// its own conditional unmask, and `EVTCHNOP_unmask` (`Host::unmask`)
     /// when the port is pending.
-    pub fn guest_unmask(&self, port: u32) {
+    pub fn unmask<A: Abi>(&self, host: &Host<A, Kicker>, port: u32) {
         // SeqCst: a plain flag of the model guest.
         self.masked[port as usize].store(false, SeqCst);
-        let how = self.abi().try_unmask(port).expect("try_unmask");
+        let how = host.abi().try_unmask(port).expect("try_unmask");
         tr(format!("guest try_unmask port {port}: {how:?}"));
         if how == GuestUnmask::Hypercall {
-            self.host.unmask(port).expect("unmask");
+            host.unmask(port).expect("unmask");
         }
     }
 
     /// The model guest unmasks `port` by `EVTCHNOP_unmask` alone, as a
     /// guest without the conditional unmask does (its record first).
-    pub fn guest_unmask_by_hypercall(&self, port: u32) {
+    pub fn unmask_by_hypercall<A: Abi>(&self, host: &Host<A, Kicker>, port: u32) {
         // SeqCst: a plain flag of the model guest.
         self.masked[port as usize].store(false, SeqCst);
-        self.host.unmask(port).expect("unmask");
+        host.unmask(port).expect("unmask");
         tr(format!("guest EVTCHNOP_unmask port {port} returned"));
     }
 
     /// Marks sender flag `k` as sent (before the send itself).
     pub fn flag(&self, k: usize) {
-        // Relaxed: the raise (Release) and the clear (Acquire) must carry it
-        // to the handler; that is what the models check.
+        // Relaxed: the raise (Release) and the clear of the pending bit
+        // (Acquire) must carry it to the handler; that is what the models
+        // check.
         self.flags[k].store(true, Relaxed);
     }
 
@@ -779,24 +774,24 @@ impl<A: Abi> HostWorld<A> {
     /// ABI's scan offers it (pending and unmasked when the scan looked).
     /// A port the guest has masked itself must never be offered: its mask
     /// was cleared by someone else.
-    pub fn deliver(&self, vcpu: u32, port: u32) -> Delivery {
+    pub fn deliver<A: Abi>(&self, host: &Host<A, Kicker>, vcpu: u32, port: u32) -> Delivery {
         assert!(
-            !self.guest_masked(port),
+            !self.masked(port),
             "guest mask clobbered: event on a guest-masked port {port} offered to vCPU {vcpu}"
         );
         if self.binding(port) != vcpu && self.on_foreign == OnForeign::Skip {
             tr(format!("v{vcpu} skips port {port} (bound elsewhere)"));
             return Delivery::Skipped;
         }
-        if !self.abi().test_and_clear_pending(port).expect("clear") {
+        if !host.abi().test_and_clear_pending(port).expect("clear") {
             return Delivery::Skipped;
         }
-        self.handle(vcpu, port);
+        self.handle(host, vcpu, port);
         Delivery::Handled
     }
 
     /// The handler: checks C3 and records the run and the flags it saw.
-    fn handle(&self, vcpu: u32, port: u32) {
+    fn handle<A: Abi>(&self, host: &Host<A, Kicker>, vcpu: u32, port: u32) {
         let probe = &self.probes[port as usize];
         // Ghost (see the imports): two handlers inside at once is the breach.
         assert!(
@@ -808,75 +803,58 @@ impl<A: Abi> HostWorld<A> {
             .flags
             .iter()
             .zip(&self.expect)
+            // Relaxed: only the core's edges may make the flag visible.
             .map(|(f, &want)| (want == port || want == ANY) && f.load(Relaxed))
             .collect();
+        tr(format!("port {port} saw {seen:?}"));
         probe.data.with_mut(|d| {
             // SAFETY: two runs not ordered by happens-before are a race loom
-            // reports; the model's property is that there is one run.
+            // reports; the models' property is that runs of a port are
+            // serialised by the pending bit the guest clears.
             let d = unsafe { &mut *d };
             d.per_vcpu[vcpu as usize] += 1;
             d.per_life[0] += 1;
-            // Release: as in `World::handle`.
-            probe.life_runs[0].fetch_add(1, Release);
+            if self.counted {
+                // Release: as in `World::handle`.
+                probe.life_runs[0].fetch_add(1, Release);
+            }
             for (k, s) in seen.iter().enumerate() {
                 d.observed[k] |= *s;
             }
         });
         for (k, s) in seen.iter().enumerate() {
             if *s {
+                // Ghost: read by the check below and the vCPU loops.
                 self.observed[k].store(true, Relaxed);
             }
         }
+        // Ghost: the run is over.
         probe.inside.store(false, Relaxed);
+        // Ghost: every expected flag seen by some run.
         if !self.expect.is_empty() && self.observed.iter().all(|o| o.load(Relaxed)) {
-            self.finish();
+            self.finish(host);
         }
     }
 
     /// Lets the vCPU loops stop: they run one more upcall and end.
-    pub fn finish(&self) {
+    pub fn finish<A: Abi>(&self, host: &Host<A, Kicker>) {
         // Ghost: read by the vCPU loops before they park.
         self.done.store(true, Relaxed);
-        self.host.notifier().wake_all();
+        host.notifier().wake_all();
     }
 
     /// Whether the vCPU loops may stop.
     pub fn done(&self) -> bool {
+        // Ghost: set by `finish`.
         self.done.load(Relaxed)
     }
 
-    /// Handler runs of `port` so far (any thread, any time).
+    /// Handler runs of `port` so far (any thread, any time; a guest built
+    /// with its record).
     pub fn run_count(&self, port: u32) -> usize {
+        assert!(self.counted, "run_count: this guest counts no runs");
+        // Acquire: pairs with the handler's Release count.
         self.probes[port as usize].life_runs[0].load(Acquire)
-    }
-
-    /// Runs upcalls on every vCPU from the calling thread until none is
-    /// pending (after the model threads were joined).
-    pub fn drain(&self) {
-        let mut cursors: Vec<<A as Deliver>::Cursor> =
-            (0..VCPUS).map(|_| Default::default()).collect();
-        loop {
-            let mut any = false;
-            for (v, cursor) in (0..VCPUS as u32).zip(&mut cursors) {
-                self.upcall(v, cursor);
-                any |= self.abi().upcall_pending(v).expect("vCPU");
-            }
-            if !any {
-                break;
-            }
-        }
-    }
-
-    /// One upcall of the model guest on `vcpu`.
-    fn upcall(&self, vcpu: u32, cursor: &mut <A as Deliver>::Cursor) {
-        self.abi()
-            .scan(
-                vcpu,
-                cursor,
-                |p| self.deliver(vcpu, p),
-                |k| evtchn::Notify::kick(self.host.notifier(), k),
-            )
-            .expect("scan");
     }
 
     /// What the handler runs of `port` recorded (after every vCPU joined).
@@ -886,22 +864,35 @@ impl<A: Abi> HostWorld<A> {
             // SAFETY: called after the vCPU threads were joined.
             .with(|d| unsafe { (*d).clone() })
     }
-}
 
-/// Spawns the model guest's vCPU `v` of a [`HostWorld`]: a
-/// halt-until-kicked loop of [`HostWorld::deliver`] upcalls (the ABI's
-/// scan) that stops once every expected send was observed, or once the
-/// model calls [`HostWorld::finish`].
-pub fn spawn_guest_vcpu<A: Abi>(world: &Arc<HostWorld<A>>, v: u32) -> JoinHandle<()> {
-    let w = world.clone();
-    let h = thread::spawn(move || {
+    /// One upcall of the model guest on `vcpu`.
+    fn upcall<A: Abi>(
+        &self,
+        host: &Host<A, Kicker>,
+        vcpu: u32,
+        cursor: &mut <A as Deliver>::Cursor,
+    ) {
+        host.abi()
+            .scan(
+                vcpu,
+                cursor,
+                |p| self.deliver(host, vcpu, p),
+                |k| evtchn::Notify::kick(host.notifier(), k),
+            )
+            .expect("scan");
+    }
+
+    /// The halt-until-kicked loop of vCPU `v` on the calling thread (whose
+    /// kicks must unpark it): stops once every expected send was observed,
+    /// or once the model calls [`ModelGuest::finish`].
+    pub fn run_vcpu<A: Abi>(&self, host: &Host<A, Kicker>, v: u32) {
         let mut cursor = <A as Deliver>::Cursor::default();
         loop {
             tr(format!("upcall v{v} start"));
-            w.upcall(v, &mut cursor);
-            let pending = w.abi().upcall_pending(v).expect("vCPU");
+            self.upcall(host, v, &mut cursor);
+            let pending = host.abi().upcall_pending(v).expect("vCPU");
             tr(format!("upcall v{v} end pending={pending}"));
-            if w.done() {
+            if self.done() {
                 break;
             }
             if !pending {
@@ -910,9 +901,168 @@ pub fn spawn_guest_vcpu<A: Abi>(world: &Arc<HostWorld<A>>, v: u32) -> JoinHandle
                 tr(format!("unparked v{v}"));
             }
         }
-    });
+    }
+
+    /// Runs upcalls on every vCPU from the calling thread until none is
+    /// pending (after the model threads were joined).
+    pub fn drain<A: Abi>(&self, host: &Host<A, Kicker>) {
+        let mut cursors: Vec<<A as Deliver>::Cursor> =
+            (0..VCPUS).map(|_| Default::default()).collect();
+        loop {
+            let mut any = false;
+            for (v, cursor) in (0..VCPUS as u32).zip(&mut cursors) {
+                self.upcall(host, v, cursor);
+                any |= host.abi().upcall_pending(v).expect("vCPU");
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+}
+
+/// A world whose one [`ModelGuest`] runs over one of its [`Host`]s: the
+/// guest's calls without the `Host` argument.
+pub trait GuestWorld: Send + Sync + 'static {
+    /// The guest's ABI.
+    type A: Abi;
+    /// The `Host` the model guest runs over.
+    fn guest_host(&self) -> &Host<Self::A, Kicker>;
+    /// The model guest.
+    fn guest(&self) -> &ModelGuest;
+
+    /// [`ModelGuest::binding`].
+    fn binding(&self, port: u32) -> u32 {
+        self.guest().binding(port)
+    }
+    /// [`ModelGuest::set_binding`].
+    fn set_binding(&self, port: u32, vcpu: u32) {
+        self.guest().set_binding(port, vcpu)
+    }
+    /// [`ModelGuest::flag`].
+    fn flag(&self, k: usize) {
+        self.guest().flag(k)
+    }
+    /// [`ModelGuest::finish`].
+    fn finish(&self) {
+        self.guest().finish(self.guest_host())
+    }
+    /// [`ModelGuest::done`].
+    fn done(&self) -> bool {
+        self.guest().done()
+    }
+    /// [`ModelGuest::run_count`].
+    fn run_count(&self, port: u32) -> usize {
+        self.guest().run_count(port)
+    }
+    /// [`ModelGuest::runs`].
+    fn runs(&self, port: u32) -> Runs {
+        self.guest().runs(port)
+    }
+    /// [`ModelGuest::drain`].
+    fn drain(&self) {
+        self.guest().drain(self.guest_host())
+    }
+    /// Makes the calling loom thread the guest's vCPU `v`: its kicks
+    /// unpark this thread. Call before anything can raise an event on `v`.
+    fn register_vcpu(&self, v: u32) {
+        self.guest_host()
+            .notifier()
+            .register(v as usize, thread::current());
+    }
+    /// [`ModelGuest::run_vcpu`] on the calling thread (registered with
+    /// [`GuestWorld::register_vcpu`]).
+    fn run_vcpu(&self, v: u32) {
+        self.guest().run_vcpu(self.guest_host(), v)
+    }
+}
+
+/// A world for the hypervisor side alone: a [`Host`] over the guest's
+/// memory, driven directly (`host.send`, `host.bind_vcpu`, `host.unmask`),
+/// and a [`ModelGuest`] (with its own mask record) instead of the crate's
+/// `Guest`. Its guest's calls are [`GuestWorld`]'s.
+pub struct HostWorld<A: Abi = TwoL> {
+    /// The hypervisor side under test.
+    pub host: Host<A, Kicker>,
+    guest: ModelGuest,
+}
+
+impl<A: Abi> GuestWorld for HostWorld<A> {
+    type A = A;
+    fn guest_host(&self) -> &Host<A, Kicker> {
+        &self.host
+    }
+    fn guest(&self) -> &ModelGuest {
+        &self.guest
+    }
+}
+
+impl<A: Abi> HostWorld<A> {
+    /// A world over ABI `A` with `cfg`. Nothing is written to the guest's
+    /// memory: every port starts unmasked, not pending.
+    pub fn build(cfg: HostConfig) -> Arc<HostWorld<A>> {
+        let abi = A::build(&Config {
+            weaken: cfg.weaken,
+            ..Config::default()
+        });
+        let host = model_host(abi, cfg.weaken);
+        let ports = host.nr_ports() as usize;
+        Arc::new(HostWorld {
+            host,
+            guest: ModelGuest::new(ports, cfg.sends, cfg.on_foreign, true),
+        })
+    }
+
+    /// The guest's memory (both halves of the ABI).
+    pub fn abi(&self) -> &A {
+        self.host.abi()
+    }
+
+    /// The host binds a port to `vcpu`; the model guest binds it there too.
+    pub fn bind(&self, vcpu: u32) -> u32 {
+        let p = self.host.bind(vcpu).expect("bind");
+        self.guest.set_binding(p, vcpu);
+        p
+    }
+
+    /// [`ModelGuest::mask`].
+    pub fn guest_mask(&self, port: u32) {
+        self.guest.mask(&self.host, port)
+    }
+
+    /// [`ModelGuest::masked`].
+    pub fn guest_masked(&self, port: u32) -> bool {
+        self.guest.masked(port)
+    }
+
+    /// [`ModelGuest::unmask`].
+    pub fn guest_unmask(&self, port: u32) {
+        self.guest.unmask(&self.host, port)
+    }
+
+    /// [`ModelGuest::unmask_by_hypercall`].
+    pub fn guest_unmask_by_hypercall(&self, port: u32) {
+        self.guest.unmask_by_hypercall(&self.host, port)
+    }
+}
+
+/// A domain's `Host` over `abi`, plain or with `weaken`, kicking with a
+/// fresh [`Kicker`].
+pub fn model_host<A: Abi>(abi: A, weaken: Option<Weaken>) -> Host<A, Kicker> {
+    match weaken {
+        Some(w) => Host::weakened(abi, Kicker::default(), w),
+        None => Host::new(abi, Kicker::default()),
+    }
+}
+
+/// Spawns the model guest's vCPU `v` of `world`: [`GuestWorld::run_vcpu`]
+/// on a new thread, registered before the call returns (spawn the vCPUs
+/// before any thread that may raise an event).
+pub fn spawn_guest_vcpu<W: GuestWorld>(world: &Arc<W>, v: u32) -> JoinHandle<()> {
+    let w = world.clone();
+    let h = thread::spawn(move || w.run_vcpu(v));
     world
-        .host
+        .guest_host()
         .notifier()
         .register(v as usize, h.thread().clone());
     h
