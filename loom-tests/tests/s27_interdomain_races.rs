@@ -40,10 +40,18 @@ use harness::*;
 
 /// Checks the backend's end: unbound, waiting for the frontend again.
 fn assert_back_unbound(w: &DomWorld, pa: u32) {
+    let st = w.doms.status(BACK, pa).expect("status");
     assert_eq!(
-        w.doms.status(BACK, pa).expect("status").kind,
+        st.kind,
         PortKind::Unbound { remote: FRONT },
         "the backend's port {pa} did not return to unbound"
+    );
+    // Only the backend sent: nothing may raise a port of its own (a send
+    // that took its end, returned to unbound, for a connected one would
+    // raise the peer its unbound word seems to name).
+    assert!(
+        !st.pending,
+        "the backend's own port {pa} is pending: a send raised a peer its end no longer has"
     );
 }
 
