@@ -345,12 +345,6 @@ impl<R: Raise, N: Notify> Domains<R, N> {
         let host = self.host(dom)?;
         loop {
             match host.route(port)? {
-                Route::Raise(slot) => {
-                    // SeqCst: as in `Host::send`.
-                    host.raise(port, || vcpu_of(slot.load(SeqCst)))?;
-                    return Ok(());
-                }
-                Route::Dropped => return Ok(()),
                 Route::Remote(slot) => {
                     if host.weak.has(Weaken::InterdomainSendUnlocked) {
                         // Acquire: as the lock-free route's load.
@@ -372,6 +366,7 @@ impl<R: Raise, N: Notify> Domains<R, N> {
                     }
                     // Closed (or returned to unbound) since: route again.
                 }
+                local => return host.send_routed(port, local),
             }
         }
     }

@@ -499,7 +499,16 @@ impl<R: Raise, N: Notify> Host<R, N> {
     /// knows the peer; here it is [`Error::WrongKind`].
     #[inline]
     pub fn send(&self, port: u32) -> Result<(), Error> {
-        match self.route(port)? {
+        let route = self.route(port)?;
+        self.send_routed(port, route)
+    }
+
+    /// The send to `port` where [`Host::route`] sent it: raised here,
+    /// dropped, or (interdomain, which only [`crate::Domains`] can raise)
+    /// [`Error::WrongKind`].
+    #[inline(always)]
+    pub(crate) fn send_routed(&self, port: u32, route: Route<'_>) -> Result<(), Error> {
+        match route {
             Route::Raise(slot) => {
                 // SeqCst: read after the pending write and the mask read (see
                 // `Raise::set_pending`), so that a bind_vcpu's new vCPU is
@@ -572,7 +581,6 @@ impl<R: Raise, N: Notify> Host<R, N> {
         let port = tables.virq.get(&(vcpu, virq)).copied();
         if self.weak.has(Weaken::VirqRaiseUnlocked) {
             drop(tables);
-            return port.map_or(Ok(()), |p| self.raise_bound(p));
         }
         port.map_or(Ok(()), |p| self.raise_bound(p))
     }
