@@ -604,7 +604,12 @@ impl<M: FifoMemory> Fifo<M> {
     /// priority). Returns the vCPU to kick when a queue became ready and
     /// the upcall flag went 0 → 1.
     fn link(&self, port: u32, vcpu: u32) -> Kick {
-        let word = self.mem.event_word(port)?;
+        self.link_word(port, self.mem.event_word(port)?, vcpu)
+    }
+
+    /// [`Fifo::link`] with `port`'s event word already looked up.
+    #[inline]
+    fn link_word(&self, port: u32, word: &EventWord, vcpu: u32) -> Kick {
         let cb = self.mem.control_block(vcpu)?;
         let (Some(last_slot), Some(prio_slot)) = (
             self.last.get(port as usize),
@@ -944,7 +949,7 @@ impl<M: FifoMemory> Raise for Fifo<M> {
             return Ok(Raised::Masked);
         }
         let vcpu = target();
-        let kick = self.link(port, vcpu).is_some();
+        let kick = self.link_word(port, word, vcpu).is_some();
         Ok(Raised::Notified { vcpu, kick })
     }
 

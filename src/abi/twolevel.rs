@@ -526,28 +526,57 @@ impl<M: Memory2l> TwoLevel<M> {
     /// Offers the ports `bits` of word `w` to `each`, lowest first, moving
     /// the cursor along; asks `more` before each and returns `false` as soon
     /// as it says no (the cursor then names the last port offered).
-    #[inline]
+    #[inline(always)]
     fn offer(
+        w: u32,
+        bits: u64,
+        cursor: &mut Cursor,
+        more: &mut impl FnMut() -> bool,
+        each: &mut impl FnMut(u32),
+    ) -> bool {
+        // The cursor is written once per word, not per port: it names the
+        // last port offered when the word is done or the budget runs out.
+        // (A handler that unwinds leaves it where the word began: only the
+        // round-robin start of the next pass depends on it.)
+        if bits == 0 {
+            // Most calls of a pass (a start word with nothing above or
+            // below the cursor): no call frame, no cursor write.
+            return true;
+        }
+        Self::offer_bits(w, bits, cursor, more, each)
+    }
+
+    /// [`TwoLevel::offer`] of a non-empty `bits`, out of line: the scan
+    /// inlines the empty case only.
+    #[inline(never)]
+    fn offer_bits(
         w: u32,
         mut bits: u64,
         cursor: &mut Cursor,
         more: &mut impl FnMut() -> bool,
         each: &mut impl FnMut(u32),
     ) -> bool {
-        while bits != 0 {
+        let mut last = None;
+        let done = loop {
+            if bits == 0 {
+                break true;
+            }
             if !more() {
-                return false;
+                break false;
             }
             let b = bits.trailing_zeros();
             // Clears the lowest set bit (bits != 0, so no wrap happens).
             bits &= bits.wrapping_sub(1);
-            cursor.word = w;
-            cursor.bit = b;
+            last = Some(b);
             // w and b are below 64 (a selector and a word bit): the port is
             // below 4096 and the shift and or cannot overflow.
             each(w << BITS_PER_WORD.trailing_zeros() | b);
+        };
+        if let Some(b) = last {
+            cursor.word = w;
+            cursor.bit = b;
         }
-        true
+        done
     }
 
     /// Ends a scan out of budget: gives back the selector bits `sel` its
@@ -728,11 +757,19 @@ impl<M: Memory2l> Deliver for TwoLevel<M> {
     type Cursor = Cursor;
     #[inline]
     fn test_and_clear_pending(&self, port: u32) -> Result<bool, Error> {
-        let (_, bit, pending, _) = self.locate(port)?;
+        // The pending word alone is touched; the range is the ABI's
+        // (`locate`'s: below 64 words, and in both arrays).
+        let (w, b) = (port / BITS_PER_WORD, port % BITS_PER_WORD);
+        if w >= BITS_PER_WORD || w as usize >= self.mem.mask().len() {
+            return Err(Error::PortOutOfRange);
+        }
+        let pending = (self.mem.pending())
+            .get(w as usize)
+            .ok_or(Error::PortOutOfRange)?;
         // Acquire: pairs with the raiser's Release fetch_or, so the handler
         // that runs next sees everything written before the send (C1).
-        let old = pending.fetch_and(!bit, self.weak.ord(Weaken::RelaxedPending, AcqRel));
-        Ok(old & bit != 0)
+        let old = pending.fetch_and(!(1u64 << b), self.weak.ord(Weaken::RelaxedPending, AcqRel));
+        Ok((old >> b) & 1 != 0)
     }
 
     #[inline]

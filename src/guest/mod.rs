@@ -520,7 +520,9 @@ impl<V: Hypervisor> Guest<V> {
     /// ```
     #[inline]
     pub fn send(&self, port: Port) -> Result<(), Error> {
-        let slot = self.slot(port.number)?;
+        // No test for port 0: a `Port` never names it (only a bound slot
+        // makes one, and `bind` never binds 0).
+        let slot = (self.table.get(port.number as usize)).ok_or(Error::PortOutOfRange)?;
         // Acquire: pairs with bind's Release publish of BOUND, so the
         // pending bit we set is never one bind clears after us.
         let cw = slot.load(Acquire);
@@ -539,6 +541,9 @@ impl<V: Hypervisor> Guest<V> {
             Raised::Coalesced => Ok(()),
             // A bind bumps the generation before it unmasks; a raise that
             // landed after that sees the bump.
+            // The word unchanged since the first check (the common case)
+            // needs no second one.
+            Raised::Notified { .. } if now == cw => Ok(()),
             Raised::Notified { .. } => now.check(port),
             Raised::Masked => {
                 // Acquire: a close or bind that masked the port before our

@@ -144,6 +144,7 @@ mod spin {
             }
         }
 
+        #[inline]
         pub(crate) fn lock(&self) -> Guard<'_, T> {
             loop {
                 // Acquire: pairs with the Release store in `Guard::drop`, so
@@ -182,6 +183,7 @@ mod spin {
 
     impl<T> Deref for Guard<'_, T> {
         type Target = T;
+        #[inline]
         fn deref(&self) -> &T {
             #[cfg(not(all(loom, feature = "loom")))]
             // SAFETY: the guard exists only while `locked` is held by us.
@@ -197,6 +199,7 @@ mod spin {
     }
 
     impl<T> DerefMut for Guard<'_, T> {
+        #[inline]
         fn deref_mut(&mut self) -> &mut T {
             #[cfg(not(all(loom, feature = "loom")))]
             // SAFETY: the guard exists only while `locked` is held by us,
@@ -213,6 +216,7 @@ mod spin {
     }
 
     impl<T> Drop for Guard<'_, T> {
+        #[inline]
         fn drop(&mut self) {
             // Release: publishes this holder's writes to the next Acquire.
             let release = self
