@@ -197,7 +197,7 @@ impl Snapshot {
     /// The in-flight guard taken; a late-EOI port is masked (reason: EOI
     /// pending) from this handler start until its owner's EOI.
     #[inline(always)]
-    const fn claimed(self) -> Self {
+    pub(super) const fn claimed(self) -> Self {
         let eoi = if self.0 & LATEEOI != 0 {
             MaskReason::EoiPending.bit()
         } else {
@@ -336,11 +336,33 @@ impl Control {
     }
 
     /// The guard's holder releases it (see [`Snapshot::released`]);
-    /// returns the word just before.
+    /// returns the word just before. `held` is the word the claim
+    /// installed ([`Snapshot::claimed`] of what [`Control::claim`]
+    /// returned), BOUND with `ACTIVE` and without `REPLAY`; it is the word
+    /// still, unless somebody wrote it meanwhile (a close, rebind, mask
+    /// change or replay request), so the common end is one
+    /// compare-exchange from a value known without a load.
     #[inline(always)]
-    pub(super) fn release(&self, undo_eoi: bool) -> Snapshot {
-        // Relaxed: only a first guess for the compare-exchange.
-        let mut cw = self.load(Relaxed);
+    pub(super) fn release(&self, held: Snapshot, undo_eoi: bool) -> Snapshot {
+        if !undo_eoi {
+            // SeqCst, as below. `held` is BOUND with no replay request:
+            // `released` is `ACTIVE` cleared.
+            if let Err(now) = self
+                .0
+                .compare_exchange(held.0, held.0 & !ACTIVE, SeqCst, Relaxed)
+            {
+                return self.release_changed(Snapshot(now), false);
+            }
+            return held;
+        }
+        self.release_changed(held, undo_eoi)
+    }
+
+    /// The release when the word may have changed since the claim: from
+    /// the guess `cw`, until the compare-exchange succeeds.
+    #[cold]
+    #[inline(never)]
+    fn release_changed(&self, mut cw: Snapshot, undo_eoi: bool) -> Snapshot {
         loop {
             // SeqCst (AcqRel at least): Release ends the handler's critical
             // section for the next runner's Acquire (C3); Acquire pairs with

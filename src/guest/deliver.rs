@@ -53,6 +53,7 @@ impl<V: Hypervisor> Guest<V> {
         let held = guard.then(|| InFlight {
             guest: self,
             slot,
+            held: cw.claimed(),
             number,
             undo_eoi: !ran && !self.weak.has(Weaken::NoStaleEoiUndo) && cw.is_lateeoi(),
         });
@@ -79,8 +80,8 @@ impl<V: Hypervisor> Guest<V> {
     /// `undo_eoi`: drop the late-EOI mask reason this claim added (set
     /// only when the handler did not run).
     #[inline(always)]
-    fn release(&self, slot: &Control, number: u32, undo_eoi: bool) {
-        let cw = slot.release(undo_eoi);
+    fn release(&self, slot: &Control, held: Snapshot, number: u32, undo_eoi: bool) {
+        let cw = slot.release(held, undo_eoi);
         // The common end (no close, no replay, no EOI given back) is the
         // compare-exchange alone; the rest is out of line.
         if cw.release_has_work() || undo_eoi {
@@ -117,6 +118,8 @@ impl<V: Hypervisor> Guest<V> {
 pub(super) struct InFlight<'c, V: Hypervisor> {
     guest: &'c Guest<V>,
     slot: &'c Control,
+    /// The word the claim installed.
+    held: Snapshot,
     number: u32,
     undo_eoi: bool,
 }
@@ -125,7 +128,8 @@ impl<V: Hypervisor> Drop for InFlight<'_, V> {
     #[inline]
     fn drop(&mut self) {
         if !self.guest.weak.has(Weaken::GuardNotUnwindSafe) || !unwinding() {
-            self.guest.release(self.slot, self.number, self.undo_eoi);
+            self.guest
+                .release(self.slot, self.held, self.number, self.undo_eoi);
         }
     }
 }
