@@ -345,11 +345,19 @@ impl Control {
     #[inline(always)]
     pub(super) fn release(&self, held: Snapshot, undo_eoi: bool) -> Snapshot {
         if !undo_eoi {
-            // SeqCst, as below. `held` is BOUND with no replay request:
-            // `released` is `ACTIVE` cleared.
+            // Release: ends the handler's critical section for the next
+            // runner's Acquire (C3). No Acquire: on success the word read is
+            // the claim's own (or a control-plane change undone since, which
+            // this release does not act on), and a replay request or a close
+            // makes it fail. No SeqCst: no late EOI is given back here, so
+            // this write is in no store-load pattern; every other writer of
+            // the word is a read-modify-write, ordered with this one by the
+            // word's modification order. `held` is BOUND with no replay
+            // request: `released` is `ACTIVE` cleared. On failure the loop
+            // below reads the word again with its own compare-exchange.
             if let Err(now) = self
                 .0
-                .compare_exchange(held.0, held.0 & !ACTIVE, SeqCst, Relaxed)
+                .compare_exchange(held.0, held.0 & !ACTIVE, Release, Relaxed)
             {
                 return self.release_changed(Snapshot(now), false);
             }
