@@ -164,37 +164,29 @@ fn guest_mask(mem: &OwnedMemory, masked: bool) {
     }
 }
 
-impl Design for MutexTable {
-    #[inline(always)]
-    fn send_one(&self) -> bool {
-        black_box(self.send(black_box(PORT))).delivered()
-    }
-    fn rebind_to(&self, vcpu: u32) {
-        black_box(self.rebind(PORT, vcpu).expect("rebind"));
-    }
-    fn set_masked(&self, masked: bool) {
-        guest_mask(self.memory(), masked);
-    }
-    fn memory(&self) -> &OwnedMemory {
-        MutexTable::memory(self)
-    }
+/// The two peers share their `Design` glue: a send, a rebind and the
+/// guest's mask over their own methods and memory.
+macro_rules! peer_design {
+    ($($t:ty),*) => {$(
+        impl Design for $t {
+            #[inline(always)]
+            fn send_one(&self) -> bool {
+                black_box(self.send(black_box(PORT))).delivered()
+            }
+            fn rebind_to(&self, vcpu: u32) {
+                black_box(self.rebind(PORT, vcpu).expect("rebind"));
+            }
+            fn set_masked(&self, masked: bool) {
+                guest_mask(self.memory(), masked);
+            }
+            fn memory(&self) -> &OwnedMemory {
+                <$t>::memory(self)
+            }
+        }
+    )*};
 }
 
-impl Design for RwChannels {
-    #[inline(always)]
-    fn send_one(&self) -> bool {
-        black_box(self.send(black_box(PORT))).delivered()
-    }
-    fn rebind_to(&self, vcpu: u32) {
-        black_box(self.rebind(PORT, vcpu).expect("rebind"));
-    }
-    fn set_masked(&self, masked: bool) {
-        guest_mask(self.memory(), masked);
-    }
-    fn memory(&self) -> &OwnedMemory {
-        RwChannels::memory(self)
-    }
-}
+peer_design!(MutexTable, RwChannels);
 
 /// Re-arms a fresh raise of `PORT`: its pending word, and the selector and
 /// upcall flag of both vCPUs, clear (plain stores).
