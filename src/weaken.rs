@@ -76,6 +76,10 @@ pub enum Weaken {
     /// The in-flight guard is released after the handler returns but not
     /// when the handler panics (the release is not in a `Drop`).
     GuardNotUnwindSafe,
+    /// The guard's release stores the word its claim installed, without
+    /// `ACTIVE`, instead of compare-exchanging from it: what was written
+    /// while the handler ran (a replay request, a close) is overwritten.
+    ReleaseIgnoresChanges,
     /// An upcall whose handler panics does not give back what its scan had
     /// taken (2-level selector bits, FIFO queues) nor set its upcall flag.
     ScanNotUnwindSafe,

@@ -31,3 +31,13 @@ fn twin_no_in_flight_guard() {
 fn twin_no_replay() {
     rebind_in_flight_scenario(Some(Weaken::NoReplay));
 }
+
+/// With a release that stores the word its claim installed instead of
+/// compare-exchanging from it, what the rebinder wrote while vCPU 0's
+/// handler ran is overwritten, binding included: the port is bound to
+/// vCPU 0 again, and the second send runs there.
+#[test]
+#[should_panic(expected = "C5: 2 runs on the old vCPU")]
+fn twin_release_ignores_changes() {
+    rebind_in_flight_scenario(Some(Weaken::ReleaseIgnoresChanges));
+}

@@ -77,3 +77,13 @@ fn stale_scenario(weaken: Option<Weaken>) {
 fn stale_sender() {
     stale_scenario(None);
 }
+
+/// A release that stores the word its claim installed, instead of
+/// compare-exchanging from it, overwrites the `CLOSING` a close wrote
+/// while the handler ran: the closed life is bound again, and a send on
+/// its handle returns `Ok` instead of `NotBound`.
+#[test]
+#[should_panic(expected = "left: Ok(())\n right: Err(NotBound)")]
+fn twin_release_ignores_changes() {
+    close_scenario(Some(Weaken::ReleaseIgnoresChanges));
+}

@@ -343,7 +343,13 @@ impl Control {
     /// change or replay request), so the common end is one
     /// compare-exchange from a value known without a load.
     #[inline(always)]
-    pub(super) fn release(&self, held: Snapshot, undo_eoi: bool) -> Snapshot {
+    pub(super) fn release(&self, held: Snapshot, undo_eoi: bool, blind: bool) -> Snapshot {
+        if blind {
+            // The weakened release (loom twins only): see `Weaken`.
+            // Release: as below.
+            self.0.store(held.0 & !ACTIVE, Release);
+            return held;
+        }
         if !undo_eoi {
             // Release: ends the handler's critical section for the next
             // runner's Acquire (C3). No Acquire: on success the word read is

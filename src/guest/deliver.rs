@@ -81,7 +81,7 @@ impl<V: Hypervisor> Guest<V> {
     /// only when the handler did not run).
     #[inline(always)]
     fn release(&self, slot: &Control, held: Snapshot, number: u32, undo_eoi: bool) {
-        let cw = slot.release(held, undo_eoi);
+        let cw = slot.release(held, undo_eoi, self.weak.has(Weaken::ReleaseIgnoresChanges));
         // The common end (no close, no replay, no EOI given back) is the
         // compare-exchange alone; the rest is out of line.
         if cw.release_has_work() || undo_eoi {
