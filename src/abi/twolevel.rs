@@ -534,10 +534,6 @@ impl<M: Memory2l> TwoLevel<M> {
         more: &mut impl FnMut() -> bool,
         each: &mut impl FnMut(u32),
     ) -> bool {
-        // The cursor is written once per word, not per port: it names the
-        // last port offered when the word is done or the budget runs out.
-        // (A handler that unwinds leaves it where the word began: only the
-        // round-robin start of the next pass depends on it.)
         if bits == 0 {
             // Most calls of a pass (a start word with nothing above or
             // below the cursor): no call frame, no cursor write.
@@ -556,6 +552,10 @@ impl<M: Memory2l> TwoLevel<M> {
         more: &mut impl FnMut() -> bool,
         each: &mut impl FnMut(u32),
     ) -> bool {
+        // The cursor is written once per word, not per port: it names the
+        // last port offered when the word is done or the budget runs out.
+        // (A handler that unwinds leaves it where the word began: only the
+        // round-robin start of the next pass depends on it.)
         let mut last = None;
         let done = loop {
             if bits == 0 {

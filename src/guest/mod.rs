@@ -539,11 +539,11 @@ impl<V: Hypervisor> Guest<V> {
         })?;
         match raised {
             Raised::Coalesced => Ok(()),
-            // A bind bumps the generation before it unmasks; a raise that
-            // landed after that sees the bump.
             // The word unchanged since the first check (the common case)
             // needs no second one.
             Raised::Notified { .. } if now == cw => Ok(()),
+            // A bind bumps the generation before it unmasks; a raise that
+            // landed after that sees the bump.
             Raised::Notified { .. } => now.check(port),
             Raised::Masked => {
                 // Acquire: a close or bind that masked the port before our
