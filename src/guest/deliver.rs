@@ -44,20 +44,23 @@ impl<V: Hypervisor> Guest<V> {
         };
         // Clear pending only while holding the guard: each raise is handled
         // at most once, and a send during the handler raises anew.
-        let ran = matches!(self.v.abi().test_and_clear_pending(number), Ok(true));
         // The guard ends when `held` drops: after the handler, or while a
         // panicking handler unwinds (an embedder that catches the panic
         // finds the port deliverable, closable, and its replay re-raised).
-        // A late EOI taken for an event that was not there (another vCPU
-        // handled it first) is given back at once.
-        let held = guard.then(|| InFlight {
-            guest: self,
-            slot,
-            held: cw.claimed(),
-            number,
-            undo_eoi: !ran && !self.weak.has(Weaken::NoStaleEoiUndo) && cw.is_lateeoi(),
-        });
-        if ran {
+        // Each outcome builds its own guard, so the run's release is
+        // compiled with `undo_eoi` known false: its late-EOI branch and the
+        // merged flag leave the hot path.
+        let held = |undo_eoi| {
+            guard.then(|| InFlight {
+                guest: self,
+                slot,
+                held: cw.claimed(),
+                number,
+                undo_eoi,
+            })
+        };
+        if let Ok(true) = self.v.abi().test_and_clear_pending(number) {
+            let held = held(false);
             handler(port);
             #[cfg(not(all(loom, feature = "loom")))]
             if let Some(h) = self.handled.get(number as usize) {
@@ -66,11 +69,14 @@ impl<V: Hypervisor> Guest<V> {
                 // depends on them).
                 h.store(h.load(Relaxed).wrapping_add(1), Relaxed);
             }
-        }
-        drop(held);
-        if ran {
+            drop(held);
             Delivery::Handled
         } else {
+            // A late EOI taken for an event that was not there (another
+            // vCPU handled it first) is given back at once.
+            drop(held(
+                !self.weak.has(Weaken::NoStaleEoiUndo) && cw.is_lateeoi(),
+            ));
             Delivery::Skipped
         }
     }
