@@ -50,7 +50,7 @@ impl<V: Hypervisor> Guest<V> {
         // Each outcome builds its own guard, so the run's release is
         // compiled with `undo_eoi` known false: its late-EOI branch and the
         // merged flag leave the hot path.
-        let held = |undo_eoi| {
+        let guard_of = |undo_eoi| {
             guard.then(|| InFlight {
                 guest: self,
                 slot,
@@ -60,7 +60,7 @@ impl<V: Hypervisor> Guest<V> {
             })
         };
         if let Ok(true) = self.v.abi().test_and_clear_pending(number) {
-            let held = held(false);
+            let held = guard_of(false);
             handler(port);
             #[cfg(not(all(loom, feature = "loom")))]
             if let Some(h) = self.handled.get(number as usize) {
@@ -74,7 +74,7 @@ impl<V: Hypervisor> Guest<V> {
         } else {
             // A late EOI taken for an event that was not there (another
             // vCPU handled it first) is given back at once.
-            drop(held(
+            drop(guard_of(
                 !self.weak.has(Weaken::NoStaleEoiUndo) && cw.is_lateeoi(),
             ));
             Delivery::Skipped
