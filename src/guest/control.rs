@@ -140,6 +140,18 @@ impl Snapshot {
         self.0 & LATEEOI != 0
     }
 
+    /// Whether a deliverer of `vcpu` (`None`: one that runs a port wherever
+    /// it finds it) claims this word by installing `ACTIVE` alone: bound
+    /// (there), unmasked, not in flight, not late-EOI.
+    #[inline(always)]
+    pub(super) fn plainly_claimable(self, vcpu: Option<u32>) -> bool {
+        self.0 & (STATE | ACTIVE | REPLAY | REASONS | LATEEOI) == BOUND
+            && match vcpu {
+                Some(v) => self.vcpu() == v,
+                None => true,
+            }
+    }
+
     /// Checks that this is the bound life of `port`.
     #[inline(always)]
     pub(super) fn check(self, port: Port) -> Result<(), Error> {
@@ -297,6 +309,18 @@ impl Control {
         // Acquire: pairs with the control plane's Release updates, so the
         // binding and mask reasons read here are the published ones.
         let mut cw = self.load(Acquire);
+        if guard && cw.plainly_claimable(vcpu) {
+            // The common case, decided by one comparison: bound (here),
+            // unmasked, not in flight, not late-EOI; the claim installs
+            // `ACTIVE` alone. AcqRel and Acquire: as below.
+            match self
+                .0
+                .compare_exchange(cw.0, cw.0 | ACTIVE, AcqRel, Acquire)
+            {
+                Ok(_) => return Claim::Held(cw),
+                Err(now) => cw = Snapshot(now),
+            }
+        }
         loop {
             if !cw.is_bound() || cw.is_masked() {
                 return Claim::Skip;
