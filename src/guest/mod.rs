@@ -200,6 +200,14 @@ impl<D: Deliver, H: Hypercalls, N: Notify> Guest<OnXen<D, H, N>> {
     pub fn on_xen(abi: D, calls: H, notify: N) -> Self {
         Self::build(OnXen { abi, calls, notify }, Weakness::default())
     }
+
+    /// [`Guest::on_xen`] with one protective step weakened (loom models and
+    /// shuttle negative controls only).
+    #[cfg(any(all(loom, feature = "loom"), evtchn_shuttle))]
+    #[doc(hidden)]
+    pub fn on_xen_weakened(abi: D, calls: H, notify: N, w: Weaken) -> Self {
+        Self::build(OnXen { abi, calls, notify }, Weakness::new(w))
+    }
 }
 
 impl<V: Hypervisor> Guest<V> {
