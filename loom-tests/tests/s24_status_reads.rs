@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use evtchn::xen::fifo::EventWord;
 use evtchn::xen::VcpuInfo;
-use evtchn::{OwnedFifo, OwnedMemory, RegisteredFifo, RegisteredVcpus};
+use evtchn::{Delivery, OwnedFifo, OwnedMemory, RegisteredFifo, RegisteredVcpus};
 use loom::cell::UnsafeCell;
 use loom::thread;
 mod harness;
@@ -112,6 +112,56 @@ fn upcall<A: Abi>() {
             |a| a.upcall_pending(0) == Ok(true),
         );
     });
+}
+
+/// The flag a vCPU's scan sets again when its budget ends before the port
+/// (the 2-level `defer`, the FIFO hand-back): a reader that sees it set sees
+/// what the scan acquired from the raise, the data written before the send.
+/// The scan runs on a thread of its own (a vCPU): the raise's own flag
+/// write, and any fence before it, are another thread's.
+fn upcall_after_deferral<A: Abi>() {
+    model(2, || {
+        let a = abi::<A>();
+        let data = Data::new();
+        let (w, d) = (a.clone(), data.clone());
+        let writer = thread::spawn(move || {
+            d.write();
+            w.set_pending(P, || 0).expect("send");
+        });
+        let v = a.clone();
+        let vcpu = thread::spawn(move || {
+            // A budget of none: a pass that finds the port takes the
+            // selector (`ready`) bits, gives them back and sets the flag
+            // again; one that runs before the raise finds nothing.
+            v.scan_bounded(
+                0,
+                &mut Default::default(),
+                || false,
+                |_| Delivery::Skipped,
+                |_| {},
+            )
+            .expect("scan");
+        });
+        let reader = thread::spawn(move || {
+            while a.upcall_pending(0) != Ok(true) {
+                thread::yield_now();
+            }
+            data.check();
+        });
+        writer.join().expect("writer");
+        vcpu.join().expect("vCPU");
+        reader.join().expect("reader");
+    });
+}
+
+#[test]
+fn upcall_pending_after_deferral_acquires_2l() {
+    upcall_after_deferral::<TwoL>();
+}
+
+#[test]
+fn upcall_pending_after_deferral_acquires_fifo() {
+    upcall_after_deferral::<FifoAbi>();
 }
 
 #[test]
