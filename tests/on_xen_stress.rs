@@ -1,0 +1,145 @@
+//! A guest on a real hypervisor (`Guest::on_xen`, a `Host` behind its
+//! hypercalls over the same memory) on real threads: two vCPUs running
+//! upcalls, a sender, and a thread moving the ports between the vCPUs. Such
+//! a guest runs a port wherever it finds it, so both vCPUs claim the same
+//! ports around each move (loom's S29 in the small). Checked: no handler
+//! run of a port while another runs (C3), and every port's last send
+//! observed by a run that started after it, once both vCPUs drained (C1).
+#![cfg(not(loom))]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::thread;
+
+use evtchn::{
+    Bind, Error, Guest, Host, Hypercalls, Hypervisor, OwnedMemory, Port, Ports, TwoLevel,
+};
+use evtchn_test_support::Rng;
+
+struct Xen<'m>(Host<TwoLevel<&'m OwnedMemory>>);
+
+impl Hypercalls for Xen<'_> {
+    fn bind(&self, vcpu: u32) -> Result<u32, Error> {
+        self.0.bind(vcpu)
+    }
+    fn close(&self, port: u32) -> Result<(), Error> {
+        self.0.close(port)
+    }
+    fn send(&self, port: u32) -> Result<(), Error> {
+        self.0.send(port)
+    }
+    fn unmask(&self, port: u32) -> Result<(), Error> {
+        self.0.unmask(port)
+    }
+    fn bind_vcpu(&self, port: u32, vcpu: u32) -> Result<(), Error> {
+        self.0.bind_vcpu(port, vcpu)
+    }
+    fn set_priority(&self, port: u32, priority: u8) -> Result<(), Error> {
+        self.0.set_priority(port, priority)
+    }
+}
+
+/// Per port: the last send's sequence number, the newest one a run saw at
+/// its start, and whether a run is inside the handler.
+#[derive(Default)]
+struct Ledger {
+    sent: AtomicU64,
+    seen: AtomicU64,
+    inside: AtomicBool,
+}
+
+const PORTS: usize = 8;
+const SENDS: u64 = 2_000_000;
+
+#[test]
+fn guest_on_xen_two_vcpus_moves_and_sends() {
+    let mem = OwnedMemory::new(1, 2);
+    let xen = Xen(Host::new(TwoLevel::new(&mem), ()));
+    let guest = Guest::on_xen(TwoLevel::new(&mem), xen, ());
+    let ports: Vec<Port> = (0..PORTS)
+        .map(|i| guest.bind(Bind::Affinity(i as u32 % 2)).expect("bind"))
+        .collect();
+    let ledger: Vec<Ledger> = (0..PORTS).map(|_| Ledger::default()).collect();
+    let index = |p: Port| ports.iter().position(|&q| q == p).expect("a bound port");
+    let concurrent = AtomicU64::new(0);
+    let handler = |p: Port| {
+        let l = &ledger[index(p)];
+        if l.inside.swap(true, AcqRel) {
+            concurrent.fetch_add(1, Relaxed);
+        }
+        // Acquire: pairs with the sender's Release store before its send.
+        l.seen.fetch_max(l.sent.load(Acquire), AcqRel);
+        // A handler long enough for a send, and the other vCPU's run of
+        // it, to land inside.
+        for _ in 0..200 {
+            std::hint::spin_loop();
+        }
+        l.inside.store(false, Release);
+    };
+    let (stop, sent) = (AtomicBool::new(false), AtomicBool::new(false));
+    thread::scope(|s| {
+        for v in 0..2 {
+            let (guest, stop, handler) = (&guest, &stop, &handler);
+            s.spawn(move || {
+                let mut vcpu = guest.vcpu(v).expect("vCPU");
+                while !stop.load(Acquire) {
+                    if vcpu.upcall_pending() {
+                        vcpu.upcall(handler).expect("upcall");
+                    } else {
+                        thread::yield_now();
+                    }
+                }
+            });
+        }
+        s.spawn(|| {
+            let mut rng = Rng::new(1);
+            for k in 1..=SENDS {
+                let i = rng.below(PORTS as u64) as usize;
+                // Release: a run that reads it sees what came before.
+                ledger[i].sent.store(k, Release);
+                guest.send(ports[i]).expect("send");
+            }
+            sent.store(true, Release);
+        });
+        let mover = s.spawn(|| {
+            let mut rng = Rng::new(2);
+            while !sent.load(Acquire) {
+                let i = rng.below(PORTS as u64) as usize;
+                guest
+                    .set_affinity(ports[i], rng.below(2) as u32)
+                    .expect("set_affinity");
+            }
+        });
+        mover.join().expect("mover");
+        stop.store(true, Release);
+    });
+    // Both vCPUs drain what is left.
+    while (0..2).any(|v| guest.upcall_pending(v).expect("vCPU")) {
+        for v in 0..2 {
+            guest
+                .vcpu(v)
+                .expect("vCPU")
+                .upcall(handler)
+                .expect("upcall");
+        }
+    }
+    assert_eq!(concurrent.load(Relaxed), 0, "C3: concurrent runs");
+    for (i, l) in ledger.iter().enumerate() {
+        assert!(
+            !guest
+                .hypervisor()
+                .calls()
+                .0
+                .abi()
+                .is_pending(ports[i].number())
+                .expect("port"),
+            "C1: port {} left pending",
+            ports[i].number()
+        );
+        assert_eq!(
+            l.seen.load(Relaxed),
+            l.sent.load(Relaxed),
+            "C1: port {}'s last send never observed",
+            ports[i].number()
+        );
+    }
+}
