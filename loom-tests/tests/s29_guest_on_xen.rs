@@ -18,7 +18,7 @@ mod harness;
 
 use std::sync::Arc;
 
-use evtchn::{Bind, Error, Guest, Host, Hypercalls, OwnedMemory, Ports, TwoLevel, Weaken};
+use evtchn::{Bind, Guest, Host, OwnedMemory, Ports, TwoLevel, Weaken};
 use harness::model;
 use loom::cell::UnsafeCell;
 use loom::thread;
@@ -33,37 +33,16 @@ struct Data(UnsafeCell<u32>);
 // any two accesses no happens-before edge orders.
 unsafe impl Sync for Data {}
 
-/// The hypervisor: the hypercalls go to a `Host` over the same memory.
-struct Xen(Arc<Host<TwoLevel<Mem>>>);
-
-impl Hypercalls for Xen {
-    fn bind(&self, vcpu: u32) -> Result<u32, Error> {
-        self.0.bind(vcpu)
-    }
-    fn close(&self, port: u32) -> Result<(), Error> {
-        self.0.close(port)
-    }
-    fn send(&self, port: u32) -> Result<(), Error> {
-        self.0.send(port)
-    }
-    fn unmask(&self, port: u32) -> Result<(), Error> {
-        self.0.unmask(port)
-    }
-    fn bind_vcpu(&self, port: u32, vcpu: u32) -> Result<(), Error> {
-        self.0.bind_vcpu(port, vcpu)
-    }
-    fn set_priority(&self, port: u32, priority: u8) -> Result<(), Error> {
-        self.0.set_priority(port, priority)
-    }
-}
-
 fn scenario(weaken: Option<Weaken>) {
     model(2, move || {
         // One memory, each side with its own half over it. Leaked: loom
         // threads need `'static`, and the memory is a few hundred bytes.
         let mem: Mem = Box::leak(Box::new(OwnedMemory::new(1, 2)));
-        let host = Arc::new(Host::new(TwoLevel::new(mem), ()));
-        let calls = Xen(host.clone());
+        // The hypervisor: a `Host` over the same memory behind the guest's
+        // hypercalls (leaked as the memory is).
+        let host: &'static Host<TwoLevel<Mem>> =
+            Box::leak(Box::new(Host::new(TwoLevel::new(mem), ())));
+        let calls = host;
         let guest = Arc::new(match weaken {
             Some(w) => Guest::on_xen_weakened(TwoLevel::new(mem), calls, (), w),
             None => Guest::on_xen(TwoLevel::new(mem), calls, ()),

@@ -82,6 +82,29 @@ pub trait Hypercalls: Sync {
     fn set_priority(&self, port: u32, priority: u8) -> Result<(), Error>;
 }
 
+/// A reference serves as the hypervisor it names: several guests, or a
+/// guest and the code that serves it, can share one [`crate::Host`].
+impl<H: Hypercalls + ?Sized> Hypercalls for &H {
+    fn bind(&self, vcpu: u32) -> Result<u32, Error> {
+        (**self).bind(vcpu)
+    }
+    fn close(&self, port: u32) -> Result<(), Error> {
+        (**self).close(port)
+    }
+    fn send(&self, port: u32) -> Result<(), Error> {
+        (**self).send(port)
+    }
+    fn unmask(&self, port: u32) -> Result<(), Error> {
+        (**self).unmask(port)
+    }
+    fn bind_vcpu(&self, port: u32, vcpu: u32) -> Result<(), Error> {
+        (**self).bind_vcpu(port, vcpu)
+    }
+    fn set_priority(&self, port: u32, priority: u8) -> Result<(), Error> {
+        (**self).set_priority(port, priority)
+    }
+}
+
 /// What a [`Guest`] runs against: the deliver half over its memory, the
 /// hypercalls, and its kicks (IPIs). [`OnXen`] wires the three a guest
 /// kernel has; `InProcess` wires a [`crate::Host`] in the same address
