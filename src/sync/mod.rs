@@ -2,11 +2,10 @@
 //! primitives and loom's model-checked ones.
 //!
 //! Nothing else in the crate names `core::sync::atomic`, `loom` or
-//! `shuttle`. Natively this is `core::sync::atomic` plus
-//! `crossbeam_utils::CachePadded`; with the `loom` feature under
-//! `RUSTFLAGS="--cfg loom"` every atomic, fence, spin hint and the
-//! control-plane lock come from loom, so the model checker sees every access
-//! the core makes. (`--cfg loom` alone leaves the crate native: a user's own
+//! `shuttle`. Natively this is `core::sync::atomic`; with the `loom`
+//! feature under `RUSTFLAGS="--cfg loom"` every atomic, fence, spin hint
+//! and the control-plane lock come from loom, so the model checker sees
+//! every access the core makes. (`--cfg loom` alone leaves the crate native: a user's own
 //! loom build does not switch it unasked.) Under `cfg(evtchn_shuttle)`, which
 //! only the `shuttle-tests` workspace member sets (its build script), they
 //! come from shuttle instead, whose schedulers run the core's threads in
