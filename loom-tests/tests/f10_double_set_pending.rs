@@ -5,6 +5,8 @@
 //! linked, the guest woken, and both sends observed.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

@@ -10,6 +10,8 @@
 //! be delivered; nothing is dropped however the moves interleave.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

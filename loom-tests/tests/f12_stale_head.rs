@@ -11,6 +11,8 @@
 //! wastes a pass but loses nothing, and loom rightly finds no failure.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::Bind;
 use loom::thread;
 mod harness;

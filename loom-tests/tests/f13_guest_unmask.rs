@@ -13,6 +13,8 @@
 //! throughout, so the re-mask must look at its own bit alone.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, GuestUnmask, Weaken};
 use loom::thread;
 mod harness;

@@ -5,6 +5,8 @@
 //! queue and finding it bound elsewhere, links it on the new vCPU.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::Weaken;
 mod harness;
 use harness::*;

@@ -7,6 +7,8 @@
 //! are not ordered by happens-before are a reported race.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

@@ -9,6 +9,8 @@
 //! halt forever: loom reports the deadlock.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

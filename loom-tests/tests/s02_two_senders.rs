@@ -5,6 +5,8 @@
 //! concurrently, and the last run observed both senders' writes.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::Bind;
 use loom::thread;
 mod harness;

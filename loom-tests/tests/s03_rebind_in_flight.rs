@@ -5,6 +5,8 @@
 //! [`harness::rebind_in_flight_scenario`]; scenario 6 runs its other twins.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 mod harness;
 use harness::rebind_in_flight_scenario;
 

@@ -5,6 +5,8 @@
 //! once, with no other send to rescue it.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

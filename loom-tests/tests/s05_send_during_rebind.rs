@@ -6,6 +6,8 @@
 //! unmask sees it pending and raises it on the new vCPU.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

@@ -10,6 +10,8 @@
 //! it safe.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::Weaken;
 mod harness;
 use harness::rebind_in_flight_scenario;

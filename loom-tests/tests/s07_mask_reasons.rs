@@ -4,6 +4,8 @@
 //! reasons are gone, and then it must run (the last removal re-raises).
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

@@ -10,6 +10,8 @@
 //!   re-bind. If its send returned `Ok`, the new life sees nothing of it.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 
 use loom::thread;

@@ -6,6 +6,8 @@
 //!   handled on any vCPU but the target, while both vCPUs run upcalls.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::Bind;
 use loom::thread;
 mod harness;

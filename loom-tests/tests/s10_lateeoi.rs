@@ -7,6 +7,8 @@
 //! (C1, C5).
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

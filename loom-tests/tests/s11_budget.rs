@@ -7,6 +7,8 @@
 //! fresh handle for every upcall, so nothing may stay behind in a cursor.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

@@ -14,6 +14,8 @@
 //! loom reports as a deadlock.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Raise, Weaken};
 use loom::thread;
 mod harness;

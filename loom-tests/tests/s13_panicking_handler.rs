@@ -20,6 +20,8 @@
 //! deadlock.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, State, Weaken};
 use loom::thread;
 mod harness;

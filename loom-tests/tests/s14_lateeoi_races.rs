@@ -16,6 +16,8 @@
 //!   outstanding).
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

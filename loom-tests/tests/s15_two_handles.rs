@@ -8,6 +8,8 @@
 //! probe's `inside` flag and its loom `UnsafeCell`).
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

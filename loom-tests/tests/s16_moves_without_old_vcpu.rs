@@ -15,6 +15,8 @@
 //!   the event on vCPU 1 already and evacuation does nothing.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

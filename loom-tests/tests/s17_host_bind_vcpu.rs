@@ -41,6 +41,8 @@
 //!   compare-exchange fails). The send runs once, on vCPU 0.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use std::sync::Arc;
 
 use evtchn::Weaken;

@@ -19,6 +19,8 @@
 //! `EVTCHNOP_unmask`) and the send runs once, on vCPU 1.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::Weaken;
 use loom::thread;
 mod harness;

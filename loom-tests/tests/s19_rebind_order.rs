@@ -31,6 +31,8 @@
 //!   `set_online(0, false)` (s16) moves it.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use std::sync::Arc;
 
 use evtchn::{Bind, Weaken};

@@ -20,6 +20,8 @@
 //! other deliverer's swap to exclude it (loom explores the store order).
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{Bind, Weaken};
 use loom::thread;
 mod harness;

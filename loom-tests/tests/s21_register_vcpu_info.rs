@@ -22,6 +22,8 @@
 //! with the selector marked and its flag clear.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 

@@ -16,6 +16,8 @@
 //!   guest registers its control block and `vcpu_info`.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use std::sync::Arc;
 
 use evtchn::xen::fifo::{ControlBlock, EventWord};

@@ -11,6 +11,8 @@
 //!   array page).
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use std::sync::Arc;
 
 use evtchn::{Bind, Host};

@@ -13,6 +13,8 @@
 //! * `RegisteredVcpus::is_registered` after `register_vcpu_info`.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use std::sync::Arc;
 
 use evtchn::xen::fifo::EventWord;

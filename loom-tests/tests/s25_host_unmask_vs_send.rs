@@ -13,6 +13,8 @@
 //! On FIFO both sides change the one event word, so no fence is needed.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::Weaken;
 mod harness;
 use harness::*;

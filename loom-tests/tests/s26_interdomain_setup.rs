@@ -33,6 +33,8 @@
 //!   drops without the lock; the handler may miss the second send's data).
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::{BindMode, PortKind, Weaken};
 use loom::thread;
 mod harness;

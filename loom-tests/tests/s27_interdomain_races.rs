@@ -29,6 +29,8 @@
 //!   unbound, waiting for domain 1. Twin `InterdomainSendUnlocked`.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use std::sync::Arc;
 
 use evtchn::{PortKind, Weaken};

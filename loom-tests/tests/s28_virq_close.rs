@@ -22,6 +22,8 @@
 //! look-up and the raise).
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 use evtchn::xen::evtchnop::virq;
 use evtchn::{PortKind, Weaken};
 use loom::thread;

@@ -14,6 +14,8 @@
 //! claim exchange succeeds on vCPU 1's release and runs the new event.
 #![cfg(loom)]
 
+extern crate evtchn_loom as evtchn;
+
 mod harness;
 
 use std::sync::Arc;
