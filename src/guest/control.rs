@@ -43,6 +43,7 @@ const PRIORITY: u64 = 0xf << PRIORITY_SHIFT;
 const VCPU_SHIFT: u32 = 16;
 const VCPU: u64 = 0xffff << VCPU_SHIFT;
 const GEN_SHIFT: u32 = 32;
+const GEN: u64 = 0xffff_ffff << GEN_SHIFT;
 
 /// One value of a control word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +151,25 @@ impl Snapshot {
                 Some(v) => self.vcpu() == v,
                 None => true,
             }
+    }
+
+    /// Whether this is the bound life of `port` (one masked comparison;
+    /// [`Snapshot::check`] names the refusal).
+    #[inline(always)]
+    pub(super) const fn is_life_of(self, port: Port) -> bool {
+        self.0 & (GEN | STATE) == ((port.generation as u64) << GEN_SHIFT) | BOUND
+    }
+
+    /// The refusal of a send to `port` on a word that is not its bound life
+    /// ([`Snapshot::is_life_of`] said `false`): out of the send's line.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn refusal(self, port: Port) -> Error {
+        match self.check(port) {
+            Err(e) => e,
+            // Not reached when `is_life_of` said `false`.
+            Ok(()) => Error::NotBound,
+        }
     }
 
     /// Checks that this is the bound life of `port`.
@@ -413,6 +433,36 @@ impl Control {
             {
                 Ok(_) => return cw,
                 Err(now) => cw = Snapshot(now),
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The send's one-comparison test agrees with `check`, and its refusal
+    /// is `check`'s error, for every state, generation and the other
+    /// fields set or clear.
+    #[test]
+    fn is_life_of_agrees_with_check() {
+        let others = [0, ACTIVE | REPLAY | REASONS | LATEEOI | PRIORITY | VCPU];
+        for state in [FREE, BOUND, CLOSING, 3] {
+            for word_gen in [0u32, 1, 7, u32::MAX] {
+                for other in others {
+                    let s = Snapshot(((word_gen as u64) << GEN_SHIFT) | other | state);
+                    for generation in [0u32, 1, 7, u32::MAX] {
+                        let port = Port {
+                            number: 1,
+                            generation,
+                        };
+                        assert_eq!(s.is_life_of(port), s.check(port).is_ok(), "{s:?} {port:?}");
+                        if !s.is_life_of(port) {
+                            assert_eq!(Err(s.refusal(port)), s.check(port), "{s:?} {port:?}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -557,7 +557,9 @@ impl<V: Hypervisor> Guest<V> {
         // Acquire: pairs with bind's Release publish of BOUND, so the
         // pending bit we set is never one bind clears after us.
         let cw = slot.load(Acquire);
-        cw.check(port)?;
+        if !cw.is_life_of(port) {
+            return Err(cw.refusal(port));
+        }
         let mut now = cw;
         // SeqCst: `set_pending` calls the closure only after its SeqCst
         // pending write and (2-level) store-load fence, so this load is the
