@@ -84,6 +84,23 @@ pub trait Hypercalls: Sync {
 
 /// A reference serves as the hypervisor it names: several guests, or a
 /// guest and the code that serves it, can share one [`crate::Host`].
+///
+/// # Examples
+///
+/// ```
+/// use evtchn::{Bind, Guest, Host, OwnedMemory, TwoLevel};
+///
+/// // One memory: the hypervisor's raise half and the guest's deliver half.
+/// let mem = OwnedMemory::new(1, 2);
+/// let host = Host::new(TwoLevel::new(&mem), ());
+/// let guest = Guest::on_xen(TwoLevel::new(&mem), &host, ());
+/// let port = guest.bind(Bind::Affinity(1))?; // EVTCHNOP_bind_* on `host`
+/// host.send(port.number())?; // the hypervisor raises it
+/// let mut seen = Vec::new();
+/// assert_eq!(guest.vcpu(1)?.upcall(|p| seen.push(p))?, 1);
+/// assert_eq!(seen, [port]);
+/// # Ok::<(), evtchn::Error>(())
+/// ```
 impl<H: Hypercalls + ?Sized> Hypercalls for &H {
     fn bind(&self, vcpu: u32) -> Result<u32, Error> {
         (**self).bind(vcpu)
