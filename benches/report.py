@@ -476,6 +476,13 @@ def callgrind_table(target: Path) -> list[str]:
          "floor fifo"),
         ("send, coalesced (FIFO)", "coalesced_fifo_evtchn", "coalesced_fifo_floor", None,
          "floor fifo"),
+        ("hypervisor send (`Host::send`), fresh raise", "fresh_host", "fresh_floor", "2l",
+         "floor"),
+        ("hypervisor send, coalesced", "coalesced_host", "coalesced_floor", None, "floor"),
+        ("hypervisor send, fresh raise (FIFO), vs the floor with a queue lock",
+         "fresh_fifo_host", "fresh_fifo_floor_locked", "fifo", "floor fifo + queue lock"),
+        ("hypervisor send, coalesced (FIFO)", "coalesced_fifo_host", "coalesced_fifo_floor",
+         None, "floor fifo"),
     ]:
         e, f = send(ev_mode), send(fl_mode)
         r = rearm[sub] if sub else 0.0

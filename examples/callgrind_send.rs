@@ -18,7 +18,10 @@
 //! * FIFO (`Fifo` over `OwnedFifo`, as in `benches/send.rs`): `rearm_fifo`;
 //!   `fresh_fifo_floor`, `fresh_fifo_floor_locked`, `fresh_fifo_evtchn`,
 //!   `fresh_fifo_raw`; `coalesced_fifo_floor`, `coalesced_fifo_evtchn`,
-//!   `coalesced_fifo_raw`.
+//!   `coalesced_fifo_raw`;
+//! * the hypervisor's send alone (`Host::send`, a VMM raising for its
+//!   guest): `fresh_host`, `coalesced_host`, `fresh_fifo_host`,
+//!   `coalesced_fifo_host` (re-armed as the rows above).
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -26,7 +29,7 @@ use std::sync::atomic::Ordering::*;
 
 use evtchn::xen::fifo::PRIORITY_DEFAULT;
 use evtchn::Raise;
-use evtchn::{Bind, Channels, Fifo, FifoMemory, OwnedFifo, OwnedMemory, Port, TwoLevel};
+use evtchn::{Bind, Channels, Fifo, FifoMemory, Host, OwnedFifo, OwnedMemory, Port, TwoLevel};
 
 #[path = "../benches/floor/mod.rs"]
 mod floor;
@@ -40,6 +43,8 @@ const FIFO_PORTS: u32 = 4096;
 type Ch = Channels<TwoLevel<OwnedMemory>>;
 type FifoCh = Channels<Fifo<OwnedFifo>>;
 type Fw<'a> = FifoWords<'a, OwnedFifo>;
+type HostTl = Host<TwoLevel<OwnedMemory>>;
+type HostFifo = Host<Fifo<OwnedFifo>>;
 
 #[inline(never)]
 fn send_loop_rearm(w: &Words<'_>, n: u64) {
@@ -155,6 +160,36 @@ fn send_loop_coalesced_fifo_raw(raw: &Fifo<OwnedFifo>, n: u64) {
     }
 }
 
+#[inline(never)]
+fn send_loop_fresh_host(w: &Words<'_>, host: &HostTl, n: u64) {
+    for _ in 0..n {
+        w.rearm();
+        let _ = black_box(host.send(black_box(PORT)));
+    }
+}
+
+#[inline(never)]
+fn send_loop_coalesced_host(host: &HostTl, n: u64) {
+    for _ in 0..n {
+        let _ = black_box(host.send(black_box(PORT)));
+    }
+}
+
+#[inline(never)]
+fn send_loop_fresh_fifo_host(w: &Fw<'_>, host: &HostFifo, n: u64) {
+    for _ in 0..n {
+        w.rearm();
+        let _ = black_box(host.send(black_box(PORT)));
+    }
+}
+
+#[inline(never)]
+fn send_loop_coalesced_fifo_host(host: &HostFifo, n: u64) {
+    for _ in 0..n {
+        let _ = black_box(host.send(black_box(PORT)));
+    }
+}
+
 /// FIFO memory with the port's page mapped, every word clear.
 fn fifo_memory() -> OwnedFifo {
     let mem = OwnedFifo::new(FIFO_PORTS, 2);
@@ -200,6 +235,17 @@ fn main() -> ExitCode {
     let fraw = Fifo::new(fifo_memory());
     let frw = FifoWords::of(fraw.memory(), PORT, VCPU, prio);
 
+    // The hypervisor side alone (`Host::send`: a VMM raising for its
+    // guest), port `PORT` bound to `VCPU` on each ABI.
+    let host: HostTl = Host::new(TwoLevel::new(OwnedMemory::new(64, 2)), ());
+    let fhost: HostFifo = Host::new(Fifo::new(OwnedFifo::new(FIFO_PORTS, 2)), ());
+    for h in 1..=PORT {
+        assert_eq!(host.bind(VCPU), Ok(h), "host bind");
+        assert_eq!(fhost.bind(VCPU), Ok(h), "host bind (FIFO)");
+    }
+    let hw = Words::of(host.abi().memory(), PORT, VCPU);
+    let fhw = FifoWords::of(fhost.abi().memory(), PORT, VCPU, prio);
+
     match mode.as_str() {
         "rearm" => send_loop_rearm(&fl, n),
         "fresh_floor" => send_loop_fresh_floor(&fl, n),
@@ -234,6 +280,16 @@ fn main() -> ExitCode {
             fraw.set_pending(PORT, || VCPU).expect("set_pending");
             send_loop_coalesced_fifo_raw(&fraw, n)
         }
+        "fresh_host" => send_loop_fresh_host(&hw, &host, n),
+        "coalesced_host" => {
+            host.send(PORT).expect("send");
+            send_loop_coalesced_host(&host, n)
+        }
+        "fresh_fifo_host" => send_loop_fresh_fifo_host(&fhw, &fhost, n),
+        "coalesced_fifo_host" => {
+            fhost.send(PORT).expect("send");
+            send_loop_coalesced_fifo_host(&fhost, n)
+        }
         _ => {
             eprintln!(
                 "usage: callgrind_send MODE [N]\n\
@@ -241,7 +297,8 @@ fn main() -> ExitCode {
                  coalesced_floor, coalesced_evtchn, coalesced_raw, \
                  rearm_fifo, fresh_fifo_floor, fresh_fifo_floor_locked, \
                  fresh_fifo_evtchn, fresh_fifo_raw, coalesced_fifo_floor, \
-                 coalesced_fifo_evtchn, coalesced_fifo_raw"
+                 coalesced_fifo_evtchn, coalesced_fifo_raw, fresh_host, \
+                 coalesced_host, fresh_fifo_host, coalesced_fifo_host"
             );
             return ExitCode::FAILURE;
         }
