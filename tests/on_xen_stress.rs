@@ -37,16 +37,21 @@ fn guest_on_xen_two_vcpus_moves_and_sends() {
     let concurrent = AtomicU64::new(0);
     let handler = |p: Port| {
         let l = &ledger[index(p)];
+        // AcqRel: pairs with the previous run's Release clear below; a run
+        // that finds the flag set overlapped another.
         if l.inside.swap(true, AcqRel) {
+            // Relaxed: a count, read after every thread was joined.
             concurrent.fetch_add(1, Relaxed);
         }
-        // Acquire: pairs with the sender's Release store before its send.
+        // Acquire: pairs with the sender's Release store before its send;
+        // AcqRel on the maximum: ordered with the other vCPU's runs.
         l.seen.fetch_max(l.sent.load(Acquire), AcqRel);
         // A handler long enough for a send, and the other vCPU's run of
         // it, to land inside.
         for _ in 0..200 {
             std::hint::spin_loop();
         }
+        // Release: the next run's swap sees this run out.
         l.inside.store(false, Release);
     };
     let (stop, sent) = (AtomicBool::new(false), AtomicBool::new(false));
@@ -55,6 +60,7 @@ fn guest_on_xen_two_vcpus_moves_and_sends() {
             let (guest, stop, handler) = (&guest, &stop, &handler);
             s.spawn(move || {
                 let mut vcpu = guest.vcpu(v).expect("vCPU");
+                // Acquire: pairs with the Release store once the mover ends.
                 while !stop.load(Acquire) {
                     if vcpu.upcall_pending() {
                         vcpu.upcall(handler).expect("upcall");
@@ -72,10 +78,12 @@ fn guest_on_xen_two_vcpus_moves_and_sends() {
                 ledger[i].sent.store(k, Release);
                 guest.send(ports[i]).expect("send");
             }
+            // Release: the mover stops after the last send.
             sent.store(true, Release);
         });
         let mover = s.spawn(|| {
             let mut rng = Rng::new(2);
+            // Acquire: pairs with the sender's Release store.
             while !sent.load(Acquire) {
                 let i = rng.below(PORTS as u64) as usize;
                 guest
@@ -84,6 +92,7 @@ fn guest_on_xen_two_vcpus_moves_and_sends() {
             }
         });
         mover.join().expect("mover");
+        // Release: the vCPU threads' Acquire loads stop them.
         stop.store(true, Release);
     });
     // Both vCPUs drain what is left.
@@ -96,6 +105,7 @@ fn guest_on_xen_two_vcpus_moves_and_sends() {
                 .expect("upcall");
         }
     }
+    // Relaxed, here and below: every thread has been joined.
     assert_eq!(concurrent.load(Relaxed), 0, "C3: concurrent runs");
     for (i, l) in ledger.iter().enumerate() {
         assert!(

@@ -5,11 +5,11 @@
 //! `shuttle`. Natively this is `core::sync::atomic`; with the `loom`
 //! feature under `RUSTFLAGS="--cfg loom"` every atomic, fence, spin hint
 //! and the control-plane lock come from loom, so the model checker sees
-//! every access the core makes. (`--cfg loom` alone leaves the crate native: a user's own
-//! loom build does not switch it unasked.) Under `cfg(evtchn_shuttle)`, which
-//! only the `shuttle-tests` workspace member sets (its build script), they
-//! come from shuttle instead, whose schedulers run the core's threads in
-//! random (and PCT) orders.
+//! every access the core makes. (`--cfg loom` alone leaves the crate
+//! native: a user's own loom build does not switch it unasked.) Under
+//! `cfg(evtchn_shuttle)`, which only the `shuttle-tests` workspace member
+//! sets (its build script), they come from shuttle instead, whose
+//! schedulers run the core's threads in random (and PCT) orders.
 
 #[cfg(all(evtchn_shuttle, all(loom, feature = "loom")))]
 compile_error!("cfg(evtchn_shuttle) and the loom build are exclusive");
