@@ -14,6 +14,9 @@
 //! * `rearm_one`, `rearm_all` — the re-arming stores alone (subtracted);
 //! * `one_hand`, `one_evtchn` — re-arm + drain of 1 pending port of 4096;
 //! * `all_hand`, `all_evtchn` — re-arm + drain of all 4095 bindable ports;
+//! * `one_flow`, `all_flow` — the same drains by the hand scan with a
+//!   per-port guard in the style of Linux's edge flow handler
+//!   (`floor::hand_scan_flow`);
 //! * FIFO (`Fifo` over `OwnedFifo`, with the hand walk of `benches/floor`):
 //!   `rearm_fifo_one`, `rearm_fifo_all`; `one_walk`, `one_fifo`;
 //!   `all_walk`, `all_fifo`.
@@ -29,7 +32,7 @@ use evtchn::{Fifo, Memory2l, OwnedFifo, OwnedMemory, TwoLevel, Vcpu};
 #[path = "../benches/floor/mod.rs"]
 mod floor;
 
-use floor::{hand_scan, hand_walk, rearm_drain, FifoDrain, FifoPlain};
+use floor::{hand_scan, hand_scan_flow, hand_walk, rearm_drain, FifoDrain, FifoPlain, FlowDesc};
 
 const WORDS: usize = 64;
 const PORTS: u32 = WORDS as u32 * 64;
@@ -89,6 +92,22 @@ fn drain_loop_hand(mem: &OwnedMemory, all: bool, n: u64) {
 }
 
 #[inline(never)]
+fn drain_loop_flow(mem: &OwnedMemory, desc: &[FlowDesc], all: bool, n: u64) {
+    for _ in 0..n {
+        rearm_drain(mem.pending(), mem.vcpu_info(0).expect("vcpu_info"), all);
+        hand_scan_flow(
+            mem.pending(),
+            mem.mask(),
+            mem.vcpu_info(0).expect("vcpu_info"),
+            desc,
+            |p| {
+                black_box(p);
+            },
+        );
+    }
+}
+
+#[inline(never)]
 fn drain_loop_evtchn(mem: &OwnedMemory, vcpu: &mut V<'_>, all: bool, n: u64) {
     for _ in 0..n {
         rearm_drain(mem.pending(), mem.vcpu_info(0).expect("vcpu_info"), all);
@@ -115,6 +134,7 @@ fn main() -> ExitCode {
     let ev = ch.abi().memory();
     let fl = OwnedMemory::new(WORDS, 2);
     fl.mask()[0].store(1, Relaxed);
+    let desc: Vec<FlowDesc> = (0..PORTS).map(|_| FlowDesc::default()).collect();
 
     let fch = floor::all_bound_to_vcpu0(Fifo::new(OwnedFifo::new(PORTS, 2)));
     let mut fvcpu = fch.vcpu(0).expect("vcpu");
@@ -131,6 +151,8 @@ fn main() -> ExitCode {
         "one_evtchn" => drain_loop_evtchn(ev, &mut vcpu, false, n),
         "all_hand" => drain_loop_hand(&fl, true, n),
         "all_evtchn" => drain_loop_evtchn(ev, &mut vcpu, true, n),
+        "one_flow" => drain_loop_flow(&fl, &desc, false, n),
+        "all_flow" => drain_loop_flow(&fl, &desc, true, n),
         "rearm_fifo_one" => drain_loop_rearm_fifo(&ffl, false, n),
         "rearm_fifo_all" => drain_loop_rearm_fifo(&ffl, true, n),
         "one_walk" => drain_loop_walk(&ffl, &plain, false, n),
@@ -140,7 +162,8 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: callgrind_drain MODE [N]\n\
-                 MODE: rearm_one, rearm_all, one_hand, one_evtchn, all_hand, all_evtchn, \
+                 MODE: rearm_one, rearm_all, one_hand, one_evtchn, all_hand, all_evtchn, one_flow, \
+                 all_flow, \
                  rearm_fifo_one, rearm_fifo_all, one_walk, one_fifo, all_walk, all_fifo"
             );
             return ExitCode::FAILURE;

@@ -7,8 +7,8 @@
 #![allow(dead_code)]
 
 use std::cell::Cell;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::*;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 
 use evtchn::xen::fifo::{ControlBlock, EventWord, LINKED, LINK_MASK, MASKED, MAX_QUEUES, PENDING};
 use evtchn::xen::{VcpuInfo, XenUlong};
@@ -113,6 +113,126 @@ pub fn hand_scan(
     vi: &VcpuInfo,
     mut each: impl FnMut(u32),
 ) {
+    scan_words(pending, mask, vi, |p, port, bit| {
+        // AcqRel: Acquire pairs with the raiser's Release fetch_or, so the
+        // sender's writes are visible to the handler.
+        if p.fetch_and(!bit, AcqRel) & bit != 0 {
+            each(port);
+        }
+    });
+}
+
+/// The hand scan with a per-port guard in the style of Linux's edge flow
+/// handler (`handle_edge_irq`, from its published design), which a Linux
+/// guest runs for an event channel bound as an ordinary interrupt: per
+/// port a descriptor ([`FlowDesc`]) with a spin lock, taken by a `lock
+/// cmpxchg` and given back by a Release store, and a state word under it
+/// (`INPROGRESS`, `REPLAY`). Per event: lock; if a handler of the port is
+/// in progress, leave the event pending and mark it for that runner, as
+/// Linux's `IRQS_PENDING`; else clear the pending bit (the chip's ack),
+/// mark the port in progress, unlock; the handler; lock, clear the mark,
+/// unlock. Three locked instructions per event, as evtchn's claim, clear
+/// and release: the baseline of a drain that keeps one handler of a port
+/// running at a time while the port may move. (Linux's own path adds the
+/// descriptor lookup and its statistics; a per-CPU interrupt skips the
+/// lock.) One thread here, so the replay mark is never set, but its test
+/// is paid.
+#[inline(never)]
+pub fn hand_scan_flow(
+    pending: &[XenUlong],
+    mask: &[XenUlong],
+    vi: &VcpuInfo,
+    desc: &[FlowDesc],
+    mut each: impl FnMut(u32),
+) {
+    scan_words(pending, mask, vi, |p, port, bit| {
+        let Some(d) = desc.get(port as usize) else {
+            return;
+        };
+        d.lock();
+        // Relaxed: the state is read and written under the lock only.
+        let state = d.state.load(Relaxed);
+        if state & FLOW_INPROGRESS != 0 {
+            // Relaxed: under the lock.
+            d.state.store(state | FLOW_REPLAY, Relaxed);
+            d.unlock();
+            return;
+        }
+        // AcqRel: as the hand scan's clear.
+        if p.fetch_and(!bit, AcqRel) & bit == 0 {
+            d.unlock();
+            return;
+        }
+        // Relaxed: under the lock.
+        d.state.store(FLOW_INPROGRESS, Relaxed);
+        d.unlock();
+        each(port);
+        d.lock();
+        // Relaxed: under the lock (a load and a store: a swap would be one
+        // more locked instruction, `xchg`).
+        let replay = d.state.load(Relaxed) & FLOW_REPLAY != 0;
+        d.state.store(0, Relaxed);
+        d.unlock();
+        if replay {
+            // Another runner left the event pending for us: raise it
+            // again (never taken here, one thread).
+            vi.evtchn_pending_sel.fetch_or(1 << (port / 64), AcqRel);
+            // Release: after the selector bit.
+            vi.evtchn_upcall_pending.store(1, Release);
+        }
+    });
+}
+
+/// A port's descriptor for [`hand_scan_flow`]: a spin lock and the state
+/// it guards (8 bytes, as evtchn's control word).
+#[derive(Default)]
+pub struct FlowDesc {
+    lock: AtomicU32,
+    state: AtomicU32,
+}
+
+/// A handler of the port is in progress.
+const FLOW_INPROGRESS: u32 = 1;
+/// An event was left pending for the handler in progress.
+const FLOW_REPLAY: u32 = 2;
+
+impl FlowDesc {
+    #[inline(always)]
+    fn lock(&self) {
+        // Acquire: the previous holder's writes (and its handler's) are
+        // visible once the lock is ours.
+        while self
+            .lock
+            .compare_exchange_weak(0, 1, Acquire, Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[inline(always)]
+    fn unlock(&self) {
+        // Release: publishes what was written under the lock.
+        self.lock.store(0, Release);
+    }
+
+    /// Unlocked, with no handler in progress and no mark.
+    pub fn is_idle(&self) -> bool {
+        // Relaxed: read after the scan, on its thread.
+        self.lock.load(Relaxed) == 0 && self.state.load(Relaxed) == 0
+    }
+}
+
+/// The scan shared by the hand scans: calls `take(pending word, port,
+/// bit)` for each pending, unmasked bit of each selected word, and loops
+/// while the upcall flag was set meanwhile.
+#[inline(always)]
+fn scan_words(
+    pending: &[XenUlong],
+    mask: &[XenUlong],
+    vi: &VcpuInfo,
+    mut take: impl FnMut(&XenUlong, u32, u64),
+) {
     loop {
         // Relaxed: published by the Release half of the selector swap.
         vi.evtchn_upcall_pending.store(0, Relaxed);
@@ -128,12 +248,7 @@ pub fn hand_scan(
             while bits != 0 {
                 let b = bits.trailing_zeros();
                 bits &= bits - 1;
-                let bit = 1u64 << b;
-                // AcqRel: Acquire pairs with the raiser's Release fetch_or,
-                // so the sender's writes are visible to the handler.
-                if p.fetch_and(!bit, AcqRel) & bit != 0 {
-                    each(w * 64 + b);
-                }
+                take(p, w * 64 + b, 1u64 << b);
             }
         }
         // Acquire: pairs with a raiser's swap of the flag.
