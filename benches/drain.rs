@@ -68,6 +68,7 @@ fn drain(c: &mut Criterion) {
     // Port 0 masked, as the control plane leaves it.
     fl.mask()[0].store(1, Relaxed);
     let desc: Vec<FlowDesc> = (0..PORTS).map(|_| FlowDesc::default()).collect();
+    let (fp, fm, fvi) = (fl.pending(), fl.mask(), fl.vcpu_info(0).expect("vcpu_info"));
 
     let fch = floor::all_bound_to_vcpu0(Fifo::new(OwnedFifo::new(PORTS, 2)));
     let mut fvcpu = fch.vcpu(0).expect("vcpu");
@@ -81,23 +82,12 @@ fn drain(c: &mut Criterion) {
         // Every row handles every port it re-armed, once.
         let want = if all { PORTS as usize - 1 } else { 1 };
         let mut n = 0;
-        rearm_drain(fl.pending(), fl.vcpu_info(0).expect("vcpu_info"), all);
-        hand_scan(
-            fl.pending(),
-            fl.mask(),
-            fl.vcpu_info(0).expect("vcpu_info"),
-            |_| n += 1,
-        );
+        rearm_drain(fp, fvi, all);
+        hand_scan(fp, fm, fvi, |_| n += 1);
         assert_eq!(n, want, "hand scan");
         n = 0;
-        rearm_drain(fl.pending(), fl.vcpu_info(0).expect("vcpu_info"), all);
-        hand_scan_flow(
-            fl.pending(),
-            fl.mask(),
-            fl.vcpu_info(0).expect("vcpu_info"),
-            &desc,
-            |_| n += 1,
-        );
+        rearm_drain(fp, fvi, all);
+        hand_scan_flow(fp, fm, fvi, &desc, |_| n += 1);
         assert_eq!(n, want, "hand scan + flow lock");
         assert!(
             desc.iter().all(FlowDesc::is_idle),
@@ -115,29 +105,18 @@ fn drain(c: &mut Criterion) {
         let mut g = c.benchmark_group(name);
         g.bench_function("hand scan", |b| {
             b.iter(|| {
-                rearm_drain(fl.pending(), fl.vcpu_info(0).expect("vcpu_info"), all);
-                hand_scan(
-                    fl.pending(),
-                    fl.mask(),
-                    fl.vcpu_info(0).expect("vcpu_info"),
-                    |p| {
-                        black_box(p);
-                    },
-                )
+                rearm_drain(fp, fvi, all);
+                hand_scan(fp, fm, fvi, |p| {
+                    black_box(p);
+                })
             })
         });
         g.bench_function("hand scan + flow lock", |b| {
             b.iter(|| {
-                rearm_drain(fl.pending(), fl.vcpu_info(0).expect("vcpu_info"), all);
-                hand_scan_flow(
-                    fl.pending(),
-                    fl.mask(),
-                    fl.vcpu_info(0).expect("vcpu_info"),
-                    &desc,
-                    |p| {
-                        black_box(p);
-                    },
-                )
+                rearm_drain(fp, fvi, all);
+                hand_scan_flow(fp, fm, fvi, &desc, |p| {
+                    black_box(p);
+                })
             })
         });
         g.bench_function("evtchn", |b| {
