@@ -175,7 +175,10 @@ pub fn hand_scan_flow(
         d.unlock();
         if replay {
             // Another runner left the event pending for us: raise it
-            // again (never taken here, one thread).
+            // again (never taken here, one thread). AcqRel, as a raiser's
+            // selector fetch_or: Release publishes the pending bit to the
+            // scan's Acquire swap; Acquire orders the flag store below
+            // after a scan's flag clear.
             vi.evtchn_pending_sel.fetch_or(1 << (port / 64), AcqRel);
             // Release: after the selector bit.
             vi.evtchn_upcall_pending.store(1, Release);
